@@ -1,0 +1,218 @@
+"""The few helpers every script needs: JSONL io with clear errors, atomic writes, Arabic
+normalization, distributed setup, rank-0 printing.
+
+Nothing here imports anything beyond the runtime dependencies, and importing it has no side
+effects, so tests can import every script.
+"""
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+REPO = Path(__file__).resolve().parent
+DATA_DIR = REPO / "data"
+DEMO_DATA = DATA_DIR / "demo.jsonl"  # the shipped synthetic sample, with severity_probs filled
+SEVERITIES = ("mild", "moderate", "critical")  # index c of severity_probs / alpha
+
+
+class DataError(ValueError):
+    """Bad input, reported with the file, line and field it came from."""
+
+    def __init__(self, path, line, field, message):
+        where = f"{path}"
+        if line is not None:
+            where += f", line {line}"
+        if field is not None:
+            where += f", field '{field}'"
+        super().__init__(f"{where}: {message}")
+        self.path, self.line, self.field = str(path), line, field
+
+
+# -----------------------------------------------------------------------------
+# JSONL
+
+
+def read_jsonl(path, required=()):
+    """Yield (line_number, row) from a JSONL file; blank lines are skipped.
+
+    Malformed JSON, a non-object line or a missing/empty required string field raise DataError
+    naming the file, line and field. Streams: never holds the file in memory.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, None, None, "file not found")
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(path, lineno, None, f"malformed JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(path, lineno, None, f"expected a JSON object, got {type(row).__name__}")
+            for field in required:
+                value = row.get(field)
+                if not isinstance(value, str) or not value.strip():
+                    problem = "missing" if field not in row else "empty or not a string"
+                    raise DataError(path, lineno, field, f"{problem}")
+            yield lineno, row
+
+
+def dumps(row):
+    """One JSONL line, Arabic kept readable."""
+    return json.dumps(row, ensure_ascii=False) + "\n"
+
+
+@contextmanager
+def atomic_open(path, mode="w"):
+    """Open a temporary file next to `path`; rename it into place only if the block succeeds,
+    so an interrupted or failed run never leaves a half-written output behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_jsonl(path, rows):
+    """Write rows atomically (temporary file, then rename). Returns the number written."""
+    n = 0
+    with atomic_open(path) as f:
+        for row in rows:
+            f.write(dumps(row))
+            n += 1
+    return n
+
+
+def write_json(path, obj):
+    with atomic_open(path) as f:
+        json.dump(obj, f, ensure_ascii=False, indent=2)
+        f.write("\n")
+
+
+def replace_dir(tmp_dir, final_dir):
+    """Move a finished folder into place: the old one (if any) is swapped out only after the new
+    one is complete, so `final_dir` is always either the old or the new complete folder."""
+    tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
+    old = final_dir.with_name(final_dir.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final_dir.exists():
+        os.replace(final_dir, old)
+    os.replace(tmp_dir, final_dir)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def check_probs(probs, path, line, field="severity_probs", tol=1e-3):
+    """Validate a severity probability vector: 3 finite non-negative numbers summing to 1."""
+    if not isinstance(probs, (list, tuple)) or len(probs) != len(SEVERITIES):
+        n = len(probs) if isinstance(probs, (list, tuple)) else type(probs).__name__
+        raise DataError(path, line, field, f"expected a list of {len(SEVERITIES)} probabilities "
+                                           f"{SEVERITIES}, got {n}")
+    for p in probs:
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or p < 0:
+            raise DataError(path, line, field, f"not a finite non-negative number: {p!r}")
+    if abs(sum(probs) - 1.0) > tol:
+        raise DataError(path, line, field, f"probabilities sum to {sum(probs):.6f}, not 1")
+    return [float(p) for p in probs]
+
+
+def stable_hash(text, seed=0):
+    """A deterministic 64-bit integer from text (not Python's salted hash())."""
+    return int.from_bytes(hashlib.sha1(f"{seed}:{text}".encode("utf-8")).digest()[:8], "big")
+
+
+# -----------------------------------------------------------------------------
+# Arabic text normalization (MAQA's own text is normalized this way; generated answers must be
+# scored in the same form as the references).
+
+_DIACRITICS = re.compile("[\u0610-\u061a\u064b-\u065f\u0670\u06d6-\u06ed]")  # harakat, shadda, sukun, Quranic marks
+_TATWEEL = "\u0640"
+_ALEF = re.compile("[\u0622\u0623\u0625\u0671]")  # آ أ إ ٱ -> ا
+_EASTERN_DIGITS = str.maketrans("٠١٢٣٤٥٦٧٨٩۰۱۲۳۴۵۶۷۸۹", "0123456789" * 2)
+
+
+def normalize_arabic(text, diacritics=True, tatweel=True, alef=True, ya=True, ta_marbuta=True,
+                     digits=True):
+    """Normalize Arabic text: strip diacritics and tatweel, unify alef variants, ى -> ي,
+    ة -> ه, Eastern Arabic digits -> ASCII, collapse whitespace. Each step can be turned off."""
+    if diacritics:
+        text = _DIACRITICS.sub("", text)
+    if tatweel:
+        text = text.replace(_TATWEEL, "")
+    if alef:
+        text = _ALEF.sub("\u0627", text)
+    if ya:
+        text = text.replace("\u0649", "\u064a")
+    if ta_marbuta:
+        text = text.replace("\u0629", "\u0647")
+    if digits:
+        text = text.translate(_EASTERN_DIGITS)
+    return " ".join(text.split())
+
+
+# -----------------------------------------------------------------------------
+# Devices and distributed runs
+
+
+def pick_device(name="auto"):
+    """'auto' -> cuda if available, else mps, else cpu."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def setup_dist(device="auto"):
+    """Start torch.distributed when launched by torchrun (nccl on GPUs, gloo on CPU).
+
+    Returns (rank, world_size, device). Without torchrun: (0, 1, picked device).
+    """
+    if "RANK" not in os.environ:
+        return 0, 1, pick_device(device)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    dev = pick_device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+    return rank, world, dev
+
+
+def cleanup_dist():
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_rank0():
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def print0(*args, **kwargs):
+    """print on rank 0 only."""
+    if is_rank0():
+        print(*args, **kwargs, flush=True)
