@@ -72,6 +72,10 @@ def dumps(row):
     return json.dumps(row, ensure_ascii=False) + "\n"
 
 
+_UMASK = os.umask(0)  # read the process umask once (os.umask can only be read by setting it)
+os.umask(_UMASK)
+
+
 @contextmanager
 def atomic_open(path, mode="w"):
     """Open a temporary file next to `path`; rename it into place only if the block succeeds,
@@ -79,6 +83,7 @@ def atomic_open(path, mode="w"):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give outputs the usual permissions
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
             yield f
