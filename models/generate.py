@@ -1,0 +1,186 @@
+"""Batched generation with a KV cache for the decoder LMs in models/ (GPT-2, Qwen2, Llama).
+
+    from models.generate import generate
+    new_tokens = generate(model, [[5, 17, 3], [9, 2]], max_new_tokens=64, eos_id=0, pad_id=0)
+
+Prompts of different lengths are left-padded into one batch, so every row's next token sits in
+the last column. Generation is a prefill (the whole padded prompt in one forward, filling the
+cache) followed by one-token decode steps that read the cache (the layout of gpt-fast). With
+`use_cache=False` every step recomputes the full context instead: the slow, obviously right
+reference the cached path is tested against.
+
+Token choice follows Hugging Face's `generate` semantics: repetition penalty (logits of tokens
+already present, prompt or generated, divided by the penalty when positive and multiplied when
+negative), no-repeat-ngram (a token that would complete an n-gram already in the row is banned),
+then temperature, top-k and top-p (nucleus) filtering and a draw from a seeded torch.Generator;
+temperature 0 means greedy. Unlike HF, padding tokens never count as "present" tokens. Ids >=
+`vocab_limit` are never produced (Qwen2.5's embedding has 151936 rows but 151665 real tokens).
+"""
+import torch
+
+
+class KVCache:
+    """Per-layer key/value buffers [B, n_kv_heads, max_len, hs], allocated on the first write.
+
+    A model's forward reads `cache.length` (tokens already stored) for its positions and masks,
+    each attention layer calls `update(layer_idx, k, v)`, and the forward ends with `advance(T)`.
+    """
+
+    def __init__(self, n_layers, max_len):
+        self.max_len = max_len
+        self.length = 0
+        self.k = [None] * n_layers
+        self.v = [None] * n_layers
+
+    def update(self, layer_idx, k, v):
+        """Store k, v (B, nkv, T, hs) after the cached tokens; return all keys/values (B, nkv, length+T, hs)."""
+        B, nkv, T, hs = k.shape
+        end = self.length + T
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} tokens; {end} were asked for")
+        if self.k[layer_idx] is None:
+            self.k[layer_idx] = k.new_zeros(B, nkv, self.max_len, hs)
+            self.v[layer_idx] = v.new_zeros(B, nkv, self.max_len, hs)
+        self.k[layer_idx][:, :, self.length:end] = k
+        self.v[layer_idx][:, :, self.length:end] = v
+        return self.k[layer_idx][:, :, :end], self.v[layer_idx][:, :, :end]
+
+    def advance(self, T):
+        """Called once per forward, after every layer has stored its T new tokens."""
+        self.length += T
+
+
+def n_layers_of(model):
+    cfg = model.config
+    return cfg.n_layer if hasattr(cfg, "n_layer") else cfg.num_hidden_layers
+
+
+def last_logits(model, ids, mask, cache):
+    """fp32 logits [B, V] of the last column only: the lm_head never sees the other positions."""
+    hidden = model(ids, attention_mask=mask, cache=cache, return_hidden=True)  # (B, T, C)
+    return model.lm_head(hidden[:, -1]).float()  # (B, V)
+
+
+def prefill(model, ids, mask, cache):
+    """Run the whole (left-padded) prompt once; with a cache this stores its keys and values."""
+    return last_logits(model, ids, mask, cache)
+
+
+def decode_one(model, ids, mask, cache):
+    """Next-token logits: only the newest token when cached, else the whole context again."""
+    if cache is not None:
+        return last_logits(model, ids[:, -1:], mask, cache)
+    return last_logits(model, ids, mask, None)
+
+
+def banned_ngram_tokens(seq, n):
+    """Tokens that would complete an n-gram already present in seq (HF's no_repeat_ngram_size)."""
+    if n <= 0 or len(seq) + 1 < n:
+        return []
+    prefix = tuple(seq[len(seq) - n + 1:])
+    return [seq[i + n - 1] for i in range(len(seq) - n + 1) if tuple(seq[i:i + n - 1]) == prefix]
+
+
+def process_logits(logits, seen, rows, temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size,
+                   vocab_limit):
+    """Apply the HF logits processors in HF's order to logits [B, V] (fp32); returns new logits."""
+    logits = logits.clone()
+    if vocab_limit is not None:
+        logits[:, vocab_limit:] = float("-inf")
+    if repetition_penalty != 1.0:
+        penalized = torch.where(logits < 0, logits * repetition_penalty, logits / repetition_penalty)
+        logits = torch.where(seen, penalized, logits)
+    if no_repeat_ngram_size > 0:
+        for b, seq in enumerate(rows):
+            banned = banned_ngram_tokens(seq, no_repeat_ngram_size)
+            if banned:
+                logits[b, banned] = float("-inf")
+    if temperature <= 0:
+        return logits  # greedy: the warpers below do not change the argmax
+    logits = logits / temperature
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        # drop the least likely tokens whose total probability stays <= 1 - top_p; keep at least one
+        sorted_logits, order = torch.sort(logits, dim=-1)  # ascending
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cum <= 1 - top_p
+        drop_sorted[:, -1] = False
+        drop = drop_sorted.scatter(1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def choose(logits, temperature, generator):
+    """Greedy argmax (temperature 0) or one draw from softmax(logits)."""
+    if temperature <= 0:
+        return logits.argmax(-1)  # (B,)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
+
+
+@torch.inference_mode()
+def generate(model, prompts, max_new_tokens, eos_id, pad_id, temperature=0.0, top_k=0, top_p=1.0,
+             repetition_penalty=1.0, no_repeat_ngram_size=0, vocab_limit=None, seed=None, use_cache=True):
+    """Continue each prompt (a list of token ids) by up to max_new_tokens tokens.
+
+    Returns one list per prompt with the new tokens only, stopped at (and excluding) EOS. eos_id:
+    an id, a list of ids, or None (never stop early). pad_id fills the left padding and the rows
+    that already finished (None: eos or 0). The model runs in eval mode (its mode is restored).
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("generate needs at least one prompt and no empty prompt")
+    eos = set() if eos_id is None else {eos_id} if isinstance(eos_id, int) else set(eos_id)
+    pad = pad_id if pad_id is not None else (min(eos) if eos else 0)
+    B, L = len(prompts), max(len(p) for p in prompts)
+    n_positions = getattr(model.config, "n_positions", None)
+    if n_positions is not None and L + max_new_tokens > n_positions:
+        raise ValueError(f"prompt ({L} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+                         f"{n_positions} positions")
+    device = next(model.parameters()).device
+    V = model.lm_head.weight.shape[0]
+
+    ids = torch.full((B, L), pad, dtype=torch.long, device=device)
+    mask = torch.zeros((B, L), dtype=torch.long, device=device)
+    for b, p in enumerate(prompts):  # left padding: the last column is every row's newest token
+        ids[b, L - len(p):] = torch.tensor(p, dtype=torch.long, device=device)
+        mask[b, L - len(p):] = 1
+    rows = [list(p) for p in prompts]  # real tokens of each row (prompt + generated)
+    seen = torch.zeros((B, V), dtype=torch.bool, device=device)  # for the repetition penalty
+    for b, p in enumerate(prompts):
+        seen[b, torch.tensor(p, device=device)] = True
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed)
+    out = [[] for _ in range(B)]
+    done = [False] * B
+
+    was_training = model.training
+    model.eval()
+    try:
+        cache = KVCache(n_layers_of(model), L + max_new_tokens) if use_cache else None
+        logits = prefill(model, ids, mask, cache)
+        for step in range(max_new_tokens):
+            logits = process_logits(logits, seen, rows, temperature, top_k, top_p, repetition_penalty,
+                                    no_repeat_ngram_size, vocab_limit)
+            tok = choose(logits, temperature, generator).tolist()
+            for b in range(B):
+                if done[b]:
+                    tok[b] = pad  # finished rows are fed padding and never extended
+                elif tok[b] in eos:
+                    done[b] = True
+                    tok[b] = pad
+                else:
+                    out[b].append(tok[b])
+                    rows[b].append(tok[b])
+                    seen[b, tok[b]] = True
+            if all(done) or step == max_new_tokens - 1:
+                break
+            ids = torch.cat([ids, torch.tensor(tok, device=device)[:, None]], dim=1)  # (B, L + step + 1)
+            mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
+            logits = decode_one(model, ids, mask, cache)
+    finally:
+        model.train(was_training)
+    return out
