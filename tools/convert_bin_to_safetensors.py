@@ -1,0 +1,71 @@
+"""One-time conversion of a PyTorch-pickle checkpoint to safetensors, the only format this
+project loads.
+
+    python tools/convert_bin_to_safetensors.py path/to/model_folder
+
+Reads pytorch_model.bin (or the shards listed in pytorch_model.bin.index.json) with
+torch.load(weights_only=True, map_location="cpu"), which refuses to run code hidden in the pickle,
+and writes model.safetensors (or model-0000X-of-0000Y.safetensors shards plus
+model.safetensors.index.json) next to it, with metadata {"format": "pt"} so transformers accepts
+it too. Tensors that share storage (a tied lm_head) are saved as separate copies; the model's
+loader drops the tied copy. The .bin files are left in place; delete them yourself once the folder
+loads. Each output file is written to a temporary name and renamed, so an interrupted run leaves
+no half-written file.
+"""
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+
+def to_safetensors(bin_path, out_path):
+    """Convert one .bin file; returns its keys."""
+    sd = torch.load(bin_path, map_location="cpu", weights_only=True)
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]  # a training checkpoint wrapping the weights
+    tensors, seen = {}, set()
+    for k, t in sd.items():
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{bin_path}: entry {k!r} is a {type(t).__name__}, not a tensor")
+        ptr = t.untyped_storage().data_ptr()
+        t = t.contiguous()
+        if ptr in seen:  # safetensors refuses tensors that share memory: save a copy
+            t = t.clone()
+        seen.add(ptr)
+        tensors[k] = t
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    save_file(tensors, tmp, metadata={"format": "pt"})
+    os.replace(tmp, out_path)
+    print(f"{bin_path.name} -> {out_path.name} ({len(tensors)} tensors)")
+    return list(tensors)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", help="model folder holding pytorch_model.bin or pytorch_model.bin.index.json")
+    args = parser.parse_args(argv)
+    folder = Path(args.folder)
+    single, index = folder / "pytorch_model.bin", folder / "pytorch_model.bin.index.json"
+    if single.is_file():
+        to_safetensors(single, folder / "model.safetensors")
+    elif index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        renamed = {}
+        for shard in sorted(set(weight_map.values())):
+            out = shard.replace("pytorch_model", "model").removesuffix(".bin") + ".safetensors"
+            to_safetensors(folder / shard, folder / out)
+            renamed[shard] = out
+        new_map = {k: renamed[shard] for k, shard in weight_map.items()}
+        tmp = folder / ".model.safetensors.index.json.tmp"
+        tmp.write_text(json.dumps({"metadata": {}, "weight_map": new_map}, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, folder / "model.safetensors.index.json")
+        print(f"wrote model.safetensors.index.json ({len(renamed)} shards)")
+    else:
+        parser.error(f"{folder}: no pytorch_model.bin or pytorch_model.bin.index.json")
+
+
+if __name__ == "__main__":
+    main()
