@@ -1,0 +1,157 @@
+"""Token-weighted cross-entropy of an lm_head: a readable reference and a fused, chunked version.
+
+Both compute, for final hidden states h [N, d], an lm_head weight W [V, d] (and optional bias b),
+targets y [N] (ignore_index = not counted) and per-token weights w [N]:
+
+    loss = sum over tokens t with y_t != ignore_index of  w_t * ce_t,
+    ce_t = logsumexp_v(z_tv) - z_t,y_t,   z = h @ W^T + b
+
+as one fp32 scalar. The caller divides by the global answer-token count (DESIGN.md section 5).
+
+Why fused. The reference materializes the logits z [N, V]: Qwen2.5-0.5B (V = 151936) at 16k
+tokens holds 5 GB of bf16 logits, and the usual path (upcast to fp32, log_softmax, its gradient)
+peaks around 25 GB, more than the rest of a 0.5B model's training step. The fused version walks
+over the tokens in chunks of C rows and never holds more than [C, V] logits.
+
+Why the gradient is computed in the forward pass. The loss is a weighted sum, so its gradient
+with respect to the logits is known as soon as the chunk's softmax is:
+
+    dloss/dz_tv = w_t * (softmax(z_t)_v - [v == y_t])          (0 for ignored tokens)
+    dloss/dh    = dz @ W          dloss/dW = dz^T @ h          dloss/db = sum_t dz_t
+    dloss/dw_t  = ce_t
+
+so each chunk's logits are used once, then dropped: grad_hidden is written chunk by chunk (in
+hidden's dtype) and grad_weight / grad_bias are accumulated in fp32 buffers. backward only
+multiplies the stored gradients, in place, by grad_output (a 0-dim tensor, e.g. 1 / token_count);
+so one loss supports one backward (a second, with retain_graph=True, raises).
+
+Dtypes: the matmuls run in the autocast dtype when autocast is enabled for the input's device
+(bf16 under torch.autocast("cuda", dtype=torch.bfloat16)), else in the inputs' dtype (fp32 on
+CPU); log-sum-exp, softmax, the loss and all accumulations are fp32. No .item(), no
+data-dependent Python branches, no boolean indexing: nothing waits on the GPU.
+"""
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+# Default chunk: the largest power of two C with C * V <= 2**27 logits, i.e. at most 512 MB of fp32
+# logits per chunk (softmax and its gradient are formed in place; with the bf16 matmul output and
+# bf16 dz, ~1 GB of temporaries under autocast): V = 64000 (AraGPT2) -> C = 2048, V = 151936
+# (Qwen2.5) -> C = 512. Not smaller, because every chunk also reads and writes the whole fp32
+# [V, d] weight-gradient buffer (545 MB for Qwen2.5): with C in the hundreds that traffic costs as
+# much as the matmuls themselves.
+CHUNK_ELEMENTS = 2**27
+
+
+def default_chunk_size(n_tokens, vocab_size):
+    """Rows per chunk: a power of two with chunk * vocab_size <= CHUNK_ELEMENTS, at most n_tokens."""
+    c = 1 << max(0, (CHUNK_ELEMENTS // vocab_size).bit_length() - 1)
+    return max(1, min(n_tokens, c))
+
+
+def linear_cross_entropy_reference(hidden, weight, targets, token_weights, bias=None, ignore_index=-100):
+    """Sum of token_weights * cross-entropy over non-ignored tokens, with the full logits in fp32.
+
+    (float64 inputs stay float64: the tests use this on float64 copies as the ground truth.)
+    """
+    logits = F.linear(hidden, weight, bias)  # (N, V): the memory the fused version avoids
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    ce = F.cross_entropy(logits, targets, reduction="none", ignore_index=ignore_index)  # 0 where ignored
+    return (ce * token_weights.to(ce.dtype)).sum()
+
+
+class FusedLinearCrossEntropy(torch.autograd.Function):
+    """Chunked forward that also produces the gradients; see the module docstring."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, token_weights, bias, ignore_index, chunk_size, dtype):
+        N, V = hidden.shape[0], weight.shape[0]
+        need_h, need_W, _, need_w, need_b = ctx.needs_input_grad[:5]
+        need_b = need_b and bias is not None
+        valid = targets != ignore_index
+        safe_targets = torch.where(valid, targets, 0)  # ignored ids would index out of range
+        w = torch.where(valid, token_weights.float(), 0.0)  # ignored tokens weigh exactly 0
+
+        W = weight.to(dtype)  # cast once (autocast would also cast the weight once per step)
+        b = bias.to(dtype) if bias is not None else None
+        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_W = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_W else None
+        grad_b = torch.zeros(V, dtype=torch.float32, device=weight.device) if need_b else None
+        ce_all = torch.empty(N, dtype=torch.float32, device=hidden.device) if need_w else None
+
+        for i in range(0, N, chunk_size):
+            h = hidden[i:i + chunk_size].to(dtype)  # (C, d)
+            y, wc = safe_targets[i:i + chunk_size], w[i:i + chunk_size]
+            z = F.linear(h, W, b).float()  # (C, V) logits in fp32 (no copy when dtype is fp32)
+            # log-sum-exp = m + log(s) with s = sum(exp(z - m)), m the row max; ce and softmax are
+            # formed from (z - m) and s directly, never as z - lse: at logits ~1e4 rounding the
+            # lse to fp32 alone would cost ~1e-3 absolute in every probability.
+            m = z.amax(dim=1)  # (C,) row max
+            ce = m - z.gather(1, y[:, None]).squeeze(1)  # (C,) max - target logit
+            z.sub_(m[:, None]).exp_()  # z := exp(z - m), in place: the logits are not needed any more
+            s = z.sum(dim=1)  # (C,) >= 1
+            ce = ce + s.log()  # (C,) = logsumexp - target logit
+            loss += (wc * ce).sum()
+            if need_w:
+                ce_all[i:i + chunk_size] = torch.where(valid[i:i + chunk_size], ce, 0.0)
+            if need_h or need_W or need_b:
+                z.mul_((wc / s)[:, None])  # z := w * softmax
+                z.scatter_add_(1, y[:, None], -wc[:, None])  # z := dz = w * (softmax - onehot)
+                if need_b:
+                    grad_b += z.sum(0)
+                dz = z.to(dtype)
+                if need_h:
+                    grad_h[i:i + chunk_size] = dz @ W  # (C, d)
+                if need_W and dtype == torch.float32:
+                    grad_W.addmm_(dz.t(), h)  # (V, d) += (V, C) @ (C, d), no temporary
+                elif need_W:
+                    grad_W += dz.t() @ h  # (V, d): bf16 GEMM (fp32 inside), added into the fp32 sum
+                del dz
+            del z  # free this chunk's buffer before the next chunk allocates its own
+
+        ctx.save_for_backward(grad_h, grad_W, grad_b, ce_all)
+        ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None, token_weights.dtype)
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        # The stored gradients are scaled in place and handed over (a copy would be one more fp32
+        # [V, d] at the peak), so a second backward through the same graph cannot work: say so.
+        if getattr(ctx, "backward_done", False):
+            raise RuntimeError("fused_linear_cross_entropy: backward twice through one loss (retain_graph=True) "
+                               "is not supported; compute the loss again")
+        ctx.backward_done = True
+        grad_h, grad_W, grad_b, ce_all = ctx.saved_tensors
+        W_dtype, b_dtype, w_dtype = ctx.dtypes
+        gh = grad_h.mul_(grad_out) if grad_h is not None else None
+        gW = grad_W.mul_(grad_out).to(W_dtype) if grad_W is not None else None
+        gb = grad_b.mul_(grad_out).to(b_dtype) if grad_b is not None else None
+        gw = ce_all.mul_(grad_out).to(w_dtype) if ce_all is not None else None
+        return gh, gW, None, gw, gb, None, None, None
+
+
+def fused_linear_cross_entropy(hidden, weight, targets, token_weights, bias=None, ignore_index=-100,
+                               chunk_size=None):
+    """Same value and gradients as linear_cross_entropy_reference, without the [N, V] logits.
+
+    hidden [N, d] (or [..., d], flattened with targets and token_weights), weight [V, d] (the lm_head
+    or a tied embedding matrix: its gradient accumulates like any other use), targets [N] long,
+    token_weights [N], bias [V] or None. Returns a 0-dim fp32 tensor. chunk_size = rows of hidden
+    per chunk (default: default_chunk_size). Gradients flow to hidden, weight, bias and
+    token_weights, each only when it requires grad (a frozen lm_head costs no weight gradient).
+    """
+    d = hidden.shape[-1]
+    hidden, targets, token_weights = hidden.reshape(-1, d), targets.reshape(-1), token_weights.reshape(-1)
+    dev = hidden.device.type
+    if torch.is_autocast_enabled(dev):
+        dtype = torch.get_autocast_dtype(dev)  # matmuls in the autocast dtype, like F.linear would be
+    elif hidden.dtype != weight.dtype:
+        raise ValueError(f"hidden is {hidden.dtype} but weight is {weight.dtype} (and autocast is off)")
+    else:
+        dtype = hidden.dtype
+    chunk_size = chunk_size or default_chunk_size(hidden.shape[0], weight.shape[0])
+    with torch.autocast(dev, enabled=False):  # dtypes inside are explicit, see the module docstring
+        return FusedLinearCrossEntropy.apply(hidden, weight, targets, token_weights, bias, ignore_index,
+                                             chunk_size, dtype)

@@ -1,0 +1,238 @@
+"""The fused, chunked lm_head + weighted cross-entropy against the reference run in float64.
+
+Every case draws fresh random inputs, runs fused_linear_cross_entropy in fp32 (or bf16) and
+linear_cross_entropy_reference on float64 copies, and compares the loss and the gradients of
+hidden, weight (and bias / token weights when they require grad) by relative error
+||fused - ref|| / ||ref||: at most 1e-5 in fp32.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from models.loss import default_chunk_size, fused_linear_cross_entropy, linear_cross_entropy_reference
+
+FP32_TOL = 1e-5
+# bf16 has an 8-bit mantissa (relative rounding 2**-9 = 0.2%): the logits, dz = w * (softmax - onehot)
+# and the matmul outputs are each rounded once, so the gradients land ~0.3% from float64 (measured:
+# 0.22-0.29%, the same as the unfused reference run in bf16) and the loss ~1e-5 (fp32 log-sum-exp).
+# 1e-2 leaves 3x headroom and still catches a wrong formula (those are off by O(1)).
+BF16_TOL = 1e-2
+
+
+def make_inputs(N=200, d=32, V=1000, bias=False, seed=0, scale=1.0, ignore_frac=0.2, dtype=torch.float32):
+    """hidden [N, d], weight [V, d], targets [N] with ~ignore_frac at -100, weights in [0, 2), bias [V]."""
+    g = torch.Generator().manual_seed(seed)
+    hidden = (scale * torch.randn(N, d, generator=g)).to(dtype)
+    weight = (torch.randn(V, d, generator=g) / d**0.5).to(dtype)
+    targets = torch.randint(0, V, (N,), generator=g)
+    targets[torch.rand(N, generator=g) < ignore_frac] = -100
+    token_weights = 2 * torch.rand(N, generator=g)
+    b = torch.randn(V, generator=g).to(dtype) if bias else None
+    return hidden, weight, targets, token_weights, b
+
+
+def run(fn, hidden, weight, targets, token_weights, bias=None, grad_scale=1.0, wgrad=False, **kw):
+    """Loss and gradients of fn on leaf copies of the inputs (grad_scale multiplies the loss first)."""
+    h, W = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    b = bias.clone().requires_grad_() if bias is not None else None
+    w = token_weights.clone().requires_grad_(wgrad)
+    loss = fn(h, W, targets, w, bias=b, **kw)
+    (loss * grad_scale).backward()
+    grads = {"hidden": h.grad, "weight": W.grad}
+    if b is not None:
+        grads["bias"] = b.grad
+    if wgrad:
+        grads["token_weights"] = w.grad
+    return loss.detach(), grads
+
+
+def reference64(hidden, weight, targets, token_weights, bias=None, **kw):
+    d64 = lambda t: t.double() if t is not None else None  # noqa: E731
+    return run(linear_cross_entropy_reference, d64(hidden), d64(weight), targets, d64(token_weights),
+               bias=d64(bias), **kw)
+
+
+def rel_err(a, ref):
+    return ((a.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def assert_matches(got, ref, tol=FP32_TOL):
+    (loss, grads), (ref_loss, ref_grads) = got, ref
+    assert torch.isfinite(loss), loss
+    assert rel_err(loss, ref_loss) <= tol, ("loss", loss.item(), ref_loss.item())
+    assert grads.keys() == ref_grads.keys()
+    for name in ref_grads:
+        assert torch.isfinite(grads[name]).all(), name
+        assert rel_err(grads[name], ref_grads[name]) <= tol, (name, rel_err(grads[name], ref_grads[name]))
+
+
+@pytest.mark.parametrize("N, chunk_size, bias", [
+    (200, 64, False),    # N not a multiple of the chunk size (64, 64, 64, 8)
+    (200, 64, True),     # with an lm_head bias
+    (200, None, False),  # default chunk (a power of two >= N here: one chunk)
+    (200, 1000, True),   # chunk_size larger than N
+    (37, 1, False),      # one token per chunk
+])
+def test_matches_reference(N, chunk_size, bias):
+    x = make_inputs(N=N, bias=bias, seed=N + (chunk_size or 0))
+    assert_matches(run(fused_linear_cross_entropy, *x, chunk_size=chunk_size), reference64(*x))
+
+
+def test_whole_chunk_ignored():
+    hidden, weight, targets, tw, _ = make_inputs(N=192, V=700, seed=1)
+    targets[64:128] = -100  # chunk 2 of 3 has no counted token
+    got = run(fused_linear_cross_entropy, hidden, weight, targets, tw, chunk_size=64)
+    assert_matches(got, reference64(hidden, weight, targets, tw))
+    assert (got[1]["hidden"][64:128] == 0).all()  # exactly zero, not just small
+
+
+def test_all_ignored_and_zero_weights_give_exact_zeros():
+    hidden, weight, targets, tw, b = make_inputs(N=150, bias=True, seed=2)
+    for t, w in [(torch.full_like(targets, -100), tw), (targets, torch.zeros_like(tw))]:
+        loss, grads = run(fused_linear_cross_entropy, hidden, weight, t, w, bias=b, chunk_size=64)
+        assert loss.item() == 0.0
+        assert all((g == 0).all() for g in grads.values())
+
+
+def test_mixed_zero_weights():
+    hidden, weight, targets, tw, _ = make_inputs(N=160, seed=3)
+    tw[::3] = 0.0
+    x = (hidden, weight, targets, tw)
+    assert_matches(run(fused_linear_cross_entropy, *x, chunk_size=48), reference64(*x))
+
+
+def test_unit_weights_equal_mean_cross_entropy_times_count():
+    hidden, weight, targets, _, _ = make_inputs(N=250, seed=4)
+    ones = torch.ones(250)
+    loss = fused_linear_cross_entropy(hidden, weight, targets, ones, chunk_size=100)
+    mean = F.cross_entropy(hidden.double() @ weight.double().T, targets)  # mean over non-ignored tokens
+    n = (targets != -100).sum()
+    assert abs(loss.item() - (mean * n).item()) <= FP32_TOL * (mean * n).item()
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_large_logits(seed):
+    # seed 6 has near-tied top logits: forming softmax as exp(z - lse) instead of exp(z - max) / s
+    # puts its gradient error at 2e-5, over the bound (the exp(z - max) form: 2e-6, as eager fp32)
+    x = make_inputs(N=128, d=16, V=600, scale=3000.0, seed=seed)  # logits ~ 1e4
+    assert (x[0].abs().max() * x[1].abs().max()) > 1e3
+    got = run(fused_linear_cross_entropy, *x, chunk_size=50)
+    assert got[0].item() > 1e4  # the loss really is large, and finite (checked in assert_matches)
+    assert_matches(got, reference64(*x))
+
+
+def test_grad_output_scaling_and_token_weight_grad():
+    x = make_inputs(N=120, bias=True, seed=6)
+    kw = dict(grad_scale=3.7 / 95, wgrad=True)  # loss * 3.7 / denominator, as a caller would
+    assert_matches(run(fused_linear_cross_entropy, *x, chunk_size=32, **kw), reference64(*x, **kw))
+
+
+def test_custom_ignore_index_and_leading_dims():
+    hidden, weight, targets, tw, _ = make_inputs(N=96, seed=7, ignore_frac=0.0)
+    targets[:10] = 5  # ignore_index=5: every token with target 5 is dropped
+    got = fused_linear_cross_entropy(hidden.view(4, 24, -1), weight, targets.view(4, 24), tw.view(4, 24),
+                                     ignore_index=5, chunk_size=40)
+    ref = linear_cross_entropy_reference(hidden.double(), weight.double(), targets, tw.double(), ignore_index=5)
+    assert rel_err(got, ref) <= FP32_TOL
+
+
+def test_tied_embedding():
+    """The weight is an nn.Embedding's: lookup gradient and loss gradient add up in one matrix."""
+    N, d, V = 140, 24, 800
+    g = torch.Generator().manual_seed(8)
+    ids = torch.randint(0, V, (N,), generator=g)
+    targets = torch.randint(0, V, (N,), generator=g)
+    targets[:20] = -100
+    tw = 2 * torch.rand(N, generator=g)
+    proj = torch.randn(d, d, generator=g) / d**0.5
+    grads = []
+    for dtype, fn, kw in [(torch.float32, fused_linear_cross_entropy, dict(chunk_size=32)),
+                          (torch.float64, linear_cross_entropy_reference, {})]:
+        emb = torch.nn.Embedding(V, d).to(dtype)
+        with torch.no_grad():
+            emb.weight.copy_(torch.randn(V, d, generator=torch.Generator().manual_seed(9)))
+        hidden = torch.tanh(emb(ids) @ proj.to(dtype))  # a toy "model" between embedding and head
+        fn(hidden, emb.weight, targets, tw.to(dtype), **kw).backward()
+        grads.append(emb.weight.grad)
+    assert rel_err(*grads) <= FP32_TOL
+
+
+def test_frozen_weight():
+    hidden, weight, targets, tw, _ = make_inputs(N=100, seed=10)
+    h = hidden.clone().requires_grad_()
+    loss = fused_linear_cross_entropy(h, weight, targets, tw, chunk_size=30)  # weight.requires_grad False
+    loss.backward()
+    ref_loss, ref = reference64(hidden, weight, targets, tw)
+    assert weight.grad is None
+    assert rel_err(h.grad, ref["hidden"]) <= FP32_TOL
+    with torch.no_grad():  # no input needs a gradient: just the value
+        assert rel_err(fused_linear_cross_entropy(hidden, weight, targets, tw), ref_loss) <= FP32_TOL
+
+
+def test_backward_twice_raises_instead_of_wrong_gradients():
+    hidden, weight, targets, tw, _ = make_inputs(N=80, seed=11)
+    h, W = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    loss = fused_linear_cross_entropy(h, W, targets, tw, chunk_size=32)
+    (2 * loss).backward(retain_graph=True)  # the stored gradients are now scaled by 2, in place
+    with pytest.raises(RuntimeError, match="backward twice"):
+        loss.backward()
+
+
+def test_bf16_inputs():
+    x = make_inputs(N=160, d=32, V=900, bias=True, seed=12, dtype=torch.bfloat16)
+    loss, grads = run(fused_linear_cross_entropy, *x, chunk_size=64)
+    assert loss.dtype == torch.float32 and grads["hidden"].dtype == torch.bfloat16
+    assert grads["weight"].dtype == torch.bfloat16 and grads["bias"].dtype == torch.bfloat16
+    assert_matches((loss, grads), reference64(*x), tol=BF16_TOL)  # float64 on the same bf16 values
+
+
+def test_cpu_autocast_bf16():
+    hidden, weight, targets, tw, _ = make_inputs(N=160, seed=13)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, grads = run(fused_linear_cross_entropy, hidden, weight, targets, tw, chunk_size=64)
+    assert loss.dtype == torch.float32 and grads["weight"].dtype == torch.float32  # fp32 master grads
+    bf = lambda t: t.bfloat16().float()  # noqa: E731  (what the bf16 matmuls see)
+    ref = reference64(bf(hidden), bf(weight), targets, tw)
+    assert_matches((loss, grads), ref, tol=BF16_TOL)
+    # the matmuls did run in bf16: against the unrounded fp32 inputs the error is bf16-sized
+    exact = reference64(hidden, weight, targets, tw)
+    assert rel_err(grads["weight"], exact[1]["weight"]) > 100 * FP32_TOL
+
+
+def test_dtype_mismatch_without_autocast_raises():
+    hidden, weight, targets, tw, _ = make_inputs(N=10, V=50)
+    with pytest.raises(ValueError, match="autocast"):
+        fused_linear_cross_entropy(hidden.bfloat16(), weight, targets, tw)
+
+
+class MaxNumel(TorchFunctionMode):
+    """Records the largest tensor any torch function returns while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.max = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.max = max(self.max, t.numel())
+        return out
+
+
+def test_never_materializes_full_logits():
+    N, V = 256, 2000
+    hidden, weight, targets, tw, _ = make_inputs(N=N, V=V, seed=14)
+    h, W = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    with MaxNumel() as m:
+        fused_linear_cross_entropy(h, W, targets, tw, chunk_size=32).backward()
+    assert m.max == 32 * V  # one chunk of logits, not N * V
+    with MaxNumel() as m:
+        linear_cross_entropy_reference(h, W, targets, tw)
+    assert m.max == N * V  # the check above would notice full logits
+
+
+def test_default_chunk_size():
+    assert default_chunk_size(10**6, 64000) == 2048 and default_chunk_size(10**6, 151936) == 512
+    assert default_chunk_size(100, 64000) == 100 and default_chunk_size(5, 10**9) == 1
