@@ -1,0 +1,304 @@
+"""Import question/answer pairs (CSV, TSV or JSONL) into the project's JSONL rows, with a
+deterministic train/val/test split and rule-based severity labels.
+
+Run (CPU only; one streaming pass, no GPU or torchrun involved):
+  python prepare_data.py --data ds5b.csv --out data/maqa.jsonl                # MAQA as distributed
+  python prepare_data.py --data data/demo_raw.csv --out out/demo/prepared.jsonl
+  python prepare_data.py --data altibbi.csv --question-col question --answer-col answer \\
+      --category-col specialty --normalize
+  python prepare_data.py --data rows.jsonl --out prepared.jsonl --label none   # keep gold labels only
+
+Reads --data, format from the extension (.csv, .tsv/.tab, .jsonl/.ndjson) or --format:
+  CSV/TSV: UTF-8 (a BOM is fine), a header line, quoted fields may span lines and be large.
+    Every value is kept as a string.
+  JSONL: one JSON object per line (blank lines skipped).
+  Columns used: --question-col (default q_body), --answer-col (a_body), --category-col
+  (category; used when present), --id-col (optional), and if present `severity` (a gold label:
+  mild/moderate/critical, any case; empty = unlabeled), `severity_probs` (3 probabilities; in a
+  CSV as a JSON list "[0.7, 0.2, 0.1]") and `split` (train/val/test, kept as given).
+
+Writes --out, one JSON object per line (UTF-8, Arabic unescaped), atomically (a temporary file
+renamed into place: an error or an interrupted run leaves no partial output):
+  id               --id-col's value; else the input's own `id` field if it has one; else a content
+                   hash (16 hex digits) of the normalized question + answer, so a row keeps its
+                   id when other rows are added, removed or reordered (a row number would not).
+  question, answer the texts, cleaned: URLs removed (--keep-urls keeps them), Eastern Arabic
+                   digits made ASCII, whitespace (also line breaks) collapsed to single spaces;
+                   with --normalize also common.normalize_arabic (no diacritics/tatweel, ا for
+                   أ/إ/آ, ي for ى, ه for ة). Off by default because MAQA's text is already
+                   normalized; turn it on for raw sources (Altibbi-style exports).
+  category         the --category-col value, kept as given (if the column exists).
+  split            train / val / test from a hash of the id and --seed (common.stable_hash):
+                   a row's split depends on its id only, so it never changes when rows are added.
+                   A valid `split` already in the input is kept.
+  severity, severity_source
+                   "gold" when the input has a severity label (validated); otherwise with
+                   --label rules the label of lexicon.severity_of(question) and "rules" (rows
+                   whose input says severity_source "rules" are relabeled, so re-running on this
+                   script's own output is safe); with --label none unlabeled rows get neither field.
+  severity_probs   only when the input has them (validated with common.check_probs).
+  ...              every other input column/field, unchanged. The mapped columns (question,
+                   answer, category and id columns) are renamed, not duplicated.
+
+Rows are dropped and counted when the answer (or the question) has fewer than
+--min-answer-words (--min-question-words) words after cleaning, or when the same normalized
+question + answer was already seen (only 8-byte hashes are kept in memory for that, so 430k
+MAQA rows stream in constant memory). Errors name the file, line and field (common.DataError):
+a missing column (the available ones are listed), malformed CSV or JSON, an empty question, an
+unknown severity or split, bad severity_probs, a duplicate --id-col value.
+
+At the end a summary is printed (and returned by main() as a dict): rows read, kept, dropped by
+reason, label sources, and label counts per split.
+"""
+import argparse
+import csv
+import json
+import re
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from common import SEVERITIES, DataError, check_probs, normalize_arabic, read_jsonl, stable_hash, write_jsonl
+
+SPLITS = ("train", "val", "test")
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
+EASTERN_DIGITS = str.maketrans("٠١٢٣٤٥٦٧٨٩۰۱۲۳۴۵۶۷۸۹", "0123456789" * 2)
+HAS_EASTERN_DIGIT = re.compile("[٠-٩۰-۹]")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="input file: .csv, .tsv or .jsonl")
+    p.add_argument("--out", required=True, help="output JSONL file (written atomically)")
+    p.add_argument("--format", choices=["auto", "csv", "tsv", "jsonl"], default="auto",
+                   help="input format (default: from the file extension)")
+    p.add_argument("--question-col", default="q_body", help="column with the patient's question")
+    p.add_argument("--answer-col", default="a_body", help="column with the doctor's answer")
+    p.add_argument("--category-col", default=None,
+                   help="column with the specialty (default: 'category', used when present; "
+                        "a column named here must exist)")
+    p.add_argument("--id-col", default=None,
+                   help="column with a unique row id (default: the input's 'id' field if any, "
+                        "else a content hash of question + answer)")
+    p.add_argument("--normalize", action="store_true",
+                   help="apply common.normalize_arabic to question and answer (for raw sources)")
+    p.add_argument("--keep-urls", action="store_true", help="keep URLs in the texts (default: strip)")
+    p.add_argument("--min-answer-words", type=int, default=3, help="drop rows with shorter answers")
+    p.add_argument("--min-question-words", type=int, default=2, help="drop rows with shorter questions")
+    p.add_argument("--val-frac", type=float, default=0.1, help="fraction of rows in the val split")
+    p.add_argument("--test-frac", type=float, default=0.1, help="fraction of rows in the test split")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split hash")
+    p.add_argument("--label", choices=["rules", "none"], default="rules",
+                   help="label unlabeled rows with the lexicon rules, or leave them unlabeled")
+    args = p.parse_args(argv)
+    if not (0 <= args.val_frac and 0 <= args.test_frac and args.val_frac + args.test_frac < 1):
+        p.error("need 0 <= --val-frac, --test-frac and --val-frac + --test-frac < 1")
+    return args
+
+
+# -----------------------------------------------------------------------------
+# readers: yield (line number, {column: value})
+
+
+def read_table(path, delimiter):
+    """CSV/TSV rows as dicts of strings; line = the line the record starts on."""
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # answers can exceed the 128 KiB default
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, delimiter=delimiter, strict=True)
+        try:
+            header = [h.strip() for h in next(reader)]
+        except StopIteration:
+            raise DataError(path, 1, None, "empty file (no header line)") from None
+        except (csv.Error, UnicodeDecodeError) as e:
+            raise DataError(path, 1, None, f"unreadable header: {e}") from None
+        dup = sorted({h for h in header if header.count(h) > 1})
+        if dup:
+            raise DataError(path, 1, dup[0], "column name appears twice in the header")
+        yield 0, header  # the columns, before any row
+        start = reader.line_num + 1
+        while True:
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                raise DataError(path, start, None, f"malformed {'TSV' if delimiter == chr(9) else 'CSV'}: {e}") from None
+            except UnicodeDecodeError as e:
+                raise DataError(path, start, None, f"not UTF-8 text ({e.reason})") from None
+            if values:
+                if len(values) != len(header):
+                    raise DataError(path, start, None, f"{len(values)} fields, but the header has {len(header)}")
+                yield start, dict(zip(header, values))
+            start = reader.line_num + 1
+
+
+def read_jsonl_rows(path):
+    """JSONL rows as dicts (common.read_jsonl: malformed lines raise DataError)."""
+    first = True
+    for lineno, row in read_jsonl(path):
+        if first:
+            yield 0, None  # columns differ per row in JSONL
+            first = False
+        yield lineno, row
+
+
+# -----------------------------------------------------------------------------
+# cleaning and validation
+
+
+def clean(text, args):
+    if not args.keep_urls:
+        text = URL.sub(" ", text)
+    if args.normalize:
+        return normalize_arabic(text)
+    if HAS_EASTERN_DIGIT.search(text):  # str.translate is slow; most rows have none
+        text = text.translate(EASTERN_DIGITS)
+    return " ".join(text.split())
+
+
+def text_field(row, col, path, line):
+    value = row.get(col)
+    if value is None:
+        raise DataError(path, line, col, f"missing (fields: {', '.join(map(str, row))})")
+    if not isinstance(value, str):
+        raise DataError(path, line, col, f"expected text, got {type(value).__name__}")
+    return value
+
+
+def gold_severity(row, path, line):
+    """The input's own severity label (None when absent or empty)."""
+    value = row.get("severity")
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, str) or value.strip().lower() not in SEVERITIES:
+        raise DataError(path, line, "severity", f"{value!r} is not one of {SEVERITIES}")
+    return value.strip().lower()
+
+
+def input_probs(row, path, line):
+    value = row.get("severity_probs")
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):  # CSV: a JSON list in a cell
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise DataError(path, line, "severity_probs", f"not a JSON list: {value!r}") from None
+    return check_probs(value, path, line)
+
+
+def split_of(row_id, args):
+    u = stable_hash(row_id, args.seed) / 2**64  # uniform in [0, 1), fixed per id
+    return "test" if u < args.test_frac else "val" if u < args.test_frac + args.val_frac else "train"
+
+
+# -----------------------------------------------------------------------------
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    path = Path(args.data)
+    if not path.is_file():
+        raise DataError(path, None, None, "file not found")
+    fmt = args.format if args.format != "auto" else FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise DataError(path, None, None, f"unknown extension {path.suffix!r}: pass --format csv|tsv|jsonl")
+    rows = read_jsonl_rows(path) if fmt == "jsonl" else read_table(path, "," if fmt == "csv" else "\t")
+    if args.label == "rules":
+        from lexicon import severity_of  # loads the lexicon only when labeling
+    category_col = args.category_col or "category"
+
+    stats = {"rows_read": 0, "kept": 0,
+             "dropped": {"short_question": 0, "short_answer": 0, "duplicate": 0},
+             "severity_source": {"gold": 0, "rules": 0, "none": 0},
+             "splits": {s: {label: 0 for label in SEVERITIES + ("unlabeled",)} for s in SPLITS}}
+    seen_text, seen_ids = set(), set()
+
+    def check_columns(columns, line):
+        needed = [args.question_col, args.answer_col] + [c for c in (args.id_col, args.category_col) if c]
+        missing = [c for c in needed if c not in columns]
+        if missing:
+            raise DataError(path, line, missing[0], f"column not found; available columns: {', '.join(map(str, columns))}")
+
+    def prepared():
+        for line, row in tqdm(rows, desc="prepare", unit=" rows", disable=None):
+            if line == 0:  # the table header
+                if row is not None:
+                    check_columns(row, 1)
+                continue
+            if fmt == "jsonl":
+                check_columns(row, line)
+            stats["rows_read"] += 1
+            question = clean(text_field(row, args.question_col, path, line), args)
+            answer = clean(text_field(row, args.answer_col, path, line), args)
+            if not question:
+                raise DataError(path, line, args.question_col, "empty question")
+            if len(question.split()) < args.min_question_words:
+                stats["dropped"]["short_question"] += 1
+                continue
+            if len(answer.split()) < args.min_answer_words:
+                stats["dropped"]["short_answer"] += 1
+                continue
+            key = normalize_arabic(question) + "\n" + normalize_arabic(answer)
+            content = stable_hash(key)
+            if content in seen_text:
+                stats["dropped"]["duplicate"] += 1
+                continue
+            seen_text.add(content)
+
+            id_col = args.id_col or ("id" if "id" in row else None)
+            if id_col:
+                row_id = row[id_col]
+                row_id = str(row_id).strip() if row_id is not None else ""
+                if not row_id:
+                    raise DataError(path, line, id_col, "empty id")
+                if stable_hash(row_id) in seen_ids:
+                    raise DataError(path, line, id_col, f"duplicate id {row_id!r}")
+                seen_ids.add(stable_hash(row_id))
+            else:
+                row_id = f"{content:016x}"
+
+            split = row.get("split")
+            if split in (None, ""):
+                split = split_of(row_id, args)
+            elif split not in SPLITS:
+                raise DataError(path, line, "split", f"{split!r} is not one of {SPLITS}")
+
+            out = {"id": row_id, "question": question, "answer": answer}
+            if category_col in row:
+                out["category"] = row[category_col]
+            out["split"] = split
+            gold = gold_severity(row, path, line)
+            if gold is not None and row.get("severity_source") != "rules":
+                out["severity"], out["severity_source"] = gold, "gold"
+            elif args.label == "rules":
+                out["severity"], out["severity_source"] = severity_of(question)[0], "rules"
+            probs = input_probs(row, path, line)
+            if probs is not None:
+                out["severity_probs"] = probs
+            mapped = {args.question_col, args.answer_col, category_col, id_col}
+            for k, v in row.items():
+                if k not in mapped and k not in out and k not in ("severity", "severity_source"):
+                    out[k] = v
+
+            stats["kept"] += 1
+            stats["severity_source"][out.get("severity_source", "none")] += 1
+            stats["splits"][split][out.get("severity", "unlabeled")] += 1
+            yield out
+
+    write_jsonl(args.out, prepared())
+
+    print(f"{path}: {stats['rows_read']} rows read, {stats['kept']} kept -> {args.out}")
+    print("dropped: " + ", ".join(f"{k} {v}" for k, v in stats["dropped"].items()))
+    print("severity source: " + ", ".join(f"{k} {v}" for k, v in stats["severity_source"].items()))
+    for s in SPLITS:
+        counts = stats["splits"][s]
+        print(f"{s:5s} {sum(counts.values()):7d}  " + "  ".join(f"{k} {v}" for k, v in counts.items()))
+    return stats
+
+
+if __name__ == "__main__":
+    main()
