@@ -1,0 +1,188 @@
+"""Add calibrated severity probabilities to every row of a JSONL file.
+
+For each row, the severity classifier saved by train_classifier.py reads the row's `question`
+(the text field it was trained on) and this script adds
+
+    "severity_probs": [p_mild, p_moderate, p_critical] = softmax(logits / T)
+
+where T is the temperature fitted on the val split (config.json "severity_temperature"; 1.0 if a
+folder has none). Probabilities are rounded to 6 decimals (they sum to 1 within 2e-6). Every other
+field is kept unchanged, rows stay in their input order, and an existing severity_probs is
+replaced. The text gets the same preprocessing as in training (config "severity_preprocess") and
+is cut to the same length (config "severity_max_len", or --max-len); the number of cut rows is
+printed.
+
+Run it:
+
+    # CPU
+    python score_severity.py --data labeled.jsonl --model out/classifier --out scored.jsonl
+
+    # one GPU (bf16 autocast)
+    python score_severity.py --data maqa.jsonl --model runs/classifier --out scored.jsonl --device cuda
+
+    # N GPUs (or N CPU processes with gloo) on one machine
+    torchrun --standalone --nproc_per_node 8 score_severity.py --data maqa.jsonl \
+        --model runs/classifier --out scored.jsonl
+
+Streaming: the input is read once, --chunk-size rows at a time (never held whole in memory, so
+430k MAQA rows are fine); each chunk is sorted by length so batches carry little padding, scored,
+put back in order and written. Under torchrun, rank r scores rows r, r + N, r + 2N, ... (every
+rank reads and validates the whole file, so bad input fails on all ranks alike) and writes a
+shard file next to --out; after a barrier rank 0 interleaves the shards back into the input
+order, writes --out and deletes the shards. The shards must be on a file system all ranks see
+(one machine, or a shared disk).
+
+Reads: --data (JSONL; each row needs a non-empty string `question`), --model (a classifier folder
+from train_classifier.py). Writes: --out, atomically (temporary file, then rename): a malformed
+line or a missing/empty question raises DataError naming the file, line and field, and leaves no
+output behind.
+"""
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from common import (DEMO_DATA, SEVERITIES, DataError, atomic_open, cleanup_dist, dumps, print0,
+                    read_jsonl, setup_dist)
+from train_classifier import PREPROCESSORS, encode_texts, predict_logits
+
+
+def load_classifier(folder, device):
+    """(model, tokenizer, settings) from a train_classifier.py folder; settings holds the
+    temperature, preprocessing, max length and text field stored in its config.json."""
+    from models import load_pretrained
+
+    folder = Path(folder)
+    model, tokenizer = load_pretrained(folder, device=device)
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)] if hasattr(model, "classifier") else None
+    if labels != list(SEVERITIES):
+        raise ValueError(f"{folder}: not a severity classifier (need a BertForSequenceClassification "
+                         f"with labels {list(SEVERITIES)}, got {labels})")
+    cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    settings = dict(temperature=float(cfg.get("severity_temperature", 1.0)),
+                    preprocess=cfg.get("severity_preprocess", "none"),
+                    max_len=int(cfg.get("severity_max_len", model.config.max_position_embeddings)),
+                    text_field=cfg.get("severity_text_field", "question"))
+    if settings["preprocess"] not in PREPROCESSORS:
+        raise ValueError(f"{folder}: unknown severity_preprocess {settings['preprocess']!r}")
+    if not settings["temperature"] > 0:
+        raise ValueError(f"{folder}: severity_temperature must be > 0, got {settings['temperature']}")
+    return model, tokenizer, settings
+
+
+def severity_probs(logits, temperature):
+    """softmax(logits / T) per row, in float64, as lists of floats rounded to 6 decimals."""
+    probs = (logits.double() / temperature).softmax(-1)
+    return [[round(p, 6) for p in row] for row in probs.tolist()]
+
+
+def count_rows(path):
+    """Number of lines (an upper bound on rows; only for the progress bar)."""
+    with open(path, "rb") as f:
+        return sum(buf.count(b"\n") for buf in iter(lambda: f.read(1 << 20), b""))
+
+
+def shard_path(out, rank, world):
+    return out.with_name(f".{out.name}.rank{rank}-of-{world}")
+
+
+def merge_shards(shards, out):
+    """Interleave shard files (row i is line i // N of shard i % N) into `out`, atomically."""
+    files = [open(s, encoding="utf-8") for s in shards]
+    try:
+        with atomic_open(out) as f:
+            i = 0
+            while line := files[i % len(files)].readline():
+                f.write(line)
+                i += 1
+            if any(g.readline() for g in files):
+                raise RuntimeError(f"shards of {out} do not interleave: a shard has extra rows")
+    finally:
+        for g in files:
+            g.close()
+    return i
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(DEMO_DATA), help="input JSONL (rows with a question)")
+    parser.add_argument("--model", default="out/classifier", help="classifier folder written by train_classifier.py")
+    parser.add_argument("--out", default="out/scored.jsonl", help="output JSONL: the input rows plus severity_probs")
+    parser.add_argument("--batch-size", type=int, default=64, help="rows per forward pass (per rank)")
+    parser.add_argument("--chunk-size", type=int, default=4096, help="rows read, length-sorted and scored at a time")
+    parser.add_argument("--max-len", type=int, default=None,
+                        help="maximum tokens per question (default: the length the classifier was trained with)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (under torchrun: cuda:LOCAL_RANK)")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1 or args.chunk_size < 1 or (args.max_len is not None and args.max_len < 3):
+        parser.error("--batch-size and --chunk-size must be >= 1, --max-len >= 3")
+
+    rank, world, device = setup_dist(args.device)
+    out = Path(args.out)
+    shard = shard_path(out, rank, world) if world > 1 else None
+    try:
+        t0 = time.time()
+        model, tokenizer, settings = load_classifier(args.model, device)
+        preprocess, field, T = PREPROCESSORS[settings["preprocess"]], settings["text_field"], settings["temperature"]
+        max_len = min(args.max_len or settings["max_len"], model.config.max_position_embeddings)
+        pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+        print0(f"scoring {args.data} with {args.model} (T = {T:.4f}, preprocess={settings['preprocess']}, "
+               f"max_len={max_len}) on {world} x {device}")
+
+        def score(chunk):
+            """(lineno, row) pairs -> rows with severity_probs, in the same order."""
+            seqs, cut = encode_texts(tokenizer, [preprocess(row[field]) for _, row in chunk], max_len)
+            logits = predict_logits(model, seqs, pad_id, args.batch_size, device)
+            for (_, row), p in zip(chunk, severity_probs(logits, T)):
+                row["severity_probs"] = p
+            return [row for _, row in chunk], cut
+
+        n_rows, n_cut = 0, 0
+        bar = tqdm(total=count_rows(args.data), disable=rank != 0, desc="score", unit="row", leave=False)
+        with bar, atomic_open(shard or out) as f:
+            chunk = []
+            for i, item in enumerate(read_jsonl(args.data, required=(field,))):
+                bar.update(1)
+                if i % world != rank:  # rank r takes rows r, r + world, ...
+                    continue
+                chunk.append(item)
+                if len(chunk) == args.chunk_size:
+                    rows, cut = score(chunk)
+                    f.writelines(dumps(row) for row in rows)
+                    n_rows, n_cut, chunk = n_rows + len(rows), n_cut + cut, []
+            if chunk:
+                rows, cut = score(chunk)
+                f.writelines(dumps(row) for row in rows)
+                n_rows, n_cut = n_rows + len(rows), n_cut + cut
+
+        if world > 1:
+            counts = torch.tensor([n_rows, n_cut], device=device)
+            dist.all_reduce(counts)  # also the barrier: every shard is complete after this
+            n_rows, n_cut = counts.tolist()
+            if rank == 0:
+                shards = [shard_path(out, r, world) for r in range(world)]
+                merge_shards(shards, out)
+                for s in shards:
+                    os.remove(s)
+            dist.barrier()
+        if n_cut:
+            print0(f"{n_cut} of {n_rows} questions were longer than {max_len} tokens and were cut")
+        elapsed = time.time() - t0
+        print0(f"wrote {out}: {n_rows} rows in {elapsed:.1f}s ({n_rows / max(elapsed, 1e-9):.0f} rows/s)")
+        return dict(rows=n_rows, truncated=n_cut, seconds=elapsed)
+    finally:
+        if shard is not None and shard.exists():  # rank 0 removed it after a successful merge
+            os.remove(shard)  # a failed run leaves no shard behind
+        cleanup_dist()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except DataError as e:
+        raise SystemExit(f"error: {e}")

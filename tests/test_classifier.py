@@ -1,0 +1,226 @@
+"""train_classifier.py: it learns, its folder opens in transformers, and its metrics are right.
+
+References: hand-computed confusion/F1/ECE values, a grid search for the temperature, NLL from
+F.cross_entropy in float64, and transformers' BertForSequenceClassification for the saved folder.
+"""
+import json
+import random
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import train_classifier as tc
+from common import SEVERITIES, DataError
+
+# a keyword decides the class; the rest of the sentence is shared filler
+KEYWORDS = {"mild": ["حبوب الشباب", "قشرة الشعر", "جفاف الجلد", "زكام خفيف"],
+            "moderate": ["حمى مستمرة", "التهاب الحلق", "قيء متكرر", "ألم الظهر"],
+            "critical": ["ألم شديد في الصدر", "نزيف حاد", "فقدان الوعي", "ضيق التنفس"]}
+TEMPLATES = ["أعاني من {k} منذ {n} أيام، ماذا أفعل؟", "عندي {k} {w}", "ابني لديه {k} {w} فهل هذا خطير",
+             "{k} {w} وأشعر بالتعب", "السلام عليكم، عندي {k}"]
+WHEN = ["منذ الصباح", "منذ أسبوع", "بعد الأكل", "في الليل", "منذ يومين"]
+
+
+def make_rows(n, seed=0, mix=(3, 2, 1)):
+    """n synthetic labeled rows; classes in proportion `mix` (mild, moderate, critical);
+    splits 60/20/20 by row number."""
+    rng = random.Random(seed)
+    cycle = [s for s, m in zip(SEVERITIES, mix) for _ in range(m)]
+    rows = []
+    for i in range(n):
+        sev = cycle[i % len(cycle)]
+        q = rng.choice(TEMPLATES).format(k=rng.choice(KEYWORDS[sev]), n=rng.randint(2, 9), w=rng.choice(WHEN))
+        split = "train" if i % 10 < 6 else ("val" if i % 10 < 8 else "test")
+        rows.append(dict(id=f"r{i}", question=q, answer="راجع الطبيب", category="عام", split=split,
+                         severity=sev, severity_source="rules"))
+    return rows
+
+
+def write_rows(path, rows):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a small shared CPU, two spinning OpenMP threads are ~20x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small BERT trained from scratch on the keyword task: (folder, metrics, rows)."""
+    tmp = tmp_path_factory.mktemp("clf")
+    rows = make_rows(240)
+    data = write_rows(tmp / "labeled.jsonl", rows)
+    out = tmp / "classifier"
+    metrics = tc.main(["--data", str(data), "--out", str(out), "--epochs", "8", "--patience", "2",
+                       "--batch-size", "16", "--lr", "1e-3", "--max-len", "32", "--seed", "0", "--device", "cpu"])
+    return out, metrics, rows
+
+
+def test_learns_keyword_task(trained):
+    out, metrics, rows = trained
+    assert metrics["test"]["accuracy"] >= 0.9, metrics["history"]
+    assert metrics["test"]["macro_f1"] >= 0.9
+    assert sum(map(sum, metrics["test"]["confusion"])) == metrics["test"]["n"] == sum(r["split"] == "test" for r in rows)
+    # inverse-frequency class weights N / (3 * n_c) from the (imbalanced 3:2:1) train split
+    counts = [sum(r["split"] == "train" and r["severity"] == s for r in rows) for s in SEVERITIES]
+    for s, n in zip(SEVERITIES, counts):
+        assert metrics["class_weights"][s] == pytest.approx(sum(counts) / (3 * n))
+    assert json.loads((out / "metrics.json").read_text(encoding="utf-8"))["test"] == metrics["test"]
+
+
+def test_saved_folder_opens_in_transformers(trained):
+    transformers = pytest.importorskip("transformers")
+    out, metrics, rows = trained
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
+    assert hf.config.id2label == {0: "mild", 1: "moderate", 2: "critical"}
+    assert hf.config.label2id == {"mild": 0, "moderate": 1, "critical": 2}
+    assert hf.config.severity_temperature == pytest.approx(metrics["temperature"])
+
+    from models import load_pretrained
+    ours, tok = load_pretrained(out)
+    texts = [r["question"] for r in rows if r["split"] == "test"]
+    seqs, _ = tc.encode_texts(tok, texts, 32)
+    assert seqs == transformers.AutoTokenizer.from_pretrained(out)(texts)["input_ids"]
+    ids, mask = tc.pad_batch(seqs, tok.pad_id, "cpu")
+    with torch.no_grad():
+        expected = hf(input_ids=ids, attention_mask=mask).logits
+    got = tc.predict_logits(ours, seqs, tok.pad_id, batch_size=5, device=torch.device("cpu"))
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+    # metrics.json holds the numbers of the saved (best) weights
+    labels = [SEVERITIES.index(r["severity"]) for r in rows if r["split"] == "test"]
+    again = tc.split_metrics(expected, labels, metrics["temperature"])
+    assert again["confusion"] == metrics["test"]["confusion"]
+    assert again["nll"] == pytest.approx(metrics["test"]["nll"], abs=1e-4)
+
+
+def test_fine_tunes_on_a_pretrained_encoder(trained, tmp_path):
+    """--model: the encoder starts from the folder's weights, the head is new; a folder named
+    *arabert* gets AraBERT preprocessing by default."""
+    from models import load_pretrained
+    src = tmp_path / "tiny-arabertv02"
+    shutil.copytree(trained[0], src)
+    rows = trained[2]
+    data = write_rows(tmp_path / "labeled.jsonl", rows[:60])
+    out = tmp_path / "ft"
+    tc.main(["--data", str(data), "--out", str(out), "--model", str(src), "--epochs", "1", "--lr", "1e-12",
+             "--batch-size", "32", "--max-len", "32", "--device", "cpu"])
+    a, _ = load_pretrained(src)
+    b, _ = load_pretrained(out)
+    for (k, va), (_, vb) in zip(a.bert.state_dict().items(), b.bert.state_dict().items()):
+        torch.testing.assert_close(vb, va, atol=1e-6, rtol=0, msg=k)
+    assert not torch.allclose(a.classifier.weight, b.classifier.weight)
+    assert json.loads((out / "config.json").read_text(encoding="utf-8"))["severity_preprocess"] == "arabert"
+
+
+def test_lr_schedule():
+    lrs = [tc.lr_at(step, 100, 10, 1.0) for step in range(101)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == lrs[10] == pytest.approx(1.0)
+    assert lrs[55] == pytest.approx(0.5) and lrs[100] == 0.0
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+def test_confusion_and_macro_f1_by_hand():
+    y_true = [0, 0, 0, 1, 1, 2, 2, 2, 2]
+    y_pred = [0, 1, 0, 1, 2, 2, 2, 0, 1]
+    assert tc.confusion_matrix(y_true, y_pred) == [[2, 1, 0], [0, 1, 1], [1, 1, 2]]
+    prf = tc.per_class_prf(tc.confusion_matrix(y_true, y_pred))
+    assert [c["precision"] for c in prf] == pytest.approx([2 / 3, 1 / 3, 2 / 3])
+    assert [c["recall"] for c in prf] == pytest.approx([2 / 3, 1 / 2, 1 / 2])
+    assert [c["f1"] for c in prf] == pytest.approx([2 / 3, 2 / 5, 4 / 7])
+    assert tc.macro_f1(y_true, y_pred) == pytest.approx(172 / 315)
+    assert tc.accuracy(y_true, y_pred) == pytest.approx(5 / 9)
+    # a class never predicted and never true: precision = recall = F1 = 0, still in the macro mean
+    assert tc.macro_f1([0, 1], [0, 1]) == pytest.approx(2 / 3)
+
+
+def test_ece_by_hand():
+    probs = [[0.90, 0.05, 0.05],  # conf 0.90, right   bin (13/15, 14/15]
+             [0.81, 0.09, 0.10],  # conf 0.81, wrong   bin (12/15, 13/15]
+             [0.20, 0.50, 0.30],  # conf 0.50, right   bin (7/15, 8/15]
+             [0.29, 0.29, 0.42],  # conf 0.42, wrong   bin (6/15, 7/15]
+             [0.62, 0.30, 0.08],  # conf 0.62, right   bin (9/15, 10/15] with the next row:
+             [0.64, 0.26, 0.10]]  # conf 0.64, wrong   acc 0.5, mean conf 0.63
+    labels = [0, 1, 1, 0, 0, 2]
+    expected = (0.10 + 0.81 + 0.50 + 0.42 + 2 * abs(0.5 - 0.63)) / 6
+    assert tc.expected_calibration_error(probs, labels) == pytest.approx(expected)
+    # a single bin: |accuracy - mean confidence|
+    assert tc.expected_calibration_error(probs, labels, n_bins=1) == pytest.approx(
+        abs(3 / 6 - (0.90 + 0.81 + 0.50 + 0.42 + 0.62 + 0.64) / 6))
+
+
+def test_temperature_scaling_fixes_overconfidence():
+    g = torch.Generator().manual_seed(0)
+    z = 1.5 * torch.randn(6000, 3, generator=g, dtype=torch.float64)
+    labels = torch.multinomial(z.softmax(-1), 1, generator=g).squeeze(1)  # calibrated by construction
+    logits = 5 * z  # the same ranking, 5x overconfident
+    fit, held = slice(0, 3000), slice(3000, None)
+    T = tc.fit_temperature(logits[fit], labels[fit])
+    # reference: the NLL minimum on a fine grid, NLL from F.cross_entropy in float64
+    grid = torch.linspace(4, 6, 2001, dtype=torch.float64)
+    nlls = F.cross_entropy((logits[fit] / grid[:, None, None]).transpose(1, 2),  # (grid, 3, N)
+                           labels[fit].expand(len(grid), -1), reduction="none").mean(1)
+    assert T == pytest.approx(grid[nlls.argmin()].item(), abs=2e-3)
+    assert 4 < T < 6
+    before = tc.expected_calibration_error(logits[held].softmax(-1), labels[held])
+    after = tc.expected_calibration_error((logits[held] / T).softmax(-1), labels[held])
+    assert before > 0.1 and after < before / 3
+    assert tc.nll(logits[held], labels[held], T) < tc.nll(logits[held], labels[held])
+    assert tc.fit_temperature(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)) == 1.0
+
+
+@pytest.mark.parametrize("change, field", [
+    (dict(severity="severe"), "severity"),
+    (dict(severity=None), "severity"),
+    (dict(split="dev"), "split"),
+    (dict(question=""), "question"),
+])
+def test_bad_rows_raise_data_error(tmp_path, change, field):
+    rows = make_rows(30)
+    rows[7].update(change)
+    rows[7] = {k: v for k, v in rows[7].items() if v is not None}
+    data = write_rows(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(DataError) as e:
+        tc.main(["--data", str(data), "--out", str(tmp_path / "out"), "--epochs", "1"])
+    assert e.value.line == 8 and e.value.field == field
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_val_split_raises(tmp_path):
+    rows = [dict(r, split="train") for r in make_rows(12)]
+    with pytest.raises(DataError, match="val"):
+        tc.main(["--data", str(write_rows(tmp_path / "d.jsonl", rows)), "--out", str(tmp_path / "o")])
+
+
+def test_arabert_preprocess():
+    p = tc.arabert_preprocess
+    assert p("مَرْحَباً بِكُمْ") == "مرحبا بكم"  # tashkeel stripped
+    assert p("ألم شديــــد") == "ألم شديد"  # tatweel stripped
+    assert p("أعاني من ألم!!!") == "أعاني من ألم ! !"  # 3+ repeats -> 2, punctuation spaced
+    assert p("عمري ٣٥سنة، وأشعر بدوخة؟") == "عمري 35 سنة ، وأشعر بدوخة ؟"
+    assert p("ضغط 120/80") == "ضغط 120 - 80"  # "/" is not in AraBERT v2's vocabulary
+    assert p("صداع 😢 &quot;حمى&quot; & دوار") == 'صداع " حمى " دوار'  # emoji, "&" dropped; HTML unescaped
+    assert p("راجع https://example.com/page") == "راجع [رابط]"
+    assert p("إبرة آلام مؤلمة ئ ى ة") == "إبرة آلام مؤلمة ئ ى ة"  # letters NOT unified
+    assert tc.resolve_preprocess("auto", "models/bert-base-arabertv02") == "arabert"
+    assert tc.resolve_preprocess("auto", "models/all-MiniLM-L6-v2") == "none"
+    assert tc.resolve_preprocess("auto", None) == "none"
+    assert tc.resolve_preprocess("none", "bert-base-arabertv02") == "none"
+
+
+def test_wordpiece_keeps_arabic_letters():
+    tok = tc.train_wordpiece([r["question"] for r in make_rows(60)] + ["آلام إبرة مؤلم قائمة مستشفى"], 500)
+    norm = tok.normalizer.normalize_str
+    assert norm("أَلَمٌ شديـــد") == "ألم شديد"  # tashkeel and tatweel removed
+    assert norm("آلام إبرة مؤلم قائمة مستشفى") == "آلام إبرة مؤلم قائمة مستشفى"  # hamza/madda letters kept
+    enc = tok.encode("ألم في الصدر")
+    assert enc.tokens[0] == "[CLS]" and enc.tokens[-1] == "[SEP]"
+    assert tok.token_to_id("[PAD]") == 0

@@ -1,0 +1,158 @@
+"""score_severity.py: severity_probs equal softmax(logits / T) of a direct forward pass (through
+transformers), rows keep their order and fields, torchrun with 2 ranks writes the same rows,
+and bad input leaves no output."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import score_severity as ss
+import train_classifier as tc
+from common import SEVERITIES, DataError, check_probs
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPERATURE = 1.7
+QUESTIONS = ["أعاني من ألم شديد في الصدر منذ ساعة، ماذا أفعل؟", "عندي حَبُّ شبابٍ خفيف", "صداع 😢 منذ ٣أيام!!!",
+             "ضغطي 150/95 وأشعر بدوار", "ابني عنده حمى وقيء", "هل الزكام خطير؟",
+             "نزيف " * 30 + "ماذا أفعل",  # longer than max_len: cut
+             "ضيق في التنفس", "حكة في الجلد بعد الأكل", "فقدان الوعي لثوان"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a small shared CPU, two spinning OpenMP threads are ~20x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    """A tiny random classifier folder (arabert preprocessing, T = 1.7, max_len 16). Weights
+    drawn with std 0.5 so the probabilities differ clearly from row to row."""
+    from models import Tokenizer
+    from models.bert import BertConfig, BertForSequenceClassification
+    torch.manual_seed(0)
+    texts = [tc.arabert_preprocess(q) for q in QUESTIONS] * 3
+    special = {n.strip("[]").lower(): n for n in tc.SPECIAL_TOKENS}
+    tok = Tokenizer(tc.train_wordpiece(texts, 200), special, 16)
+    config = BertConfig.from_dict(dict(tc.SMALL_BERT, hidden_size=32, intermediate_size=64, max_position_embeddings=32,
+                                       vocab_size=tok.vocab_size, initializer_range=0.5,
+                                       id2label=dict(enumerate(SEVERITIES))))
+    model = BertForSequenceClassification(config)
+    folder = tmp_path_factory.mktemp("score") / "classifier"
+    tc.save_classifier(model, tok, folder, {}, dict(severity_temperature=TEMPERATURE, severity_preprocess="arabert",
+                                                    severity_max_len=16, severity_labels=list(SEVERITIES)))
+    return folder
+
+
+def make_input(path, n=23):
+    rows = [{"id": f"q{i}", "question": QUESTIONS[i % len(QUESTIONS)], "answer": "إجابة", "n": i,
+             "nested": {"a": [1, 2.5, None], "ar": "نص"}, **({"severity_probs": [1, 0, 0]} if i == 3 else {})}
+            for i in range(n)]
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    path.write_text(text.replace("\n", "\n\n", 1), encoding="utf-8")  # a blank line is skipped
+    return path, rows
+
+
+def reference_probs(folder, questions):
+    """softmax(logits / T) from transformers, one unpadded row at a time."""
+    transformers = pytest.importorskip("transformers")
+    from models import Tokenizer
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    tok = Tokenizer.from_folder(folder)
+    probs = []
+    for q in questions:
+        ids = tok.encode(tc.arabert_preprocess(q))[:14]
+        ids = torch.tensor([[tok.cls_id, *ids, tok.sep_id]])
+        with torch.no_grad():
+            logits = hf(input_ids=ids).logits[0].double()
+        probs.append((logits / TEMPERATURE).softmax(-1))
+    return torch.stack(probs)
+
+
+def test_matches_direct_forward_pass(classifier, tmp_path):
+    data, rows = make_input(tmp_path / "in.jsonl")
+    out = tmp_path / "scored.jsonl"
+    result = ss.main(["--data", str(data), "--model", str(classifier), "--out", str(out),
+                      "--chunk-size", "7", "--batch-size", "3", "--device", "cpu"])
+    assert result["rows"] == len(rows) and result["truncated"] == sum("نزيف نزيف" in r["question"] for r in rows)
+    got = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len(got) == len(rows)
+    for i, (g, r) in enumerate(zip(got, rows)):
+        check_probs(g["severity_probs"], out, i + 1, tol=1e-5)
+        assert {k: v for k, v in g.items() if k != "severity_probs"} == {k: v for k, v in r.items() if k != "severity_probs"}
+        assert list(g) == list(r) + ([] if "severity_probs" in r else ["severity_probs"])  # field order kept
+    probs = torch.tensor([g["severity_probs"] for g in got], dtype=torch.float64)
+    expected = reference_probs(classifier, [r["question"] for r in rows])
+    torch.testing.assert_close(probs, expected, atol=2e-6, rtol=0)
+    assert probs.max(-1).values.min() < 0.8 and (probs[:, 0].max() - probs[:, 0].min()) > 0.1  # not constant
+
+
+def test_torchrun_two_ranks_same_output(classifier, tmp_path):
+    data, rows = make_input(tmp_path / "in.jsonl")
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    ss.main(["--data", str(data), "--model", str(classifier), "--out", str(one), "--chunk-size", "5", "--device", "cpu"])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "score_severity.py"), "--data", str(data), "--model", str(classifier), "--out", str(two),
+           "--chunk-size", "5", "--batch-size", "2", "--device", "cpu"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # same rows, fields and order; probabilities equal up to float noise (the ranks batch, and
+    # so pad, different rows together): a 1e-7 difference can land on either side of a 6-decimal
+    # rounding step, and renormalization can move a second value by another step
+    a = [json.loads(line) for line in one.read_text(encoding="utf-8").splitlines()]
+    b = [json.loads(line) for line in two.read_text(encoding="utf-8").splitlines()]
+    assert [{**r, "severity_probs": None} for r in a] == [{**r, "severity_probs": None} for r in b]
+    assert [r["id"] for r in b] == [r["id"] for r in rows]
+    torch.testing.assert_close(torch.tensor([r["severity_probs"] for r in b]),
+                               torch.tensor([r["severity_probs"] for r in a]), atol=5e-6, rtol=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "one.jsonl", "two.jsonl"]  # shards removed
+
+
+@pytest.mark.parametrize("bad, line, field", [
+    ('{"id": "x", "question": "سؤال"\n', 3, None),  # malformed JSON
+    ('{"id": "x", "question": "  "}\n', 3, "question"),  # empty
+    ('{"id": "x", "answer": "جواب"}\n', 3, "question"),  # missing
+    ('{"id": "x", "question": 5}\n', 3, "question"),  # not a string
+    ('["not", "an", "object"]\n', 3, None),
+])
+def test_bad_input_raises_and_writes_nothing(classifier, tmp_path, bad, line, field):
+    data = tmp_path / "in.jsonl"
+    good = '{"id": "a", "question": "صداع"}\n'
+    data.write_text(good + good + bad + good, encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(DataError) as e:
+        ss.main(["--data", str(data), "--model", str(classifier), "--out", str(out), "--chunk-size", "1", "--device", "cpu"])
+    assert e.value.line == line and e.value.field == field and str(data) in str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]  # no output, no temporary file
+
+
+def test_refuses_a_non_severity_model(classifier, tmp_path):
+    from models import Tokenizer, save_pretrained
+    from models.bert import BertConfig, BertForSequenceClassification
+    tok = Tokenizer.from_folder(classifier)
+    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
+                        intermediate_size=8, id2label={0: "neg", 1: "pos"})
+    save_pretrained(BertForSequenceClassification(config), tok, tmp_path / "m")
+    with pytest.raises(ValueError, match="not a severity classifier"):
+        ss.load_classifier(tmp_path / "m", torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_torchrun_bad_input_leaves_nothing(classifier, tmp_path):
+    data = tmp_path / "in.jsonl"
+    data.write_text('{"question": "صداع"}\n' * 5 + '{"question": ""}\n', encoding="utf-8")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "score_severity.py"), "--data", str(data), "--model", str(classifier),
+           "--out", str(tmp_path / "out.jsonl"), "--device", "cpu"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode != 0 and "line 6, field 'question'" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]  # no output, no shards

@@ -1,0 +1,565 @@
+"""Fine-tune a BERT severity classifier (mild / moderate / critical) on labeled JSONL rows.
+
+Reads rows written by prepare_data.py (fields: `question`, `split`, `severity`; every other field
+is ignored) and trains BERT + a linear head on [CLS] (BertForSequenceClassification):
+
+    train split -> training          val split -> early stopping and temperature fitting
+    test split  -> final numbers only
+
+Run it:
+
+    # CPU, no pretrained model: a small BERT (hidden 128, 2 layers) and a WordPiece vocabulary
+    # trained from scratch on the training questions -- offline, a few minutes at most
+    python train_classifier.py --data out/demo/labeled.jsonl --out out/demo/classifier
+
+    # one GPU, AraBERT (a local Hugging Face folder; nothing is downloaded)
+    python train_classifier.py --data labeled.jsonl --model models/bert-base-arabertv02 \
+        --out runs/classifier --epochs 4 --batch-size 32 --lr 3e-5 --device cuda
+
+    N GPUs: not supported -- the classifier is small next to the language model, so this script
+    is single-process (under torchrun with more than one process it stops with a message).
+    Scoring the full corpus (score_severity.py) is the part that runs on N GPUs.
+
+Labels: `severity` must be one of common.SEVERITIES; label id c = SEVERITIES[c] (0 mild,
+1 moderate, 2 critical) everywhere (logits, confusion matrix, severity_probs).
+
+Training: AdamW (weight decay on weight matrices only, not on biases and LayerNorms), linear warmup
+for --warmup of the steps then linear decay to 0, gradient clipping at 1.0, bf16 autocast on
+CUDA GPUs that support it (fp32 elsewhere). By default the loss is inverse-frequency
+class-weighted cross-entropy, weight_c = N_train / (3 * count_c) (a class absent from the train
+split gets weight 0), averaged as F.cross_entropy does (sum of w_y * ce / sum of w_y), so the rare
+critical class is not drowned by the mild majority; --no-class-weights gives plain cross-entropy.
+After each epoch the val split is scored; the weights with the best val macro-F1 are kept, and
+training stops after --patience epochs without improvement.
+
+Text preprocessing (--preprocess): `arabert` applies AraBERT v2's own preprocessing (see
+arabert_preprocess below) so fine-tuning sees text as AraBERT saw it in pretraining; `none` leaves
+the text as is; `auto` (default) = arabert when the --model folder name contains "arabert". The
+choice is stored in the saved config.json ("severity_preprocess") and score_severity.py applies
+the same one. Sequences are cut to --max-len tokens ([CLS] and [SEP] included); how many were cut
+is printed and stored in metrics.json.
+
+Metrics (val and test): accuracy, macro-F1 (mean F1 over the three classes, a class with no true
+and no predicted rows counts as F1 = 0), per-class precision/recall/F1/support (precision of a
+class never predicted = 0), confusion matrix (rows = true, columns = predicted, SEVERITIES order),
+NLL, and expected calibration error (ECE) before and after temperature scaling. ECE is top-label
+ECE with 15 equal-width confidence bins (lo, hi]: sum over bins of |bin| / N * |accuracy(bin) -
+mean confidence(bin)|, confidence = the largest probability. The temperature T is fitted on the
+val logits by minimizing NLL of softmax(logits / T) over log T with L-BFGS (float64), clamped to
+[0.05, 20]; calibrated probabilities are softmax(logits / T).
+
+Writes --out (a folder, replaced atomically when complete):
+    config.json, model.safetensors, tokenizer files   a Hugging Face BertForSequenceClassification
+        folder (id2label {0: mild, 1: moderate, 2: critical}; transformers opens it), with extra
+        config fields severity_temperature, severity_preprocess, severity_max_len,
+        severity_text_field, severity_labels (read back by score_severity.py)
+    metrics.json   the numbers above for val and test, the temperature, class weights, label
+        counts, best epoch, per-epoch history and the resolved arguments.
+"""
+import argparse
+import contextlib
+import html
+import math
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from common import (DEMO_DATA, SEVERITIES, DataError, pick_device, print0, read_jsonl,
+                    replace_dir, write_json)
+
+SPLITS = ("train", "val", "test")
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+# the from-scratch BERT used when no --model is given (fast on a CPU, enough for the demo)
+SMALL_BERT = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
+                  max_position_embeddings=128, hidden_act="gelu", hidden_dropout_prob=0.1,
+                  attention_probs_dropout_prob=0.1, type_vocab_size=2, layer_norm_eps=1e-12,
+                  initializer_range=0.02)
+
+
+# -----------------------------------------------------------------------------
+# Text preprocessing
+
+_AR = "\u0621-\u063a\u0641-\u064a"  # Arabic letters (hamza .. ghain, feh .. yeh), no tatweel
+_TASHKEEL = re.compile("[\u064b-\u0652]")  # fathatan, dammatan, kasratan, fatha, damma, kasra, shadda, sukun
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_URL = re.compile(r"(?:https?://|www\.)\S+|\b[\w-]+(?:\.[\w-]+)*\.(?:com|org|net|edu|gov|info)\b\S*")
+_MENTION = re.compile(r"@\w+")
+_HTML_TAG = re.compile(r"</?[^>]+>")
+_REPEAT = re.compile(r"(\D)\1{2,}", re.DOTALL)  # a non-digit repeated 3+ times
+_SPACE_AROUND = re.compile(f"([^0-9{_AR}\u0660-\u0669a-zA-Z\\[\\]])")  # punctuation, symbols, emoji, ...
+_DIGITS_WORD = re.compile(f"(\\d+)([{_AR}\u0660-\u066c]+)")
+_WORD_DIGITS = re.compile(f"([{_AR}\u0660-\u066c]+)(\\d+)")
+# what AraBERT v2's vocabulary knows: Arabic block, digits, Latin letters, common punctuation
+_REJECTED = re.compile("[^0-9\u0621-\u063a\u0640-\u066c\u0671-\u0674a-zA-Z\\[\\]!\"#$%'()*+,.:;\\-<=\u00b7>?@\\\\^_`{|}~"
+                       "\u2014\u066a\u2019\u060c\u061f\u0b4d\u201c\u061b\u201d\u06da\u00bb\u00ab\u2013\u2026\u2018\\s]")
+_INDIC_DIGITS = str.maketrans("\u0660\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669", "0123456789")
+
+
+def arabert_preprocess(text):
+    """AraBERT v2 (bert-base/large-arabertv02, no Farasa segmentation) pretraining preprocessing.
+
+    The steps of arabert's ArabertPreprocessor for v02 models with their defaults, rewritten here
+    so the runtime needs no arabert/pyarabic: unescape HTML entities; strip tashkeel
+    (U+064B..U+0652) and tatweel; replace e-mails, URLs and @mentions by [بريد] / [رابط] /
+    [مستخدم] (simplified patterns); drop HTML tags; Arabic-Indic digits -> 0-9; a non-digit
+    character repeated 3+ times -> 2 copies; spaces around every character that is not an Arabic
+    letter, a digit, a Latin letter or a bracket (punctuation is its own token); spaces between
+    digits and Arabic letters; "/" -> "-" (absent from the v2 vocabulary); characters outside the
+    vocabulary's alphabet (emoji, other scripts) -> space; whitespace collapsed. Alef/ya/ta marbuta
+    are NOT unified: AraBERT v2 was pretrained on unnormalized letters.
+    """
+    text = html.unescape(str(text))
+    text = _TASHKEEL.sub("", text).replace("\u0640", "")
+    text = _EMAIL.sub(" [بريد] ", text)
+    text = _URL.sub(" [رابط] ", text)
+    text = _MENTION.sub(" [مستخدم] ", text)
+    text = _HTML_TAG.sub(" ", text.replace("<br />", " "))
+    text = text.translate(_INDIC_DIGITS)
+    text = _REPEAT.sub(r"\1\1", text)
+    text = _SPACE_AROUND.sub(r" \1 ", text)
+    text = _DIGITS_WORD.sub(r" \1 \2 ", text)
+    text = _WORD_DIGITS.sub(r" \1 \2 ", text)
+    text = text.replace("/", "-")
+    text = _REJECTED.sub(" ", text)
+    return " ".join(text.replace("\ufe0f", "").split())
+
+
+PREPROCESSORS = {"none": lambda text: text, "arabert": arabert_preprocess}
+
+
+def resolve_preprocess(flag, model_folder):
+    """--preprocess auto|arabert|none -> 'arabert' or 'none' (auto: arabert if the folder name says so)."""
+    if flag != "auto":
+        return flag
+    return "arabert" if model_folder and "arabert" in Path(model_folder).name.lower() else "none"
+
+
+# -----------------------------------------------------------------------------
+# Metrics (plain functions on label-id sequences / tensors; tests call them)
+
+
+def confusion_matrix(y_true, y_pred, num_classes=len(SEVERITIES)):
+    """conf[t][p] = number of rows with true label t predicted as p (rows true, columns predicted)."""
+    conf = [[0] * num_classes for _ in range(num_classes)]
+    for t, p in zip(y_true, y_pred):
+        conf[int(t)][int(p)] += 1
+    return conf
+
+
+def accuracy(y_true, y_pred):
+    y_true, y_pred = list(y_true), list(y_pred)
+    return sum(int(t) == int(p) for t, p in zip(y_true, y_pred)) / max(len(y_true), 1)
+
+
+def per_class_prf(conf):
+    """Precision, recall, F1 and support of each class from a confusion matrix (0 where undefined)."""
+    k = len(conf)
+    out = []
+    for c in range(k):
+        tp = conf[c][c]
+        predicted = sum(conf[t][c] for t in range(k))
+        support = sum(conf[c])
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        out.append(dict(precision=precision, recall=recall, f1=f1, support=support))
+    return out
+
+
+def macro_f1(y_true, y_pred, num_classes=len(SEVERITIES)):
+    """Unweighted mean of the per-class F1 over all classes."""
+    prf = per_class_prf(confusion_matrix(y_true, y_pred, num_classes))
+    return sum(c["f1"] for c in prf) / num_classes
+
+
+def expected_calibration_error(probs, labels, n_bins=15):
+    """Top-label ECE: confidence = max prob, bins (i/n, (i+1)/n], sum |bin|/N * |acc - conf|."""
+    probs = torch.as_tensor(probs, dtype=torch.float64)
+    labels = torch.as_tensor(labels)
+    conf, pred = probs.max(dim=-1)
+    correct = (pred == labels).double()
+    inner = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)[1:-1]
+    bins = torch.bucketize(conf, inner)  # bin i holds inner[i-1] < conf <= inner[i]
+    ece = 0.0
+    for b in range(n_bins):
+        sel = bins == b
+        if sel.any():
+            ece += sel.double().mean().item() * abs(correct[sel].mean().item() - conf[sel].mean().item())
+    return ece
+
+
+def nll(logits, labels, temperature=1.0):
+    """Mean negative log-likelihood of softmax(logits / T), in float64."""
+    logits = torch.as_tensor(logits, dtype=torch.float64)
+    return F.cross_entropy(logits / temperature, torch.as_tensor(labels)).item()
+
+
+def fit_temperature(logits, labels, t_min=0.05, t_max=20.0):
+    """Temperature scaling (Guo et al., 2017): T minimizing the NLL of softmax(logits / T).
+
+    Optimizes log T (so T stays positive) with L-BFGS + strong Wolfe line search in float64,
+    starting at T = 1; the result is clamped to [t_min, t_max] (separable data pushes T -> 0).
+    """
+    logits = torch.as_tensor(logits, dtype=torch.float64)
+    labels = torch.as_tensor(labels)
+    if len(labels) == 0:
+        return 1.0
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=1.0, max_iter=200, tolerance_grad=1e-10,
+                            tolerance_change=1e-12, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    t = log_t.exp().item()
+    return min(max(t, t_min), t_max) if math.isfinite(t) else 1.0
+
+
+def split_metrics(logits, labels, temperature):
+    """Every reported number for one split, from its logits [N, 3] and true label ids [N]."""
+    logits = torch.as_tensor(logits, dtype=torch.float64)
+    labels = torch.as_tensor(labels)
+    pred = logits.argmax(-1).tolist()
+    y = labels.tolist()
+    conf = confusion_matrix(y, pred)
+    prf = per_class_prf(conf)
+    return {
+        "n": len(y),
+        "accuracy": accuracy(y, pred),
+        "macro_f1": sum(c["f1"] for c in prf) / len(prf),
+        "per_class": {name: prf[c] for c, name in enumerate(SEVERITIES)},
+        "confusion": conf,
+        "nll": nll(logits, labels),
+        "nll_calibrated": nll(logits, labels, temperature),
+        "ece": expected_calibration_error(logits.softmax(-1), labels),
+        "ece_calibrated": expected_calibration_error((logits / temperature).softmax(-1), labels),
+    }
+
+
+# -----------------------------------------------------------------------------
+# Data, tokenizer, batching (score_severity.py imports encode_texts / predict_logits / load_classifier)
+
+
+def load_labeled(path, text_field="question"):
+    """Read labeled rows -> {split: (texts, label_ids)}; bad splits or labels raise DataError."""
+    data = {s: ([], []) for s in SPLITS}
+    for lineno, row in read_jsonl(path, required=(text_field, "split")):
+        if row["split"] not in SPLITS:
+            raise DataError(path, lineno, "split", f"expected one of {SPLITS}, got {row['split']!r}")
+        label = row.get("severity")
+        if label not in SEVERITIES:
+            problem = "missing" if "severity" not in row else f"got {label!r}"
+            raise DataError(path, lineno, "severity", f"expected one of {SEVERITIES}: {problem}")
+        data[row["split"]][0].append(row[text_field])
+        data[row["split"]][1].append(SEVERITIES.index(label))
+    for split in ("train", "val"):
+        if not data[split][0]:
+            raise DataError(path, None, "split", f"no rows in the {split!r} split (train and val are required)")
+    return data
+
+
+def train_wordpiece(texts, vocab_size):
+    """A BERT WordPiece tokenizer trained on `texts` (used with the from-scratch BERT).
+
+    Normalizer: BERT's (control characters dropped, whitespace unified) WITHOUT lowercasing and
+    WITHOUT its NFD accent stripping -- that would decompose أ إ آ ؤ ئ into a bare letter plus a
+    combining hamza/madda and delete the mark, merging different letters -- then Arabic tashkeel
+    (U+064B..U+0652) and tatweel are removed explicitly. Pre-tokenizer: BERT's (whitespace and
+    punctuation). Post-processor: [CLS] x [SEP].
+    """
+    from tokenizers import Regex, decoders, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers.models import WordPiece
+
+    tok = HFTokenizer(WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = normalizers.Sequence([
+        normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=False),
+        normalizers.Replace(Regex("[\u064b-\u0652\u0640]"), ""),
+    ])
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIAL_TOKENS,
+                                        continuing_subword_prefix="##", show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    return tok
+
+
+def encode_texts(tokenizer, texts, max_len):
+    """[CLS] ids [SEP] for each text, cut to max_len tokens. Returns (id lists, number cut)."""
+    if tokenizer.cls_id is None or tokenizer.sep_id is None:
+        raise ValueError("the tokenizer has no [CLS]/[SEP] token: not a BERT tokenizer")
+    encodings = tokenizer.tok.encode_batch(list(texts), add_special_tokens=False)
+    seqs, cut = [], 0
+    for enc in encodings:
+        ids = enc.ids
+        if len(ids) > max_len - 2:
+            ids, cut = ids[:max_len - 2], cut + 1
+        seqs.append([tokenizer.cls_id, *ids, tokenizer.sep_id])
+    return seqs, cut
+
+
+def pad_batch(seqs, pad_id, device):
+    """Right-pad id lists -> input_ids [B, T] and attention_mask [B, T] (1 = real token)."""
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s)
+        mask[i, :len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def autocast(device):
+    """bf16 autocast on CUDA GPUs that support it; a no-op elsewhere (fp32)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.inference_mode()
+def predict_logits(model, seqs, pad_id, batch_size, device, progress=False):
+    """fp32 logits [N, num_labels] on the CPU, in the order of `seqs`.
+
+    Rows are sorted by length so each batch holds similar lengths (little padding), then the
+    original order is restored.
+    """
+    model.eval()
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    out = torch.empty(len(seqs), model.config.num_labels)
+    for start in tqdm(range(0, len(seqs), batch_size), disable=not progress, desc="predict", leave=False):
+        idx = order[start:start + batch_size]
+        ids, mask = pad_batch([seqs[i] for i in idx], pad_id, device)
+        with autocast(device):
+            logits = model(ids, attention_mask=mask)
+        out[idx] = logits.float().cpu()
+    return out
+
+
+def build_classifier(model_folder, vocab_size, max_len, pad_id):
+    """BertForSequenceClassification with a fresh 3-way head: on the encoder of a BERT folder
+    (AraBERT) when given, else a small BERT initialized from scratch."""
+    from models import load_pretrained
+    from models.bert import BertConfig, BertForSequenceClassification
+
+    labels = dict(id2label={i: s for i, s in enumerate(SEVERITIES)}, label2id={s: i for i, s in enumerate(SEVERITIES)})
+    if model_folder is None:
+        config = BertConfig.from_dict(dict(SMALL_BERT, vocab_size=vocab_size, pad_token_id=pad_id,
+                                           max_position_embeddings=max(SMALL_BERT["max_position_embeddings"], max_len),
+                                           **labels))
+        return BertForSequenceClassification(config), None
+    encoder, tokenizer = load_pretrained(model_folder)
+    if not isinstance(encoder.config, BertConfig):
+        raise ValueError(f"{model_folder}: not a BERT model folder (model_type must be 'bert')")
+    encoder = getattr(encoder, "bert", encoder)  # a BertModel, or the encoder of a classifier folder
+    return BertForSequenceClassification.from_encoder(encoder, labels["id2label"]), tokenizer
+
+
+def lr_at(step, total_steps, warmup_steps, peak_lr):
+    """Linear warmup from 0 to peak_lr over warmup_steps, then linear decay to 0 at total_steps."""
+    if step < warmup_steps:
+        return peak_lr * (step + 1) / warmup_steps
+    return peak_lr * max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
+# -----------------------------------------------------------------------------
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(DEMO_DATA), help="labeled JSONL (question, split, severity)")
+    parser.add_argument("--out", default="out/classifier", help="output folder (Hugging Face layout + metrics.json)")
+    parser.add_argument("--model", default=None, help="BERT folder to fine-tune (e.g. bert-base-arabertv02); "
+                                                      "default: a small BERT trained from scratch")
+    parser.add_argument("--text-field", default="question", help="the row field holding the text to classify")
+    parser.add_argument("--preprocess", default="auto", choices=["auto", "arabert", "none"],
+                        help="text preprocessing; auto = arabert when the --model folder name contains 'arabert'")
+    parser.add_argument("--epochs", type=int, default=10, help="maximum number of epochs")
+    parser.add_argument("--batch-size", type=int, default=32, help="training batch size")
+    parser.add_argument("--eval-batch-size", type=int, default=128, help="batch size for val/test scoring")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="peak learning rate (default 3e-5 with --model, 5e-4 from scratch)")
+    parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (weight matrices only)")
+    parser.add_argument("--warmup", type=float, default=0.1, help="fraction of the training steps spent in linear warmup")
+    parser.add_argument("--max-len", type=int, default=128, help="maximum tokens per text, [CLS] and [SEP] included")
+    parser.add_argument("--patience", type=int, default=3, help="stop after this many epochs without a better val macro-F1")
+    parser.add_argument("--no-class-weights", dest="class_weights", action="store_false",
+                        help="plain cross-entropy instead of inverse-frequency class-weighted cross-entropy")
+    parser.add_argument("--vocab-size", type=int, default=3000, help="WordPiece vocabulary size (from-scratch BERT only)")
+    parser.add_argument("--seed", type=int, default=1337, help="random seed (init, shuffling, dropout)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    args = parser.parse_args(argv)
+    if args.epochs < 1 or args.batch_size < 1 or args.max_len < 3:
+        parser.error("--epochs and --batch-size must be >= 1, --max-len >= 3")
+
+    # setup
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise SystemExit("train_classifier.py is single-process: run it with python, not torchrun with N > 1")
+    torch.manual_seed(args.seed)
+    device = pick_device(args.device)
+    lr = args.lr if args.lr is not None else (3e-5 if args.model else 5e-4)
+    preprocess_name = resolve_preprocess(args.preprocess, args.model)
+    preprocess = PREPROCESSORS[preprocess_name]
+    t0 = time.time()
+
+    # data
+    data = load_labeled(args.data, args.text_field)
+    texts = {s: [preprocess(t) for t in data[s][0]] for s in SPLITS}
+    labels = {s: torch.tensor(data[s][1], dtype=torch.long) for s in SPLITS}
+    counts = {s: [int((labels[s] == c).sum()) for c in range(len(SEVERITIES))] for s in SPLITS}
+    print0("rows: " + ", ".join(f"{s} {len(texts[s])} {dict(zip(SEVERITIES, counts[s]))}" for s in SPLITS))
+
+    # model and tokenizer
+    if args.model is None:
+        from models import Tokenizer
+        special = {name.strip("[]").lower(): name for name in SPECIAL_TOKENS}  # {"pad": "[PAD]", ...}
+        tokenizer = Tokenizer(train_wordpiece(texts["train"], args.vocab_size), special, args.max_len)
+        model, _ = build_classifier(None, tokenizer.vocab_size, args.max_len, tokenizer.pad_id)
+    else:
+        model, tokenizer = build_classifier(args.model, None, args.max_len, None)
+    max_len = min(args.max_len, model.config.max_position_embeddings)
+    if max_len < args.max_len:
+        print0(f"--max-len {args.max_len} > the model's {max_len} positions: using {max_len}")
+    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+    model.to(device)
+    seqs, cut = {}, {}
+    for s in SPLITS:
+        seqs[s], cut[s] = encode_texts(tokenizer, texts[s], max_len)
+    if any(cut.values()):
+        print0(f"texts cut to {max_len} tokens: {cut}")
+    n_params = sum(p.numel() for p in model.parameters())
+    print0(f"model: {args.model or 'small BERT from scratch'} ({n_params / 1e6:.2f}M parameters, "
+           f"vocab {tokenizer.vocab_size}), preprocess={preprocess_name}, device={device}, lr={lr:g}")
+
+    # loss weights: inverse class frequency on the train split, N / (K * n_c); absent class -> 0
+    n_train = len(seqs["train"])
+    if args.class_weights:
+        class_weights = [n_train / (len(SEVERITIES) * n) if n else 0.0 for n in counts["train"]]
+    else:
+        class_weights = [1.0] * len(SEVERITIES)
+    weight = torch.tensor(class_weights, dtype=torch.float32, device=device)
+
+    # optimizer: decay weight matrices (linear, embeddings), not biases and LayerNorm gains
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8,
+                                  fused=device.type == "cuda")
+    steps_per_epoch = math.ceil(n_train / args.batch_size)
+    total_steps = steps_per_epoch * args.epochs
+    warmup_steps = max(1, int(args.warmup * total_steps))
+
+    # the loop
+    gen = torch.Generator().manual_seed(args.seed)
+    best_f1, best_epoch, best_state, history, step = -1.0, 0, None, [], 0
+    for epoch in range(1, args.epochs + 1):
+        model.train()
+        perm = torch.randperm(n_train, generator=gen).tolist()
+        loss_sum = 0.0
+        for start in tqdm(range(0, n_train, args.batch_size), desc=f"epoch {epoch}", leave=False):
+            idx = perm[start:start + args.batch_size]
+            ids, mask = pad_batch([seqs["train"][i] for i in idx], pad_id, device)
+            y = labels["train"][idx].to(device)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, total_steps, warmup_steps, lr)
+            with autocast(device):
+                logits = model(ids, attention_mask=mask)
+            # weighted mean: sum_i w_{y_i} ce_i / sum_i w_{y_i}
+            loss = F.cross_entropy(logits.float(), y, weight=weight)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss.item()
+            step += 1
+        val_logits = predict_logits(model, seqs["val"], pad_id, args.eval_batch_size, device)
+        val_pred = val_logits.argmax(-1).tolist()
+        val_f1, val_acc = macro_f1(labels["val"].tolist(), val_pred), accuracy(labels["val"].tolist(), val_pred)
+        record = dict(epoch=epoch, step=step, train_loss=loss_sum / steps_per_epoch, val_macro_f1=val_f1,
+                      val_accuracy=val_acc, grad_norm=float(grad_norm), lr=lr_at(step - 1, total_steps, warmup_steps, lr),
+                      time_s=round(time.time() - t0, 1))
+        history.append(record)
+        improved = val_f1 > best_f1
+        print0(f"epoch {epoch:3d} | train loss {record['train_loss']:.4f} | val macro-F1 {val_f1:.4f} "
+               f"acc {val_acc:.4f}{' *' if improved else ''} | {record['time_s']:.0f}s")
+        if improved:
+            best_f1, best_epoch = val_f1, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        elif epoch - best_epoch >= args.patience:
+            print0(f"early stop: no better val macro-F1 for {args.patience} epochs")
+            break
+    model.load_state_dict(best_state)
+
+    # calibration and final numbers
+    logits = {s: predict_logits(model, seqs[s], pad_id, args.eval_batch_size, device) for s in ("val", "test")}
+    temperature = fit_temperature(logits["val"], labels["val"])
+    metrics = {
+        "labels": list(SEVERITIES),
+        "temperature": temperature,
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "val": split_metrics(logits["val"], labels["val"], temperature),
+        "test": split_metrics(logits["test"], labels["test"], temperature) if len(seqs["test"]) else None,
+        "class_weights": dict(zip(SEVERITIES, class_weights)),
+        "counts": {s: dict(zip(SEVERITIES, counts[s])) for s in SPLITS},
+        "truncated": cut,
+        "max_len": max_len,
+        "preprocess": preprocess_name,
+        "history": history,
+        "args": vars(args),
+    }
+    for s in ("val", "test"):
+        m = metrics[s]
+        if m:
+            print0(f"{s}: accuracy {m['accuracy']:.4f} | macro-F1 {m['macro_f1']:.4f} | ECE {m['ece']:.4f} -> "
+                   f"{m['ece_calibrated']:.4f} (T = {temperature:.3f}) | confusion {m['confusion']}")
+
+    # save: HF folder + our extra config fields + metrics.json, swapped into place when complete
+    save_classifier(model.cpu(), tokenizer, args.out, metrics,
+                    extra_config=dict(severity_temperature=temperature, severity_preprocess=preprocess_name,
+                                      severity_max_len=max_len, severity_text_field=args.text_field,
+                                      severity_labels=list(SEVERITIES)))
+    print0(f"saved {args.out} ({time.time() - t0:.0f}s)")
+    return metrics
+
+
+def save_classifier(model, tokenizer, out, metrics, extra_config):
+    """Write the classifier folder atomically: save into a temporary sibling, add the extra
+    config.json fields and metrics.json, then swap it into place."""
+    import json
+    from models import save_pretrained
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        save_pretrained(model, tokenizer, tmp)
+        config = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
+        config.update(extra_config)
+        write_json(tmp / "config.json", config)
+        write_json(tmp / "metrics.json", metrics)
+        replace_dir(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except DataError as e:
+        raise SystemExit(f"error: {e}")
