@@ -1,0 +1,199 @@
+"""Throughput, MFU and peak memory of one train_lm.py training step, beside transformers.
+
+    python bench/train.py                                  # CPU: tiny + small shapes, ~2-3 minutes
+    python bench/train.py --shapes aragpt2-base,qwen2.5-0.5b --seq 512,1024 --batch 8   # one GPU
+
+One step = forward to the final hidden states, the fused weighted cross-entropy
+(models/loss.py), backward, AdamW step: exactly train_lm.forward_backward on one micro-batch
+with random weights (no checkpoint needed), random token ids, the first quarter of every row
+masked as prompt (-100) and a random weight per row. Beside it, when transformers is installed,
+the same architecture and the same weights in transformers (GPT2LMHeadModel / Qwen2ForCausalLM,
+SDPA attention) with the usual loss: logits.float(), F.cross_entropy(reduction="none") times the
+weights. Both run in the same process on the same inputs; the first step's losses are reported
+so the comparison is visibly like for like.
+
+CUDA: bf16 autocast, fused AdamW, timings after torch.cuda.synchronize, peak memory =
+torch.cuda.max_memory_allocated per configuration, MFU against --peak-flops (default 989e12:
+H100 dense bf16). CPU: fp32; memory and MFU are not measured (null).
+FLOPs per step = 6 * (matmul parameters) * tokens + 12 * layers * d_model * seq^2 * batch.
+
+Prints one table and writes --out (default bench/train.json).
+"""
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+import torch
+import torch.nn.functional as F
+
+import train_lm
+from common import pick_device
+from models import build_model
+from models.loss import fused_linear_cross_entropy
+
+NO_DROPOUT = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+SHAPES = {
+    "tiny": dict(model_type="gpt2", n_embd=128, n_layer=2, n_head=4, vocab_size=4000, n_positions=1024, **NO_DROPOUT),
+    "small": dict(model_type="gpt2", n_embd=256, n_layer=4, n_head=4, vocab_size=16000, n_positions=1024, **NO_DROPOUT),
+    "aragpt2-base": dict(model_type="gpt2", n_embd=768, n_layer=12, n_head=12, vocab_size=64000, n_positions=1024,
+                         **NO_DROPOUT),
+    "aragpt2-medium": dict(model_type="gpt2", n_embd=1024, n_layer=24, n_head=16, vocab_size=64000,
+                           n_positions=1024, **NO_DROPOUT),
+    "qwen2.5-0.5b": dict(model_type="qwen2", hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
+                         num_key_value_heads=2, intermediate_size=4864, vocab_size=151936, rope_theta=1e6,
+                         rms_norm_eps=1e-6, tie_word_embeddings=True, max_position_embeddings=32768),
+}
+
+
+def get_args(argv=None):
+    cuda = torch.cuda.is_available()
+    p = argparse.ArgumentParser(description="train_lm.py step throughput vs transformers (see the module docstring)")
+    p.add_argument("--shapes", default="aragpt2-base,aragpt2-medium,qwen2.5-0.5b" if cuda else "tiny,small",
+                   help=f"comma-separated, from: {', '.join(SHAPES)}")
+    p.add_argument("--seq", default="512,1024" if cuda else "128,256", help="comma-separated sequence lengths")
+    p.add_argument("--batch", type=int, default=8 if cuda else 4, help="sequences per step")
+    p.add_argument("--steps", type=int, default=10 if cuda else 6, help="timed steps per configuration")
+    p.add_argument("--warmup", type=int, default=3 if cuda else 1, help="untimed steps first")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds per implementation; the fastest counts")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.add_argument("--peak-flops", type=float, default=989e12, help="device peak FLOP/s for MFU (CUDA only)")
+    p.add_argument("--no-transformers", action="store_true", help="skip the transformers comparison")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "train.json"), help="JSON results file")
+    return p.parse_args(argv)
+
+
+def hf_model(cfg):
+    """The same architecture in transformers (random init; weights are copied in afterwards)."""
+    import transformers
+    hf_cfg = {k: v for k, v in cfg.items() if k != "model_type"}
+    if cfg["model_type"] == "gpt2":
+        return transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_cfg))
+    return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**hf_cfg))
+
+
+def make_batch(B, T, V, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, V, (B, T), generator=g)
+    y = torch.randint(0, V, (B, T), generator=g)
+    y[:, :T // 4] = -100  # the prompt: no loss
+    return {"input_ids": x.to(device), "labels": y.to(device), "weights": (0.5 + torch.rand(B, generator=g)).to(device),
+            "n_tokens": int((y != -100).sum())}
+
+
+def ours_step(model, opt, mb, autocast):
+    denom = torch.tensor(float(mb["n_tokens"]), device=mb["input_ids"].device)
+    sums = train_lm.forward_backward(model, model.lm_head.weight, [mb], denom, 1, fused_linear_cross_entropy, autocast)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return sums[0] / denom
+
+
+def hf_step(model, opt, mb, autocast):
+    with autocast():
+        logits = model(input_ids=mb["input_ids"]).logits  # (B, T, V)
+        ce = F.cross_entropy(logits.float().flatten(0, 1), mb["labels"].flatten(), reduction="none")
+        w = mb["weights"][:, None].expand_as(mb["labels"]).flatten()
+        loss = (ce * w).sum() / mb["n_tokens"]
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+def measure(step_fn, model, mb, args, device, autocast):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, **({"fused": True} if device.type == "cuda" else {}))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    first = step_fn(model, opt, mb, autocast).item()
+    for _ in range(args.warmup - 1):
+        step_fn(model, opt, mb, autocast)
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        step_fn(model, opt, mb, autocast)
+    sync()
+    dt = (time.perf_counter() - t0) / args.steps
+    mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    return {"first_loss": first, "step_ms": 1000 * dt, "peak_mem_gb": mem}
+
+
+def main(argv=None):
+    args = get_args(argv)
+    device = pick_device(args.device)
+    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
+    have_hf = False
+    if not args.no_transformers:
+        try:
+            import transformers  # noqa: F401
+            have_hf = True
+        except ImportError:
+            print("transformers is not installed: measuring ours only")
+    results = []
+    for name in args.shapes.split(","):
+        cfg = SHAPES[name]
+        for T in [int(s) for s in args.seq.split(",")]:
+            torch.manual_seed(0)
+            ours = build_model(cfg).train()
+            n_matmul = train_lm.matmul_params(ours)
+            c = ours.config
+            L, d = getattr(c, "n_layer", None) or c.num_hidden_layers, getattr(c, "n_embd", None) or c.hidden_size
+            mb = make_batch(args.batch, T, cfg["vocab_size"], device)
+            flops = 6 * n_matmul * args.batch * T + 12 * L * d * T * T * args.batch
+            impls = [("ours", ours, ours_step)]
+            if have_hf:
+                theirs = hf_model(cfg)
+                missing, unexpected = theirs.load_state_dict(ours.hf_state_dict(), strict=False)
+                assert not unexpected and all("lm_head" in k for k in missing), (missing, unexpected)
+                theirs.tie_weights()
+                impls.append(("transformers", theirs.train(), hf_step))
+            row = {"shape": name, "seq": T, "batch": args.batch, "params": sum(p.numel() for p in ours.parameters())}
+            runs = {impl: [] for impl, _, _ in impls}
+            for _ in range(args.rounds):  # alternate ours / transformers; each one's fastest round counts
+                for impl, model, fn in impls:
+                    model.to(device)
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    runs[impl].append(measure(fn, model, mb, args, device, autocast))
+                    model.cpu()  # free the device for the next one
+            for impl, rs in runs.items():
+                best = min(rs, key=lambda r: r["step_ms"])
+                row[impl] = {**best, "first_loss": rs[0]["first_loss"],  # loss of the untrained weights
+                             "tokens_per_s": args.batch * T / (best["step_ms"] / 1000),
+                             "mfu": flops / (best["step_ms"] / 1000) / args.peak_flops if device.type == "cuda" else None}
+            if have_hf:
+                row["speedup"] = row["ours"]["tokens_per_s"] / row["transformers"]["tokens_per_s"]
+                if device.type == "cuda":
+                    row["memory_ratio"] = row["ours"]["peak_mem_gb"] / row["transformers"]["peak_mem_gb"]
+            results.append(row)
+            del ours, impls
+
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    print(f"\ndevice: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else platform.processor() or 'cpu'}), "
+          f"{'bf16 autocast' if use_bf16 else 'fp32'}, torch {torch.__version__}")
+    print(f"{'shape':<15}{'seq':>6}{'batch':>6}  {'impl':<13}{'tok/s':>10}{'ms/step':>10}{'MFU':>7}{'mem GB':>8}"
+          f"{'loss@1':>9}{'ours/hf':>9}")
+    for row in results:
+        for impl in ("ours", "transformers"):
+            if impl not in row:
+                continue
+            r = row[impl]
+            mfu = fmt(None if r["mfu"] is None else 100 * r["mfu"], ".1f")
+            print(f"{row['shape']:<15}{row['seq']:>6}{row['batch']:>6}  {impl:<13}{r['tokens_per_s']:>10.0f}"
+                  f"{r['step_ms']:>10.1f}{mfu:>7}{fmt(r['peak_mem_gb'], '.2f'):>8}{r['first_loss']:>9.4f}"
+                  f"{fmt(row.get('speedup') if impl == 'ours' else None, '.2f'):>9}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"device": str(device), "bf16": use_bf16, "torch": torch.__version__,
+                                          "args": vars(args), "results": results}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

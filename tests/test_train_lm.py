@@ -1,0 +1,373 @@
+"""train_lm.py on a tiny GPT-2 (d 32, 2 layers) and a tiny byte-level BPE, against independent
+references: F.cross_entropy in float64 on the model's own logits, per-example forward passes
+without padding, hand-computed class weights, transformers' GPT2LMHeadModel, and runs that are
+split differently (micro-batches, ranks, a crash and a resume) but must end with the same weights.
+"""
+import importlib
+import json
+import math
+import os
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+import train_lm
+from common import DataError
+from models import build_model, load_pretrained, save_pretrained
+
+ROOT = Path(__file__).resolve().parents[1]
+Q_WORDS = ["أعاني", "من", "ألم", "في", "الصدر", "صداع", "حمى", "سعال", "منذ", "يومين", "أسبوع", "طفلي",
+           "عندي", "دوخة", "غثيان", "ضيق", "التنفس", "حكة", "الجلد", "شديد", "خفيف", "مع", "قيء", "ظهر"]
+A_WORDS = ["يجب", "مراجعة", "الطبيب", "الطوارئ", "فورا", "اشرب", "الماء", "راحة", "تحليل", "دم", "خذ",
+           "دواء", "مسكن", "لا", "تقلق", "الحالة", "بسيطة", "اتصل", "بالإسعاف", "وصفة", "كريم", "مرطب"]
+
+
+def make_rows(n=30, seed=0, val_every=5):
+    """Synthetic rows of various lengths with random severity probabilities (every 5th is val)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        q = " ".join(rng.choices(Q_WORDS, k=rng.randint(3, 14)))
+        a = " ".join(rng.choices(A_WORDS, k=rng.randint(2, 16)))
+        p = [rng.random() ** 2 for _ in range(3)]
+        p[i % 3] += 1.0  # every class is the argmax of some train and some val rows
+        probs = [x / sum(p) for x in p]
+        rows.append({"id": f"ex{i}", "question": q, "answer": a, "split": "val" if i % val_every == 0 else "train",
+                     "severity": ["mild", "moderate", "critical"][int(np.argmax(probs))], "severity_probs": probs})
+    return rows
+
+
+def write_rows(path, rows):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def tiny_model_dir(folder, tok, **overrides):
+    torch.manual_seed(0)
+    cfg = dict(model_type="gpt2", vocab_size=tok.vocab_size, n_positions=128, n_embd=32, n_layer=2, n_head=2,
+               resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    save_pretrained(build_model({**cfg, **overrides}), tok, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tok():
+    mk = importlib.import_module("tools.make_demo_tokenizer")
+    texts = [r["question"] + "\n" + r["answer"] for r in make_rows(200, seed=1)] + ["الجواب:"] * 20
+    return mk.train_tokenizer(texts, vocab_size=300)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tok):
+    d = tmp_path_factory.mktemp("train_lm")
+    return {"tok": tok, "model": tiny_model_dir(d / "tiny", tok), "data": write_rows(d / "data.jsonl", make_rows()),
+            "root": d}
+
+
+def args_for(setup, out, *extra):
+    return ["--data", str(setup["data"]), "--model", str(setup["model"]), "--out", str(out), "--device", "cpu",
+            "--batch-size", "4", "--grad-accum", "2", "--max-steps", "10", "--eval-every", "5", "--save-every", "5",
+            "--lr", "3e-3", "--warmup-steps", "2", "--seed", "0", *extra]
+
+
+def metrics(out):
+    return [json.loads(s) for s in (Path(out) / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def tensors(folder):
+    return load_file(Path(folder) / "model.safetensors")
+
+
+# ----------------------------------------------------------------------------- prompt and targets
+
+
+def test_build_example_targets(tok):
+    assert tok.pad_id == tok.eos_id == 0
+    q, a = "أعاني من ألم في الصدر منذ يومين", "يجب مراجعة الطوارئ فورا"
+    ex = train_lm.build_example(tok, q, a, max_len=64)
+    prompt, answer = tok.encode(train_lm.format_prompt(q)), tok.encode(a) + [0]
+    full = prompt + answer
+    assert train_lm.format_prompt(q) == q + "\nالجواب:\n"
+    assert ex["input_ids"] == full[:-1] and ex["prompt_ids"] == prompt and ex["truncated"] is None
+    assert ex["labels"] == [-100] * (len(prompt) - 1) + answer  # the EOS (= pad id) is the last target
+    assert ex["n_answer"] == len(answer)
+    # in a right-padded batch (pad id 0 == eos id) the EOS target survives, the padding does not count
+    short = train_lm.build_example(tok, "صداع", "راحة", max_len=64)
+    exs = [{k: np.array(e[k]) for k in ("input_ids", "labels")} | {"weight": 1.0, "n_answer": e["n_answer"], "id": i}
+           for i, e in enumerate([ex, short])]
+    mb = train_lm.collate(exs, [0, 1], pad_id=0, device="cpu")
+    n = len(short["labels"])
+    assert mb["labels"][1, n - 1].item() == 0 and (mb["labels"][1, n:] == -100).all()
+    assert (mb["input_ids"][1, n:] == 0).all() and mb["n_tokens"] == ex["n_answer"] + short["n_answer"]
+
+
+def test_overlong_examples_truncated_and_counted(tok, setup, tmp_path):
+    q, a = " ".join(Q_WORDS * 3), "يجب مراجعة الطبيب"
+    sep, q_ids, a_ids = tok.encode("\nالجواب:\n"), tok.encode(q), tok.encode(a) + [0]
+    ex = train_lm.build_example(tok, q, a, max_len=40)  # the question loses its end, the answer stays whole
+    assert ex["truncated"] == "question" and len(ex["input_ids"]) + 1 == 40
+    assert ex["prompt_ids"] == q_ids[:40 - len(sep) - len(a_ids)] + sep and ex["labels"][-len(a_ids):] == a_ids
+    long_a = " ".join(A_WORDS * 4)  # the answer alone is too long: question keeps max_len // 4, no EOS
+    ex = train_lm.build_example(tok, q, long_a, max_len=40)
+    assert ex["truncated"] == "answer" and len(ex["input_ids"]) + 1 == 40
+    assert ex["prompt_ids"] == q_ids[:10] + sep and ex["labels"][-1] != 0
+    assert ex["labels"][-ex["n_answer"]:] == tok.encode(long_a)[:ex["n_answer"]]
+    # the run counts them: independently, an example is too long iff prompt + answer + EOS > max_len
+    rows = make_rows()
+    max_len = 24
+    too_long = {s: sum(len(tok.encode(r["question"] + "\nالجواب:\n")) + len(tok.encode(r["answer"])) + 1 > max_len
+                       for r in rows if r["split"] == s) for s in ("train", "val")}
+    assert too_long["train"] > 0
+    train_lm.main(args_for(setup, tmp_path / "run", "--max-len", str(max_len), "--max-steps", "1"))
+    meta = json.loads((tmp_path / "run" / "last" / "meta.json").read_text(encoding="utf-8"))
+    c = meta["data"]["truncated"]
+    assert c["train_question"] + c["train_answer"] == too_long["train"]
+    assert c["val_question"] + c["val_answer"] == too_long["val"]
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def test_balanced_weights_by_hand():
+    probs = [[1, 0, 0], [1, 0, 0], [0.5, 0.5, 0], [0, 0, 1]]
+    n = [2, 4, 6, 8]
+    raw, alpha = train_lm.severity_alpha("balanced", probs, n)
+    # alpha_c = N / (3 * sum_i p_ic) = 4 / (3 * (2.5, 0.5, 1))
+    assert np.allclose(raw, [8 / 15, 8 / 3, 4 / 3], rtol=1e-12)
+    # example weights (8/15, 8/15, 8/5, 4/3); token mean = (2+4)*8/15 + 6*8/5 + 8*4/3 over 20 = 88/75
+    assert np.allclose(alpha, np.array([8 / 15, 8 / 3, 4 / 3]) * 75 / 88, rtol=1e-12)
+    w = train_lm.example_weights("balanced", probs, alpha)
+    assert np.isclose((np.array(n) * w).sum() / sum(n), 1.0, rtol=1e-12)
+    # balanced makes the mean *example* weight 1 before rescaling
+    assert np.isclose(train_lm.example_weights("balanced", probs, raw).mean(), 1.0, rtol=1e-12)
+    # ramp and a custom triple: rescaled so the token mean is 1
+    raw, alpha = train_lm.severity_alpha("ramp", probs, n)
+    assert raw.tolist() == [1.0, 1.5, 2.0]
+    mean = (2 * 1 + 4 * 1 + 6 * 1.25 + 8 * 2) / 20
+    assert np.allclose(alpha, np.array([1, 1.5, 2]) / mean, rtol=1e-12)
+    raw, alpha = train_lm.severity_alpha("1,0,3", probs, n)
+    assert np.allclose(alpha, np.array([1, 0, 3]) / ((2 + 4 + 3 + 24) / 20), rtol=1e-12)
+    assert (train_lm.example_weights("uniform", probs, np.ones(3)) == 1).all()
+    with pytest.raises(ValueError, match="three"):
+        train_lm.severity_alpha("1,2", probs, n)
+
+
+def test_missing_probs_error_unless_uniform(setup, tmp_path):
+    rows = make_rows()
+    del rows[3]["severity_probs"]
+    data = write_rows(tmp_path / "d.jsonl", rows)
+    with pytest.raises(DataError, match=r"d.jsonl, line 4, field 'severity_probs'"):
+        train_lm.main(args_for(setup, tmp_path / "a", "--data", str(data), "--weights", "ramp", "--max-steps", "1"))
+    bad = [dict(r) for r in rows]
+    bad[3]["severity_probs"], bad[5]["severity_probs"] = [0.2, 0.3, 0.5], [0.5, 0.5, 0.5]
+    data = write_rows(tmp_path / "e.jsonl", bad)
+    with pytest.raises(DataError, match=r"line 6, field 'severity_probs'.*sum"):
+        train_lm.main(args_for(setup, tmp_path / "b", "--data", str(data), "--weights", "balanced"))
+    del rows[5]["severity_probs"]
+    data = write_rows(tmp_path / "f.jsonl", rows)
+    train_lm.main(args_for(setup, tmp_path / "c", "--data", str(data), "--weights", "uniform", "--max-steps", "1"))
+    assert metrics(tmp_path / "c")[-1]["step"] == 1
+
+
+# ----------------------------------------------------------------------------- the loss
+
+
+@pytest.mark.parametrize("weights,denominator", [("uniform", "tokens"), ("ramp", "tokens"), ("balanced", "weights")])
+def test_step0_loss_matches_cross_entropy(setup, tmp_path, weights, denominator):
+    """The logged step-1 loss, recomputed with F.cross_entropy in float64 on the model's logits.
+
+    batch 4 x grad-accum 6 = the 24 training rows: the first step sees every training example."""
+    out = tmp_path / "run"
+    train_lm.main(args_for(setup, out, "--weights", weights, "--denominator", denominator, "--grad-accum", "6",
+                           "--max-steps", "1", "--eval-every", "100"))
+    logged = [m for m in metrics(out) if m.get("step") == 1 and "loss" in m][0]["loss"]
+
+    tok, rows = setup["tok"], [r for r in make_rows() if r["split"] == "train"]
+    model, _ = load_pretrained(setup["model"])
+    ce, n = [], []
+    for r in rows:
+        prompt, answer = tok.encode(r["question"] + "\nالجواب:\n"), tok.encode(r["answer"]) + [tok.eos_id]
+        ids = torch.tensor([prompt + answer])
+        with torch.no_grad():
+            logits = model(ids[:, :-1]).double()[0, len(prompt) - 1:]  # positions predicting the answer
+        ce.append(F.cross_entropy(logits, torch.tensor(answer), reduction="sum").item())
+        n.append(len(answer))
+    ce, n = np.array(ce), np.array(n)
+    P = np.array([r["severity_probs"] for r in rows])
+    if weights == "uniform":
+        w = np.ones(len(rows))
+    else:
+        raw = np.array([1, 1.5, 2]) if weights == "ramp" else len(rows) / (3 * P.sum(0))
+        w = P @ raw
+        w = w / ((n * w).sum() / n.sum())  # rescaled: token-mean weight 1
+    expected = (w * ce).sum() / (n.sum() if denominator == "tokens" else (n * w).sum())
+    if weights == "uniform":
+        assert math.isclose(expected, ce.sum() / n.sum())  # plain token-mean cross-entropy
+    assert logged == pytest.approx(expected, rel=1e-5)
+    meta = json.loads((out / "last" / "meta.json").read_text(encoding="utf-8"))
+    if weights != "uniform":
+        assert np.allclose(meta["weights"]["alpha_raw"], raw) and np.allclose(meta["weights"]["alpha"], raw / ((n * (P @ raw)).sum() / n.sum()))
+
+
+def test_grad_accum_equals_full_batch(setup):
+    """forward_backward over 4 micro-batches == over one batch == per-example unpadded references."""
+    tok = setup["tok"]
+    rows = make_rows(8, seed=3, val_every=100)
+    exs = []
+    for i, r in enumerate(rows):
+        ex = train_lm.build_example(tok, r["question"], r["answer"], 128)
+        exs.append({"id": r["id"], "n_answer": ex["n_answer"], "weight": 0.5 + i / 4,
+                    "input_ids": np.array(ex["input_ids"]), "labels": np.array(ex["labels"])})
+    assert len({len(e["input_ids"]) for e in exs}) > 3  # variable lengths: padding differs per split
+    model, _ = load_pretrained(setup["model"])
+    model.train()
+    denom = torch.tensor(float(sum(e["n_answer"] for e in exs)))
+
+    def grads(splits, fused=True):
+        model.zero_grad()
+        mbs = [train_lm.collate(exs, idx, 0, "cpu") for idx in splits]
+        loss_fn = train_lm.fused_linear_cross_entropy if fused else train_lm.linear_cross_entropy_reference
+        train_lm.forward_backward(model, model.lm_head.weight, mbs, denom, 1, loss_fn, lambda: torch.autocast("cpu", enabled=False))
+        return {k: p.grad.clone() for k, p in model.named_parameters()}
+
+    full = grads([list(range(8))])
+    accum = grads([[0, 5], [1, 2], [3, 7], [4, 6]])
+    ref_loss = grads([list(range(8))], fused=False)
+    # reference: every example alone, no padding, sum of w * CE / total answer tokens
+    model.zero_grad()
+    for e in exs:
+        logits = model(torch.from_numpy(e["input_ids"])[None].long())[0]
+        loss = e["weight"] * F.cross_entropy(logits, torch.from_numpy(e["labels"]).long(), reduction="sum") / denom
+        loss.backward()
+    ref = {k: p.grad.clone() for k, p in model.named_parameters()}
+    for k in ref:
+        for g in (full, accum, ref_loss):
+            torch.testing.assert_close(g[k], ref[k], rtol=1e-5, atol=1e-7, msg=k)
+    assert max(ref[k].abs().max().item() for k in ref) > 1e-3  # the gradients are not trivially zero
+
+
+def test_nan_loss_names_step_and_examples(setup, tmp_path):
+    """A NaN position embedding reached only by the one long training example: the run stops at
+    the step that example is in, naming it, before any weight update from that step."""
+    tok = setup["tok"]
+    rows = [{**r, "question": " ".join(r["question"].split()[:3]), "answer": " ".join(r["answer"].split()[:2])}
+            for r in make_rows()]
+    rows[7]["answer"] = " ".join(A_WORDS)  # ex7 (train) is the only sequence past position 40
+    lengths = [len(train_lm.build_example(tok, r["question"], r["answer"], 64)["input_ids"]) for r in rows]
+    assert lengths[7] > 41 and max(lengths[:7] + lengths[8:]) <= 40
+    model, _ = load_pretrained(setup["model"])
+    with torch.no_grad():
+        model.transformer.wpe.weight[40] = float("nan")
+    save_pretrained(model, tok, tmp_path / "nan_model")
+    data = write_rows(tmp_path / "d.jsonl", rows)
+    out = tmp_path / "run"
+    with pytest.raises(FloatingPointError) as e:
+        train_lm.main(args_for(setup, out, "--data", str(data), "--model", str(tmp_path / "nan_model"),
+                               "--batch-size", "1", "--grad-accum", "1", "--max-steps", "30"))
+    msg = str(e.value)
+    step = int(re.search(r"step (\d+)", msg).group(1))
+    assert "ex7" in msg and not re.search(r"ex(?!7\b)\d+", msg)
+    done = [m["step"] for m in metrics(out) if "loss" in m]
+    assert done == list(range(1, step))  # every earlier step was logged, this one was not
+
+
+# ----------------------------------------------------------------------------- checkpoints and resume
+
+
+def test_resume_is_exact(setup, tmp_path, tok):
+    """8 steps straight == crash at step 6 (last checkpoint: step 4) + resume, bit for bit,
+    with dropout on (its RNG is restored) and 3 epochs (the data position is restored)."""
+    model = tiny_model_dir(tmp_path / "dropout_model", tok, resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)
+    common = ("--model", str(model), "--weights", "balanced", "--max-steps", "8", "--save-every", "4",
+              "--eval-every", "4")
+    train_lm.main(args_for(setup, tmp_path / "straight", *common))
+    with pytest.raises(SystemExit, match="crash"):
+        train_lm.main(args_for(setup, tmp_path / "resumed", *common, "--crash-at-step", "6"))
+    assert json.loads((tmp_path / "resumed" / "last" / "meta.json").read_text())["step"] == 4
+    train_lm.main(args_for(setup, tmp_path / "resumed", *common, "--crash-at-step", "6"))  # crashes only once
+
+    a, b = tensors(tmp_path / "straight" / "last"), tensors(tmp_path / "resumed" / "last")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["transformer.h.0.mlp.c_fc.weight"], tensors(model)["transformer.h.0.mlp.c_fc.weight"])
+    sa = torch.load(tmp_path / "straight" / "last" / "trainer_state.pt", weights_only=True)
+    sb = torch.load(tmp_path / "resumed" / "last" / "trainer_state.pt", weights_only=True)
+    for k, st in sa["optimizer"]["state"].items():
+        assert all(torch.equal(st[n], sb["optimizer"]["state"][k][n]) for n in st)
+    assert (sa["step"], sa["epoch"], sa["data_pos"]) == (sb["step"], sb["epoch"], sb["data_pos"]) and sa["epoch"] >= 2
+    la = [m for m in metrics(tmp_path / "straight") if "loss" in m]
+    lb = [m for m in metrics(tmp_path / "resumed") if "loss" in m]
+    assert [m["step"] for m in lb] == list(range(1, 9))  # the redone steps 5-6 are logged once
+    assert [m["loss"] for m in la] == [m["loss"] for m in lb]
+    # best checkpoint and validation records
+    best = json.loads((tmp_path / "straight" / "best" / "meta.json").read_text())
+    vals = [m for m in metrics(tmp_path / "straight") if "val_loss" in m]
+    assert [m["step"] for m in vals] == [0, 4, 8] and best["best_val"] == min(m["val_loss"] for m in vals)
+    assert {"val_loss_mild", "val_loss_moderate", "val_loss_critical", "val_ppl"} <= vals[-1].keys()
+
+
+def test_saved_model_opens_in_transformers(setup, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    out = tmp_path / "run"
+    train_lm.main(args_for(setup, out, "--max-steps", "3", "--eval-every", "100"))
+    ours, tok = load_pretrained(out / "last")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(out / "last").eval()
+    ids = torch.tensor([tok.encode(train_lm.format_prompt("عندي صداع شديد منذ يومين")) + [5, 6, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids), theirs(ids).logits, rtol=1e-5, atol=1e-5)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out / "last")
+    text = "أعاني من ألم في الصدر\nالجواب:\n"
+    assert hf_tok(text)["input_ids"] == tok.encode(text) and hf_tok.eos_token_id == 0
+
+
+# ----------------------------------------------------------------------------- torchrun
+
+
+def torchrun(setup, out, nproc, *extra, restarts=0):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "--max-restarts", str(restarts), str(ROOT / "train_lm.py"), *args_for(setup, out, *extra)]
+    # a fresh rendezvous store per restart: see train_lm's docstring (pytorch/pytorch#135712)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
+@pytest.mark.slow
+def test_ddp_two_ranks_match_one(setup, tmp_path):
+    """2 gloo ranks x grad-accum 2 == 1 process x grad-accum 4 (same global batch), and a 2-rank run
+    killed at step 7 under torchrun --max-restarts 1 ends with the same weights as one that was not."""
+    common = ("--max-steps", "6", "--save-every", "3", "--eval-every", "3")
+    train_lm.main(args_for(setup, tmp_path / "one", *common, "--grad-accum", "4"))
+    torchrun(setup, tmp_path / "two", 2, *common, "--grad-accum", "2")
+    r = torchrun(setup, tmp_path / "crash", 2, *common, "--grad-accum", "2", "--crash-at-step", "4", restarts=1)
+    assert (tmp_path / "crash" / ".crashed").exists() and "resumed from" in r.stdout + r.stderr
+    one = tensors(tmp_path / "one" / "last")
+    for run in ("two", "crash"):
+        other = tensors(tmp_path / run / "last")
+        for k in one:
+            torch.testing.assert_close(other[k], one[k], rtol=0, atol=1e-6, msg=f"{run}: {k}")
+    # and the logged losses agree step by step
+    l1 = [m["loss"] for m in metrics(tmp_path / "one") if "loss" in m]
+    l2 = [m["loss"] for m in metrics(tmp_path / "crash") if "loss" in m]
+    assert l1 == pytest.approx(l2, rel=1e-6) and len(l1) == 6
+
+
+@pytest.mark.slow
+def test_demo_default_model_trains(tmp_path):
+    """No --model: the small GPT-2 from scratch with the shipped demo tokenizer, loss going down."""
+    if not (train_lm.DEMO_TOKENIZER / "tokenizer.json").is_file():
+        pytest.skip("data/demo_tokenizer not generated yet (tools/make_demo_tokenizer.py)")
+    rows = make_rows(80)
+    data = write_rows(tmp_path / "d.jsonl", rows)
+    train_lm.main(["--data", str(data), "--out", str(tmp_path / "run"), "--device", "cpu", "--max-steps", "40",
+                   "--eval-every", "20", "--batch-size", "8", "--grad-accum", "1"])
+    losses = [m["loss"] for m in metrics(tmp_path / "run") if "loss" in m]
+    assert losses[-1] < 0.7 * losses[0]

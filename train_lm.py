@@ -1,0 +1,603 @@
+"""Severity-weighted fine-tuning of a causal language model (GPT-2 / AraGPT2, Qwen2 / Qwen2.5).
+
+Every training example i is a patient's question and a doctor's answer, with the severity
+probabilities p_i = (p_mild, p_moderate, p_critical) that score_severity.py wrote. With class
+weights alpha (--weights) the example weighs w_i = sum_c p_ic * alpha_c, and the loss of one
+optimizer step is
+
+    loss = sum_i sum_t m_it * w_i * ce_it  /  sum_i sum_t m_it
+
+m_it = 1 on answer tokens (the answer and its EOS), 0 on the question, the separator and padding.
+The denominator counts the answer tokens of the whole step: all micro-batches, all ranks. With
+every w_i = 1 (--weights uniform) this is exactly the usual token-mean cross-entropy. That is why
+it is the default: a weight then scales its example's gradient, nothing else, and since alpha is
+rescaled so the mean weight over training answer tokens is 1, the learning rate means the same for
+every preset. --denominator weights divides by sum m*w instead (a weighted mean: each step's
+gradient scale is fixed, so a batch of critical rows counts no more than a batch of mild ones).
+
+Run it:
+    python train_lm.py                                   # CPU demo: data/demo.jsonl, a small GPT-2 from scratch
+    python train_lm.py --model models/aragpt2-base --weights balanced --out out/base-balanced
+    torchrun --nproc_per_node 8 train_lm.py --model models/qwen2.5-0.5b --weights ramp
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --nproc_per_node 8 --max-restarts 3 train_lm.py ...
+                                                         # restarted workers resume from <out>/last by themselves
+(The variable: torchrun >= 2.5 keeps one rendezvous store across restarts, and restarted workers
+can read the previous attempt's addresses and fail to connect; pytorch/pytorch#135712, #167288.)
+Without --model a 4-layer GPT-2 (d 128, 256 positions) is trained from scratch with the shipped
+tokenizer data/demo_tokenizer/ (tools/make_demo_tokenizer.py), so the demo runs offline on a CPU
+in a couple of minutes. One GPU or N GPUs: the same command under torchrun (DDP, nccl; gloo on CPU).
+The global batch is batch_size * grad_accum * world_size sequences.
+
+Reads --data (JSONL; common.read_jsonl): fields question, answer, split ("train" rows are
+trained on, "val" rows validated on, "test" rows ignored), id (named in errors), severity_probs
+(required unless --weights uniform; the per-class validation falls back to the severity field).
+All rows are tokenized once at start-up (430k MAQA rows: a few minutes and ~1 GB per rank).
+
+Writes --out (default out/lm-<weights>):
+    last/     the latest checkpoint: a Hugging Face model folder (config.json, model.safetensors,
+              tokenizer files) + meta.json + trainer_state.pt (optimizer, step, data position, RNG)
+    best/     the checkpoint with the lowest validation loss (model folder + meta.json)
+    metrics.jsonl  first line {"args": ...}; then one line per step and one per validation
+Checkpoints are written to a temporary folder and renamed into place, so a run killed at any
+moment resumes from a complete checkpoint; resuming gives the same weights as not stopping.
+
+Prompt format (format_prompt / build_example below; evaluate.py imports them):
+    <question> "\\nالجواب:\\n" <answer> <EOS>          (no BOS; "الجواب" = "the answer")
+Loss only on the answer tokens and the EOS, so the model learns to answer and to stop.
+"""
+import argparse
+import json
+import math
+import random
+import resource
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from common import (DEMO_DATA, REPO, SEVERITIES, DataError, check_probs, cleanup_dist, print0, read_jsonl,
+                    replace_dir, setup_dist, write_json, write_jsonl)
+from models import Tokenizer, build_model, load_pretrained, save_pretrained
+from models.loss import fused_linear_cross_entropy, linear_cross_entropy_reference
+
+# Class weights alpha = (mild, moderate, critical). Fixed presets are rescaled at start-up so the
+# mean weight over the training answer tokens is 1: the learning rate means the same for all.
+SEVERITY_WEIGHTS = {
+    "uniform": (1.0, 1.0, 1.0),  # plain cross-entropy: the baseline
+    "ramp": (1.0, 1.5, 2.0),  # a critical answer counts twice a mild one
+    "steep": (1.0, 2.0, 4.0),
+    "balanced": None,  # computed: alpha_c = N / (3 * sum_i p_ic), inverse soft class frequency
+}                      # anything else: a custom "a,b,c", e.g. --weights 1,1.2,3
+
+DEMO_TOKENIZER = REPO / "data" / "demo_tokenizer"
+DEMO_GPT2 = dict(model_type="gpt2", n_positions=256, n_embd=128, n_layer=4, n_head=4,
+                 resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # the from-scratch demo model
+SEPARATOR = "\nالجواب:\n"  # "\nthe answer:\n" between question and answer
+BUCKET_WINDOW = 100  # length bucketing sorts windows of this many micro-batches
+
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description="Severity-weighted fine-tuning of a causal LM (see the module docstring).")
+    # data and model
+    p.add_argument("--data", default=str(DEMO_DATA), help="input JSONL with question, answer, split, severity_probs")
+    p.add_argument("--out", default=None, help="run folder (default out/lm-<weights>)")
+    p.add_argument("--model", default=None, help="Hugging Face GPT-2 / Qwen2 folder to fine-tune (default: a small "
+                                                 "GPT-2 from scratch with data/demo_tokenizer)")
+    p.add_argument("--weights", default="balanced", help=f"class weights: {', '.join(SEVERITY_WEIGHTS)} or 'a,b,c'")
+    p.add_argument("--denominator", default="tokens", choices=["tokens", "weights"],
+                   help="tokens: divide by the answer-token count (uniform == plain CE; weights scale each "
+                        "example's gradient); weights: divide by the weight mass sum m*w (a weighted mean)")
+    p.add_argument("--max-len", type=int, default=512, help="longest example in tokens (question + separator + "
+                                                            "answer + EOS); longer ones are truncated and counted")
+    # optimization
+    p.add_argument("--max-steps", type=int, default=300, help="optimizer steps (the demo default; MAQA needs ~10k)")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per micro-batch per rank")
+    p.add_argument("--grad-accum", type=int, default=2, help="micro-batches per optimizer step per rank")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 5e-5 with --model, 1e-3 from scratch)")
+    p.add_argument("--min-lr", type=float, default=None, help="final learning rate of the cosine (default lr / 10)")
+    p.add_argument("--warmup-steps", type=int, default=20, help="linear warmup steps")
+    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay on >= 2-D weights")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm (0 = off)")
+    # evaluation, checkpoints, logging
+    p.add_argument("--eval-every", type=int, default=50, help="validate every N steps (and at the end)")
+    p.add_argument("--eval-batches", type=int, default=20, help="validate on a fixed sample of N * batch-size val rows (0 = all)")
+    p.add_argument("--save-every", type=int, default=100, help="write <out>/last every N steps (and at the end)")
+    p.add_argument("--resume", default="auto", choices=["auto", "never"],
+                   help="auto: continue from <out>/last when it exists (so torchrun --max-restarts works)")
+    p.add_argument("--log-every", type=int, default=1, help="print and record every N steps")
+    p.add_argument("--peak-flops", type=float, default=989e12, help="per-device peak FLOP/s for the MFU estimate "
+                                                                    "(H100 bf16 dense; MFU is null on CPU)")
+    # system
+    p.add_argument("--seed", type=int, default=1337, help="seed for initialization, data order and dropout")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="auto: bf16 autocast on GPUs that support it, fp32 elsewhere (weights stay fp32)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (the raw module is saved)")
+    p.add_argument("--fused-loss", action=argparse.BooleanOptionalAction, default=True,
+                   help="chunked lm_head + cross-entropy (models/loss.py); --no-fused-loss materializes the logits")
+    p.add_argument("--crash-at-step", type=int, default=None, help=argparse.SUPPRESS)  # tests: die once, see the loop
+    args = p.parse_args(argv)
+    args.out = args.out or f"out/lm-{args.weights.replace(',', '_')}"
+    args.lr = args.lr if args.lr is not None else (5e-5 if args.model else 1e-3)
+    args.min_lr = args.min_lr if args.min_lr is not None else args.lr / 10
+    return args
+
+
+# -----------------------------------------------------------------------------
+# Prompt format: the one place it is defined (evaluate.py imports these two)
+
+
+def format_prompt(question):
+    """The text the model sees before it answers: the question, then the separator."""
+    return question.strip() + SEPARATOR
+
+
+def build_example(tokenizer, question, answer, max_len):
+    """Token ids of one training example, shifted for next-token prediction.
+
+    Full sequence: format_prompt(question) + answer + EOS, at most max_len tokens. Returns a dict:
+      input_ids  the sequence without its last token (what the model reads)
+      labels     the sequence without its first token, -100 wherever the next token is part of
+                 the prompt: the loss covers exactly the answer tokens and the EOS. Built from
+                 lengths, so the EOS stays a target even when pad id == eos id.
+      prompt_ids, n_answer (answer tokens incl. EOS), truncated (None, "question" or "answer")
+    Too long: the question loses its end (the complaint is usually stated first), keeping the
+    whole answer; if the answer alone leaves the question less than max_len // 4 tokens, the
+    question keeps that many and the answer loses its end -- and then has no EOS target, so the
+    model never learns to stop in the middle of a sentence.
+    """
+    answer_ids = tokenizer.encode(answer.strip()) + [tokenizer.eos_id]
+    prompt_ids = tokenizer.encode(format_prompt(question))  # exactly what evaluate.py will feed
+    truncated = None
+    if len(prompt_ids) + len(answer_ids) > max_len:
+        q_ids, sep_ids = tokenizer.encode(question.strip()), tokenizer.encode(SEPARATOR)
+        keep = max_len - len(sep_ids) - len(answer_ids)  # question tokens that fit beside the whole answer
+        min_keep = min(len(q_ids), max_len // 4)
+        if keep >= min_keep:
+            truncated, prompt_ids = "question", q_ids[:keep] + sep_ids
+        else:
+            truncated, prompt_ids = "answer", q_ids[:min_keep] + sep_ids
+            answer_ids = answer_ids[:max_len - len(prompt_ids)]  # the EOS is cut off with the end
+    ids = prompt_ids + answer_ids
+    labels = [-100] * (len(prompt_ids) - 1) + answer_ids  # labels[t] = ids[t + 1] on the answer
+    return {"input_ids": ids[:-1], "labels": labels, "prompt_ids": prompt_ids, "n_answer": len(answer_ids),
+            "truncated": truncated}
+
+
+# -----------------------------------------------------------------------------
+# Data: rows, severity weights, length-bucketed batches
+
+
+def read_rows(path, need_probs):
+    """(train, val) lists of {id, question, answer, probs, cls} from a JSONL file."""
+    splits = {"train": [], "val": []}
+    for lineno, row in read_jsonl(path, required=("question", "answer", "split")):
+        if row["split"] not in ("train", "val", "test"):
+            raise DataError(path, lineno, "split", f"expected train, val or test, got {row['split']!r}")
+        if row["split"] == "test":
+            continue
+        probs = row.get("severity_probs")
+        if probs is not None:
+            probs = check_probs(probs, path, lineno)
+        elif need_probs:
+            raise DataError(path, lineno, "severity_probs", "missing: score the file with score_severity.py "
+                                                            "first, or train the baseline with --weights uniform")
+        if probs is not None:
+            cls = int(np.argmax(probs))  # the class a row is reported under in per-class validation
+        else:
+            cls = SEVERITIES.index(row["severity"]) if row.get("severity") in SEVERITIES else len(SEVERITIES)
+        splits[row["split"]].append({"id": str(row.get("id", f"line {lineno}")), "question": row["question"],
+                                     "answer": row["answer"], "probs": probs, "cls": cls})
+    return splits["train"], splits["val"]
+
+
+def severity_alpha(preset, probs, n_answer):
+    """Class weights for a preset: (raw alpha, alpha rescaled so the token-mean weight is 1).
+
+    probs [N, 3] of the training rows, n_answer [N] their answer tokens. Example weights are
+    w_i = probs_i . alpha; the rescaling makes sum_i n_i w_i / sum_i n_i = 1.
+    """
+    probs, n_answer = np.asarray(probs, dtype=np.float64), np.asarray(n_answer, dtype=np.float64)
+    probs = probs / probs.sum(axis=1, keepdims=True)  # check_probs allows sums 1 +- 1e-3
+    if preset == "balanced":
+        mass = probs.sum(axis=0)
+        if (mass <= 0).any():
+            raise ValueError(f"--weights balanced: no training probability mass on {SEVERITIES[int(np.argmin(mass))]}")
+        raw = len(probs) / (3 * mass)
+    elif preset in SEVERITY_WEIGHTS:
+        raw = np.array(SEVERITY_WEIGHTS[preset], dtype=np.float64)
+    else:
+        try:
+            raw = np.array([float(x) for x in preset.split(",")], dtype=np.float64)
+        except ValueError:
+            raw = np.array([])
+        if len(raw) != 3 or not np.isfinite(raw).all() or (raw < 0).any() or raw.sum() <= 0:
+            raise ValueError(f"--weights {preset!r}: expected one of {', '.join(SEVERITY_WEIGHTS)} or three "
+                             f"non-negative numbers 'mild,moderate,critical'")
+    token_mean = float((n_answer * (probs @ raw)).sum() / n_answer.sum())
+    return raw, raw / token_mean
+
+
+def example_weights(preset, probs, alpha):
+    """w_i = p_i . alpha; exactly 1 under uniform (rows may lack probabilities there)."""
+    if preset == "uniform":
+        return np.ones(len(probs))
+    probs = np.asarray(probs, dtype=np.float64)
+    return (probs / probs.sum(axis=1, keepdims=True)) @ alpha
+
+
+def make_batches(lengths, batch_size, seed, epoch):
+    """One epoch of micro-batches (arrays of example indices), a pure function of (seed, epoch).
+
+    Shuffle, sort each window of BUCKET_WINDOW * batch_size examples by length (so a batch pads
+    little), cut into micro-batches, shuffle the micro-batches.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    window = BUCKET_WINDOW * batch_size
+    batches = []
+    for s in range(0, len(order), window):
+        chunk = order[s:s + window]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def collate(examples, indices, pad_id, device):
+    """A right-padded micro-batch: input_ids [B, T], labels [B, T] (-100 = no loss), weights [B]."""
+    T = max(len(examples[i]["input_ids"]) for i in indices)
+    x = torch.full((len(indices), T), pad_id, dtype=torch.long)
+    y = torch.full((len(indices), T), -100, dtype=torch.long)
+    for r, i in enumerate(indices):
+        n = len(examples[i]["input_ids"])
+        x[r, :n] = torch.from_numpy(examples[i]["input_ids"])
+        y[r, :n] = torch.from_numpy(examples[i]["labels"])
+    w = torch.tensor([examples[i]["weight"] for i in indices], dtype=torch.float32)
+    return {"input_ids": x.to(device), "labels": y.to(device), "weights": w.to(device),
+            "n_tokens": sum(examples[i]["n_answer"] for i in indices),
+            "weight_mass": sum(examples[i]["n_answer"] * examples[i]["weight"] for i in indices),
+            "ids": [examples[i]["id"] for i in indices]}
+
+
+# -----------------------------------------------------------------------------
+# The loss, the learning rate, checkpoints
+
+
+def forward_backward(model, lm_head_weight, micro_batches, denom, world_size, loss_fn, autocast):
+    """Accumulate the gradients of one optimizer step; returns the micro-batches' weighted loss sums.
+
+    Each micro-batch contributes loss_sum / denom * world_size: denom is the global denominator
+    of the whole step, and DDP averages gradients over ranks, so the world_size turns that mean
+    back into the sum over ranks. Gradients are all-reduced only after the last micro-batch.
+    """
+    sums = []
+    for k, mb in enumerate(micro_batches):
+        last = k == len(micro_batches) - 1
+        with model.no_sync() if isinstance(model, DDP) and not last else nullcontext():
+            with autocast():
+                # right padding under a causal mask: real tokens never see the padding, so no
+                # attention mask is needed (SDPA keeps its fastest is_causal kernel)
+                hidden = model(mb["input_ids"], return_hidden=True)  # (B, T, C)
+                token_weights = mb["weights"][:, None].expand_as(mb["labels"])  # (B, T)
+                loss_sum = loss_fn(hidden.flatten(0, 1), lm_head_weight, mb["labels"].flatten(),
+                                   token_weights.flatten())
+            (loss_sum / denom * world_size).backward()
+        sums.append(loss_sum.detach())
+    return torch.stack(sums)
+
+
+def lr_at(step, args):
+    """Linear warmup to args.lr, then cosine down to args.min_lr at args.max_steps."""
+    if step < args.warmup_steps:
+        return args.lr * (step + 1) / args.warmup_steps
+    progress = min(1.0, (step - args.warmup_steps) / max(1, args.max_steps - args.warmup_steps))
+    return args.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (args.lr - args.min_lr)
+
+
+def rng_state():
+    """This process's random generators, as tensors and plain Python types (torch.load weights_only)."""
+    np_state = np.random.get_state()
+    return {"python": random.getstate(), "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state):
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+    np.random.set_state((state["numpy"][0], np.array(state["numpy"][1], dtype=np.uint32), *state["numpy"][2:]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(folder, raw_model, tokenizer, meta, trainer_state=None):
+    """A Hugging Face model folder + meta.json (+ trainer_state.pt), atomically (temp folder, rename)."""
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.partial")
+    save_pretrained(raw_model, tokenizer, tmp)  # replaces any leftover tmp from a killed run
+    write_json(tmp / "meta.json", meta)
+    if trainer_state is not None:
+        torch.save(trainer_state, tmp / "trainer_state.pt")
+    replace_dir(tmp, folder)  # folder is always the old or the new complete checkpoint
+
+
+def matmul_params(model):
+    """Parameters that take part in matmuls: all but the input embeddings (the lm_head counts)."""
+    emb = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    n = sum(p.numel() for p in model.parameters() if id(p) not in emb)
+    return n + (model.lm_head.weight.numel() if id(model.lm_head.weight) in emb else 0)
+
+
+# -----------------------------------------------------------------------------
+
+
+def main(argv=None):
+    args = get_args(argv)
+    rank, world, device = setup_dist(args.device)
+    try:
+        train(args, rank, world, device)
+    finally:
+        cleanup_dist()
+
+
+def train(args, rank, world, device):
+    # ---- setup: seed, precision, output folder
+    out = Path(args.out)
+    last_dir, best_dir = out / "last", out / "best"
+    use_bf16 = args.dtype == "bf16" or (args.dtype == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
+    loss_fn = fused_linear_cross_entropy if args.fused_loss else linear_cross_entropy_reference
+    acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    resume = args.resume == "auto" and (last_dir / "trainer_state.pt").is_file()
+    torch.manual_seed(args.seed)  # the same on every rank: identical initialization
+
+    # ---- model and tokenizer: the last checkpoint, --model, or a small GPT-2 from scratch
+    if resume:
+        raw_model, tokenizer = load_pretrained(last_dir, device=device)
+    elif args.model:
+        raw_model, tokenizer = load_pretrained(args.model, device=device)
+    else:
+        tokenizer = Tokenizer.from_folder(DEMO_TOKENIZER)
+        eos = tokenizer.eos_id
+        raw_model = build_model({**DEMO_GPT2, "vocab_size": tokenizer.vocab_size, "bos_token_id": eos,
+                                 "eos_token_id": eos, "pad_token_id": eos}).to(device)
+    raw_model.train()
+    if tokenizer.eos_id is None:
+        raise ValueError("the tokenizer declares no EOS token (tokenizer_config.json eos_token): the model "
+                         "could not learn where an answer ends")
+    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id  # never a target: see labels
+    cfg = raw_model.config
+    n_positions = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings")
+    if args.max_len > n_positions:
+        print0(f"--max-len {args.max_len} > the model's {n_positions} positions: using {n_positions}")
+        args.max_len = n_positions
+    if args.max_len < 16:
+        raise ValueError(f"--max-len {args.max_len} is too short for a question and an answer")
+
+    # ---- data: read, tokenize once, weigh
+    train_rows, val_rows = read_rows(args.data, need_probs=args.weights != "uniform")
+    if not train_rows:
+        raise DataError(args.data, None, "split", "no rows with split 'train'")
+    examples = {}
+    for name, rows in (("train", train_rows), ("val", val_rows)):
+        examples[name] = []
+        for row in tqdm(rows, desc=f"tokenizing {name}", disable=rank != 0 or len(rows) < 10_000):
+            ex = build_example(tokenizer, row["question"], row["answer"], args.max_len)
+            examples[name].append({"id": row["id"], "cls": row["cls"], "n_answer": ex["n_answer"],
+                                   "truncated": ex["truncated"],
+                                   "input_ids": np.array(ex["input_ids"], dtype=np.int32),
+                                   "labels": np.array(ex["labels"], dtype=np.int32)})
+    train_probs = [r["probs"] or [1 / 3] * 3 for r in train_rows]
+    alpha_raw, alpha = severity_alpha(args.weights, train_probs, [e["n_answer"] for e in examples["train"]])
+    for name, rows in (("train", train_rows), ("val", val_rows)):
+        w = example_weights(args.weights, [r["probs"] or [1 / 3] * 3 for r in rows], alpha)
+        for ex, wi in zip(examples[name], w):
+            ex["weight"] = float(wi)
+    train_ex, val_ex = examples["train"], examples["val"]
+    train_lengths = np.array([len(e["input_ids"]) for e in train_ex])
+    counts = {f"{name}_{kind}": sum(e["truncated"] == kind for e in examples[name])
+              for name in ("train", "val") for kind in ("question", "answer")}
+    data_info = {"train_examples": len(train_ex), "val_examples": len(val_ex),
+                 "train_answer_tokens": int(sum(e["n_answer"] for e in train_ex)),
+                 "truncated": counts, "max_len": args.max_len}
+    weights_info = {"preset": args.weights, "alpha_raw": alpha_raw.tolist(), "alpha": alpha.tolist(),
+                    "classes": list(SEVERITIES), "denominator": args.denominator,
+                    "mean_example_weight": float(np.mean([e["weight"] for e in train_ex]))}
+    print0(f"data: {len(train_ex)} train / {len(val_ex)} val examples, {data_info['train_answer_tokens']} train "
+           f"answer tokens; truncated (question / answer): train {counts['train_question']} / "
+           f"{counts['train_answer']}, val {counts['val_question']} / {counts['val_answer']}")
+    print0(f"weights {args.weights}: alpha raw {np.round(alpha_raw, 4).tolist()} -> rescaled "
+           f"{np.round(alpha, 4).tolist()} (mean weight over train answer tokens = 1)")
+    steps_batches = args.grad_accum * world  # micro-batches per optimizer step, over all ranks
+    if len(make_batches(train_lengths, args.batch_size, args.seed, 0)) < steps_batches:
+        raise ValueError(f"{len(train_ex)} training examples make fewer than grad_accum * world_size = "
+                         f"{steps_batches} micro-batches of {args.batch_size}: lower --batch-size or --grad-accum")
+
+    # validation batches, fixed: a seeded sample of at most eval_batches * batch_size rows,
+    # grouped by severity class so one batch's loss is one class's loss, sorted by length
+    val_order = np.random.default_rng([args.seed, 10**6]).permutation(len(val_ex))
+    if args.eval_batches > 0:
+        val_order = val_order[:args.eval_batches * args.batch_size]
+    val_batches = []
+    for c in range(len(SEVERITIES) + 1):  # the last class: rows with no severity at all
+        idx = sorted((i for i in val_order if val_ex[i]["cls"] == c), key=lambda i: len(val_ex[i]["input_ids"]))
+        val_batches += [(c, idx[s:s + args.batch_size]) for s in range(0, len(idx), args.batch_size)]
+
+    # ---- optimizer: AdamW, weight decay on every >= 2-D tensor (matmuls and embeddings, as
+    # nanoGPT and HF Trainer do), none on biases and norm gains
+    decay = [p for p in raw_model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in raw_model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=args.lr, betas=(0.9, 0.95), eps=1e-8,
+                                  **({"fused": True} if device.type == "cuda" else {}))
+
+    # ---- resume: optimizer, step, data position, best val, random generators
+    step, epoch, data_pos, best_val = 0, 0, 0, float("inf")
+    if resume:
+        state = torch.load(last_dir / "trainer_state.pt", map_location="cpu", weights_only=True)
+        meta = json.loads((last_dir / "meta.json").read_text(encoding="utf-8"))
+        for key in ("data", "weights", "denominator", "batch_size", "grad_accum", "seed", "max_len", "model"):
+            if meta["args"].get(key) != getattr(args, key):
+                raise ValueError(f"{last_dir} was trained with --{key.replace('_', '-')} {meta['args'].get(key)}, "
+                                 f"not {getattr(args, key)}: use another --out, or --resume never to start over")
+        optimizer.load_state_dict(state["optimizer"])
+        step, epoch, data_pos, best_val = state["step"], state["epoch"], state["data_pos"], state["best_val"]
+        set_rng_state(state["rng"][rank % len(state["rng"])])
+        print0(f"resumed from {last_dir} at step {step}")
+    elif rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+
+    model = torch.compile(raw_model) if args.compile else raw_model
+    if world > 1:
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    n_matmul = matmul_params(raw_model)
+    n_layer = getattr(cfg, "n_layer", None) or getattr(cfg, "num_hidden_layers")
+    d_model = getattr(cfg, "n_embd", None) or getattr(cfg, "hidden_size")
+    metrics_path = out / "metrics.jsonl"
+    meta = {"args": vars(args), "weights": weights_info, "data": data_info, "world_size": world}
+
+    def log(record):
+        if rank == 0:
+            with open(metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    if rank == 0:
+        if resume and metrics_path.is_file():  # drop lines of steps after the checkpoint: they are redone
+            lines = [json.loads(s) for s in metrics_path.read_text(encoding="utf-8").splitlines() if s.strip()]
+            write_jsonl(metrics_path, [r for r in lines if r.get("step", 0) <= step])
+        if resume:
+            log({"args": vars(args), "resumed_at": step})
+        else:  # a fresh run: lines left by an earlier run in this folder are dropped
+            write_jsonl(metrics_path, [{"args": vars(args)}])
+
+    @torch.no_grad()
+    def evaluate():
+        """Validation loss: plain token-mean CE (comparable across --weights), the weighted one,
+        and both per severity class; summed over ranks."""
+        raw_model.eval()
+        sums = torch.zeros(len(SEVERITIES) + 1, 3, dtype=acc_dtype, device=device)  # (class, [ce, w*ce, tokens])
+        for c, idx in val_batches[rank::world]:
+            mb = collate(val_ex, idx, pad_id, device)
+            with autocast():
+                hidden = raw_model(mb["input_ids"], return_hidden=True).flatten(0, 1)
+                w = mb["weights"][:, None].expand_as(mb["labels"]).flatten()
+                ce = loss_fn(hidden, raw_model.lm_head.weight, mb["labels"].flatten(), torch.ones_like(w))
+                wce = loss_fn(hidden, raw_model.lm_head.weight, mb["labels"].flatten(), w)
+            sums[c] += torch.stack([ce, wce, torch.tensor(float(mb["n_tokens"]), device=device)]).to(acc_dtype)
+        if world > 1:
+            dist.all_reduce(sums)
+        raw_model.train()
+        total = sums.sum(0).tolist()
+        if total[2] == 0:
+            return None
+        res = {"val_loss": total[0] / total[2], "val_loss_weighted": total[1] / total[2]}
+        res["val_ppl"] = math.exp(min(res["val_loss"], 50.0))
+        for c, name in enumerate(SEVERITIES):
+            ce, _, n = sums[c].tolist()
+            if n > 0:
+                res[f"val_loss_{name}"], res[f"val_ppl_{name}"] = ce / n, math.exp(min(ce / n, 50.0))
+        return res
+
+    # ---- the loop: validate / save at the top, then one optimizer step
+    batches = make_batches(train_lengths, args.batch_size, args.seed, epoch)
+    pbar = tqdm(total=args.max_steps, initial=step, disable=rank != 0, dynamic_ncols=True, desc="train")
+    say = pbar.write if rank == 0 else (lambda text: None)  # log lines above the progress bar
+    start_step = step
+    while True:
+        last_step = step == args.max_steps
+        if val_batches and (step > start_step or step == 0) and (step % args.eval_every == 0 or last_step):
+            res = evaluate()
+            if res is not None:
+                log({"step": step, **res})
+                per_class = ", ".join(f"{n} {res[f'val_loss_{n}']:.4f}" for n in SEVERITIES if f"val_loss_{n}" in res)
+                say(f"step {step}: val loss {res['val_loss']:.4f} (ppl {res['val_ppl']:.2f}), "
+                    f"weighted {res['val_loss_weighted']:.4f}, per class {per_class}")
+                if res["val_loss"] < best_val:
+                    best_val = res["val_loss"]
+                    if rank == 0:
+                        save_checkpoint(best_dir, raw_model, tokenizer, {**meta, "step": step, "best_val": best_val,
+                                                                         "val": res})
+        if step > start_step and (step % args.save_every == 0 or last_step):
+            rngs = [None] * world
+            if world > 1:
+                dist.all_gather_object(rngs, rng_state())
+            else:
+                rngs = [rng_state()]
+            if rank == 0:
+                trainer_state = {"optimizer": optimizer.state_dict(), "step": step, "epoch": epoch,
+                                 "data_pos": data_pos, "best_val": best_val, "rng": rngs}
+                save_checkpoint(last_dir, raw_model, tokenizer, {**meta, "step": step, "best_val": best_val},
+                                trainer_state)
+            if world > 1:
+                dist.barrier()  # nobody runs ahead of a checkpoint that is not written yet
+        if last_step:
+            break
+        if args.crash_at_step == step and rank == 0 and not (out / ".crashed").exists():
+            (out / ".crashed").touch()  # tests: die once here, as if killed; torchrun restarts us
+            raise SystemExit(f"simulated crash at step {step} (--crash-at-step)")
+
+        # one optimizer step over grad_accum * world micro-batches; rank r takes every world-th
+        t0 = time.time()
+        if data_pos + steps_batches > len(batches):  # epoch over: drop the remainder, reshuffle
+            epoch, data_pos = epoch + 1, 0
+            batches = make_batches(train_lengths, args.batch_size, args.seed, epoch)
+        step_batches = batches[data_pos:data_pos + steps_batches]
+        data_pos += steps_batches
+        micro_batches = [collate(train_ex, idx, pad_id, device) for idx in step_batches[rank::world]]
+        # THE DENOMINATOR: answer tokens (or their weight mass) of the whole optimizer step,
+        # summed over this rank's micro-batches and all-reduced over ranks before any backward,
+        # so every token weighs the same however the batch is split into micro-batches and ranks
+        key = "n_tokens" if args.denominator == "tokens" else "weight_mass"
+        denom = torch.tensor(float(sum(mb[key] for mb in micro_batches)), device=device)
+        if world > 1:
+            dist.all_reduce(denom)
+        lr = lr_at(step, args)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        sums = forward_backward(model, raw_model.lm_head.weight, micro_batches, denom, world, loss_fn, autocast)
+        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip if args.grad_clip > 0 else math.inf)
+        if world > 1:  # every rank learns every micro-batch's loss (one small collective per step)
+            gathered = [torch.empty_like(sums) for _ in range(world)]
+            dist.all_gather(gathered, sums)
+            sums = torch.stack(gathered, dim=1).flatten()  # back to step_batches order: [k, r] -> k * world + r
+        stats = torch.cat([sums, denom.view(1), grad_norm.float().view(1)]).tolist()  # the step's one host sync
+        mb_sums, denom_value, gnorm = stats[:-2], stats[-2], stats[-1]
+        loss = sum(mb_sums) / denom_value
+        if not (math.isfinite(loss) and math.isfinite(gnorm)):
+            bad = [j for j, s in enumerate(mb_sums) if not math.isfinite(s)] or range(len(step_batches))
+            ids = [train_ex[i]["id"] for j in bad for i in step_batches[j]]
+            raise FloatingPointError(f"step {step + 1}: non-finite {'loss' if not math.isfinite(loss) else 'gradient'} "
+                                     f"(loss {loss}, grad norm {gnorm}); examples of the bad micro-batch(es): "
+                                     f"{', '.join(ids)}")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        pbar.update(1)
+
+        if step % args.log_every == 0 or step == args.max_steps:
+            dt = time.time() - t0
+            lengths = [len(train_ex[i]["input_ids"]) for b in step_batches for i in b]
+            flops = 6 * n_matmul * sum(lengths) + 12 * n_layer * d_model * sum(t * t for t in lengths)
+            peak_mem = (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else
+                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30
+            record = {"step": step, "loss": loss, "lr": lr, "grad_norm": gnorm, "epoch": epoch,
+                      "tokens_per_s": sum(lengths) / dt, "step_ms": 1000 * dt,
+                      "mfu": flops / dt / (args.peak_flops * world) if device.type == "cuda" else None,
+                      "peak_mem_gb": peak_mem}
+            log(record)
+            mfu = f"mfu {100 * record['mfu']:.1f}% " if record["mfu"] is not None else ""
+            say(f"step {step}: loss {loss:.4f} lr {lr:.2e} grad norm {gnorm:.3f} "
+                f"{record['tokens_per_s']:.0f} tok/s {mfu}mem {peak_mem:.2f} GB")
+    pbar.close()
+    print0(f"done: {step} steps, best val loss {best_val:.4f}; checkpoints in {last_dir} and {best_dir}")
+    return {"step": step, "best_val": best_val}
+
+
+if __name__ == "__main__":
+    main()
