@@ -1,0 +1,618 @@
+"""Generate answers with a fine-tuned language model, score them against the doctors' answers,
+overall and per severity class, and compare runs.
+
+Three modes (exactly one of --model, --generations, --compare):
+
+  1. generate + score    python evaluate.py --model out/lm-balanced/best --data scored.jsonl \\
+                             --split test --bertscore-model models/bert-base-multilingual-cased --out out/eval-balanced
+  2. score a file        python evaluate.py --generations out/eval-balanced/generations.jsonl \\
+                             --bertscore-model models/bert-base-multilingual-cased --out out/rescored
+  3. compare runs        python evaluate.py --compare out/eval-uniform out/eval-balanced --out out/compare
+
+CPU or one GPU: the commands above (--device auto picks CUDA when there is one; the LM runs in
+bf16 on GPUs that support it, BERTScore always in fp32). N GPUs: `torchrun --nproc_per_node N
+evaluate.py --model ...` splits the rows over the ranks for generation (rank r takes rows r, r+N,
+...); rank 0 gathers the answers, scores and writes. Scoring and comparing use one process.
+
+Generation (mode 1): the prompt is train_lm.format_prompt(question) (question, "\\nالجواب:\\n"),
+exactly what the model was trained on; a prompt too long for the model's context loses the end
+of its question, as in training, and is counted (config.prompts_truncated). Batched (rows sorted
+by prompt length), KV cache, greedy by default (--temperature > 0 samples, with --top-k --top-p;
+--repetition-penalty, --no-repeat-ngram), stops at EOS or --max-new-tokens; token ids beyond the
+tokenizer's vocabulary are never produced.
+
+Scores (all reported in percent, 0-100; metrics.py documents how each matches its reference):
+  bertscore_p / bertscore_r / bertscore_f1  BERTScore with --bertscore-model (a local BERT folder;
+      a classifier folder's encoder works too) at --bertscore-layer (default: 9 for multilingual
+      BERT, bert-score's choice for Arabic; the last layer for any other BERT -- pass the layer you
+      mean), optional --idf from the references; no baseline rescaling. Its configuration string
+      (config.bertscore.config_string) goes with every BERTScore number. Without
+      --bertscore-model BERTScore is skipped (config.bertscore.skipped says so).
+  chrf      corpus chrF (sacrebleu's CHRF: char order 6, beta 2; --chrf-word-order 2 = chrF++)
+  rougeL    mean ROUGE-L F-measure on Arabic-aware tokens (rouge-score's tokenizer drops Arabic)
+  urgent_rate      share of generated answers advising urgent care (lexicon.mentions_urgent_care,
+      data/urgent_lexicon.tsv): for critical complaints the recall of urgent advice, for mild
+      ones over-triage, overall the rate over all answers
+  ref_urgent_rate  the same for the doctors' reference answers, side by side
+--normalize applies common.normalize_arabic (as prepare_data) to generated and reference text
+before BERTScore, chrF and ROUGE-L (the urgent lexicon normalizes by itself). 95% percentile
+bootstrap intervals over examples (--bootstrap resamples; corpus chrF is recomputed from summed
+sentence statistics in each resample). A row's severity class: its "severity" field (gold or rule
+label) when present, else the argmax of "severity_probs"; rows with neither count only overall.
+
+Reads: mode 1 --data JSONL rows with question, answer (and split unless --split all; severity
+and/or severity_probs for the per-class numbers; all other fields are kept). Mode 2 rows with
+question, answer, generated. Mode 3 run folders written by modes 1/2, holding the same examples
+(matched by id, else by position).
+
+Writes --out (a folder):
+  generations.jsonl  the input rows, every field kept, + "generated" + "scores" (this row's
+                     numbers: bertscore_p/r/f1, chrf (sentence chrF), rougeL, urgent,
+                     ref_urgent, severity_class) -- mode 3 reads the BERTScore values from here
+  metrics.json       {"overall": {metric: value}, "by_severity": {"mild"|"moderate"|"critical":
+                     {...}}, "ci": {"overall": {metric: [lo, hi]}, "by_severity": {...}},
+                     "n": {"overall", "mild", "moderate", "critical"[, "unlabeled"]}, "config": {...}}
+  report.md          the same numbers as a Markdown table
+Mode 3 writes compare.md and compare.json (and prints the table): every run's numbers per metric
+and severity class, each run's difference to the first run (the baseline) and a one-sided paired
+bootstrap p-value (Koehn 2004: share of resamples in which the run is not better than the
+baseline). "Better" is higher, except urgent_rate on mild complaints (over-triage: lower is
+better); for urgent_rate overall and on moderate complaints there is no better direction and the
+p-value is two-sided. --plot also draws per-severity bars (and training curves, from the
+metrics.jsonl train_lm.py writes next to the evaluated model) as PNG files; needs matplotlib.
+"""
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+import metrics as M
+from common import (SEVERITIES, DataError, atomic_open, check_probs, cleanup_dist, normalize_arabic, pick_device,
+                    read_jsonl, setup_dist, write_json, write_jsonl)
+from models import load_pretrained
+from models.generate import generate
+from train_lm import SEPARATOR, format_prompt  # the prompt format is defined once, in train_lm.py
+
+METRICS = ("bertscore_p", "bertscore_r", "bertscore_f1", "chrf", "rougeL", "urgent_rate", "ref_urgent_rate")
+BERTSCORE = ("bertscore_p", "bertscore_r", "bertscore_f1")
+NAMES = {"bertscore_p": "BERTScore P", "bertscore_r": "BERTScore R", "bertscore_f1": "BERTScore F1",
+         "chrf": "chrF", "rougeL": "ROUGE-L", "urgent_rate": "urgent advice (generated)",
+         "ref_urgent_rate": "urgent advice (reference)"}
+GROUPS = ("overall",) + SEVERITIES
+
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # what to do
+    p.add_argument("--model", default=None, help="mode 1: language model folder to generate answers with")
+    p.add_argument("--generations", default=None, help="mode 2: JSONL with question, answer, generated to score")
+    p.add_argument("--compare", nargs="+", default=None, help="mode 3: run folders to compare; the first is the baseline")
+    p.add_argument("--data", default=None, help="mode 1: input JSONL (question, answer, split, severity/severity_probs)")
+    p.add_argument("--split", default="test", help="mode 1: rows whose split field equals this ('all': every row)")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N rows (quick looks)")
+    p.add_argument("--out", default="out/eval", help="output folder")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                   help="LM weights dtype; auto = bfloat16 on GPUs that support it, else float32")
+    p.add_argument("--seed", type=int, default=1337, help="seed for sampling and the bootstrap")
+    # decoding
+    p.add_argument("--max-new-tokens", type=int, default=128, help="longest generated answer, in tokens")
+    p.add_argument("--batch-size", type=int, default=16, help="prompts generated together")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeated tokens (1 = off)")
+    p.add_argument("--no-repeat-ngram", type=int, default=0, help="never repeat an n-gram of this size (0 = off)")
+    # scoring
+    p.add_argument("--bertscore-model", default=None, help="local BERT folder for BERTScore (omitted: BERTScore skipped)")
+    p.add_argument("--bertscore-layer", type=int, default=None,
+                   help="hidden layer for BERTScore (0 = embeddings); default 9 for multilingual BERT, else the last")
+    p.add_argument("--bertscore-batch-size", type=int, default=64, help="sentences per BERT forward pass")
+    p.add_argument("--idf", action="store_true", help="BERTScore idf weights from the references")
+    p.add_argument("--normalize", action="store_true",
+                   help="normalize_arabic generated and reference text before BERTScore, chrF, ROUGE-L")
+    p.add_argument("--chrf-word-order", type=int, default=0, choices=(0, 2), help="0 = chrF, 2 = chrF++")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs and p-values (0 = none)")
+    p.add_argument("--plot", action="store_true", help="also write PNG plots (needs matplotlib)")
+    args = p.parse_args(argv)
+    modes = [m for m in ("model", "generations", "compare") if getattr(args, m)]
+    if len(modes) != 1:
+        p.error("give exactly one of --model, --generations, --compare")
+    if args.model and not args.data:
+        p.error("--model needs --data")
+    return args
+
+
+# -----------------------------------------------------------------------------
+# Rows
+
+
+def severity_class(row, path, line):
+    """The row's severity label if it has one, else the argmax of severity_probs, else None."""
+    label = row.get("severity")
+    if label is not None:
+        if label not in SEVERITIES:
+            raise DataError(path, line, "severity", f"expected one of {SEVERITIES}, got {label!r}")
+        return label
+    if row.get("severity_probs") is not None:
+        probs = check_probs(row["severity_probs"], path, line)
+        return SEVERITIES[int(np.argmax(probs))]
+    return None
+
+
+def read_rows(path, need_generated, split=None, limit=None):
+    """[(line, row)] with question and answer (and generated when scoring a file)."""
+    rows = []
+    for line, row in read_jsonl(path, required=("question", "answer")):
+        if need_generated and not isinstance(row.get("generated"), str):  # may be empty: EOS first
+            problem = "missing" if "generated" not in row else "not a string"
+            raise DataError(path, line, "generated", problem)
+        if split not in (None, "all"):
+            if "split" not in row:
+                raise DataError(path, line, "split", "missing (use --split all to evaluate every row)")
+            if row["split"] != split:
+                continue
+        severity_class(row, path, line)  # validate early
+        rows.append((line, row))
+        if limit is not None and len(rows) == limit:
+            break
+    if not rows:
+        raise DataError(path, None, "split" if split not in (None, "all") else None,
+                        f"no rows to evaluate{f' with split {split!r}' if split not in (None, 'all') else ''}")
+    return rows
+
+
+# -----------------------------------------------------------------------------
+# Generation
+
+
+def prompt_ids(tokenizer, question, max_len):
+    """Token ids of the prompt, exactly as train_lm.py builds it; a question too long for
+    max_len tokens loses its end (as in training). Returns (ids, truncated)."""
+    ids = tokenizer.encode(format_prompt(question))
+    if len(ids) <= max_len:
+        return ids, False
+    sep = tokenizer.encode(SEPARATOR)
+    return tokenizer.encode(question.strip())[:max_len - len(sep)] + sep, True
+
+
+def generate_answers(model, tokenizer, questions, args, show_progress=True):
+    """Greedy/sampled answers (decoded text) for a list of questions; returns (answers, n_truncated)."""
+    n_ctx = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    max_prompt = n_ctx - args.max_new_tokens
+    if max_prompt < 8:
+        raise ValueError(f"--max-new-tokens {args.max_new_tokens} leaves no room for a prompt in {n_ctx} positions")
+    encoded = [prompt_ids(tokenizer, q, max_prompt) for q in questions]
+    eos_id = tokenizer.eos_id if tokenizer.eos_id is not None else model.config.eos_token_id
+    order = sorted(range(len(questions)), key=lambda i: -len(encoded[i][0]))  # similar lengths batch together
+    answers = [None] * len(questions)
+    starts = list(range(0, len(order), args.batch_size))
+    for bi, s in enumerate(tqdm(starts, desc="generate", disable=not show_progress, dynamic_ncols=True)):
+        idx = order[s:s + args.batch_size]
+        new = generate(model, [encoded[i][0] for i in idx], args.max_new_tokens, eos_id, tokenizer.pad_id,
+                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                       repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram,
+                       vocab_limit=tokenizer.vocab_size, seed=args.seed + bi)
+        for i, ids in zip(idx, new):
+            answers[i] = tokenizer.decode(ids).strip()
+    return answers, sum(t for _, t in encoded)
+
+
+def run_generation(args):
+    """Mode 1: returns (rows with "generated", config additions) on rank 0, (None, None) elsewhere."""
+    rank, world, device = setup_dist(args.device)
+    try:
+        rows = [row for _, row in read_rows(args.data, False, args.split, args.limit)]
+        dtype = torch.float32
+        if args.dtype == "bfloat16" or (args.dtype == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
+            dtype = torch.bfloat16
+        torch.manual_seed(args.seed)
+        model, tokenizer = load_pretrained(args.model, dtype=dtype, device=device)
+        mine = list(range(rank, len(rows), world))
+        t0 = time.time()
+        answers, n_trunc = generate_answers(model, tokenizer, [rows[i]["question"] for i in mine], args, rank == 0)
+        seconds = time.time() - t0
+        if world > 1:  # rank 0 collects every rank's answers
+            gathered = [None] * world
+            dist.all_gather_object(gathered, (mine, answers, n_trunc))
+        else:
+            gathered = [(mine, answers, n_trunc)]
+        if rank != 0:
+            return None, None
+        n_trunc = 0
+        for idx, ans, nt in gathered:
+            n_trunc += nt
+            for i, a in zip(idx, ans):
+                rows[i] = {**rows[i], "generated": a}
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        decoding = {k: getattr(args, k) for k in ("max_new_tokens", "batch_size", "temperature", "top_k", "top_p",
+                                                  "repetition_penalty", "no_repeat_ngram", "seed")}
+        extra = {"mode": "generate", "model": str(args.model), "data": str(args.data), "split": args.split,
+                 "limit": args.limit, "decoding": {**decoding, "greedy": args.temperature == 0},
+                 "prompt": "train_lm.format_prompt (question + '\\nالجواب:\\n')", "prompts_truncated": n_trunc,
+                 "dtype": str(dtype).replace("torch.", ""), "world_size": world,
+                 "generation_seconds": round(seconds, 2)}
+        return rows, extra
+    finally:
+        cleanup_dist()
+
+
+# -----------------------------------------------------------------------------
+# Scoring
+
+
+def text_stats(rows, normalize, word_order):
+    """Per-example chrF statistics [N, K] and ROUGE-L F (percent) of generated vs answer."""
+    hyps, refs = [r["generated"] for r in rows], [r["answer"] for r in rows]
+    if normalize:
+        hyps, refs = [normalize_arabic(h) for h in hyps], [normalize_arabic(r) for r in refs]
+    chrf = M.corpus_chrf_stats(hyps, refs, word_order=word_order)
+    rouge = 100 * np.array([M.rouge_l(h, r)["fmeasure"] for h, r in zip(hyps, refs)])
+    return {"chrf": chrf, "rougeL": rouge}
+
+
+def bertscore_stats(rows, args, device):
+    """Per-example BERTScore P/R/F (percent) and the BERTScore config, or ({}, config with 'skipped')."""
+    if not args.bertscore_model:
+        return {}, {"skipped": "no --bertscore-model given: BERTScore not computed"}
+    model, tokenizer, max_len, layer = M.load_bertscore_model(args.bertscore_model, device, args.bertscore_layer)
+    hyps, refs = [r["generated"] for r in rows], [r["answer"] for r in rows]
+    if args.normalize:
+        hyps, refs = [normalize_arabic(h) for h in hyps], [normalize_arabic(r) for r in refs]
+    P, R, F = M.bertscore(hyps, refs, model, tokenizer, layer, idf=args.idf, batch_size=args.bertscore_batch_size,
+                          max_length=max_len)
+    name = Path(args.bertscore_model).resolve().name
+    config = {"model": str(args.bertscore_model), "layer": layer, "idf": args.idf, "max_length": max_len,
+              "rescaled": False, "config_string": M.bertscore_config_string(name, layer, args.idf)}
+    return {"bertscore_p": 100 * P, "bertscore_r": 100 * R, "bertscore_f1": 100 * F}, config
+
+
+def urgent_stats(rows):
+    return {"urgent_rate": 100 * M.urgent_flags([r["generated"] for r in rows]),
+            "ref_urgent_rate": 100 * M.urgent_flags([r["answer"] for r in rows])}
+
+
+def corpus_fn(metric, word_order):
+    """None for mean metrics; the corpus score of summed statistics for chrF."""
+    if metric == "chrf":
+        return lambda s: M.chrf_from_stats(s, word_order=word_order)
+    return None
+
+
+def point(stats, fn):
+    return float(fn(stats.sum(0)) if fn is not None else stats.mean())
+
+
+def groups_of(classes):
+    """{"overall": all indices, "mild": [...], ...}"""
+    classes = np.array([c if c is not None else "" for c in classes])
+    return {"overall": np.arange(len(classes)), **{c: np.flatnonzero(classes == c) for c in SEVERITIES}}
+
+
+def summarize(stats, classes, word_order, n_boot, seed):
+    """metrics.json's overall / by_severity / ci / n from per-example stats."""
+    groups = groups_of(classes)
+    values = {g: {} for g in GROUPS}
+    cis = {g: {} for g in GROUPS}
+    for metric in METRICS:
+        if metric not in stats:
+            continue
+        fn = corpus_fn(metric, word_order)
+        for g, idx in groups.items():
+            s = stats[metric][idx]
+            values[g][metric] = point(s, fn) if len(idx) else None
+            ci = M.bootstrap_ci(s, fn, n_boot, seed) if n_boot and len(idx) else None
+            cis[g][metric] = list(ci) if ci is not None else None
+    n = {g: int(len(idx)) for g, idx in groups.items()}
+    if sum(c is None for c in classes):
+        n["unlabeled"] = int(sum(c is None for c in classes))
+    return {"overall": values["overall"], "by_severity": {c: values[c] for c in SEVERITIES},
+            "ci": {"overall": cis["overall"], "by_severity": {c: cis[c] for c in SEVERITIES}}, "n": n}
+
+
+def score_rows(rows, classes, args, device):
+    """All per-example stats, the summary dict and the per-row score dicts."""
+    stats = text_stats(rows, args.normalize, args.chrf_word_order)
+    stats.update(urgent_stats(rows))
+    bs, bs_config = bertscore_stats(rows, args, device)
+    stats.update(bs)
+    summary = summarize(stats, classes, args.chrf_word_order, args.bootstrap, args.seed)
+    hyps = [normalize_arabic(r["generated"]) if args.normalize else r["generated"] for r in rows]
+    refs = [normalize_arabic(r["answer"]) if args.normalize else r["answer"] for r in rows]
+    per_row = []
+    for i, c in enumerate(classes):
+        s = {m: float(stats[m][i]) for m in BERTSCORE if m in stats}
+        s["chrf"] = M.sentence_chrf(hyps[i], refs[i], word_order=args.chrf_word_order)
+        s["rougeL"] = float(stats["rougeL"][i])
+        s["urgent"], s["ref_urgent"] = bool(stats["urgent_rate"][i]), bool(stats["ref_urgent_rate"][i])
+        s["severity_class"] = c
+        per_row.append(s)
+    return summary, bs_config, per_row
+
+
+def fmt(value, ci=None):
+    if value is None:
+        return "-"
+    return f"{value:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
+def report_markdown(result, title):
+    lines = [f"# {title}", "", "All numbers in percent; [95% bootstrap interval]. chrF is corpus-level; the "
+             "others are means over examples. urgent advice: share of answers advising urgent care "
+             "(critical: recall; mild: over-triage).", ""]
+    bs = result["config"]["bertscore"]
+    lines.append(f"BERTScore: {bs.get('config_string') or bs.get('skipped')}")
+    lines += ["", "| metric | " + " | ".join(GROUPS) + " |", "|---|" + "---|" * len(GROUPS)]
+    for m in METRICS:
+        if m not in result["overall"]:
+            continue
+        cells = [fmt(result["overall"][m], result["ci"]["overall"][m])]
+        cells += [fmt(result["by_severity"][c][m], result["ci"]["by_severity"][c][m]) for c in SEVERITIES]
+        lines.append(f"| {NAMES[m]} | " + " | ".join(cells) + " |")
+    lines.append("| n | " + " | ".join(str(result["n"][g]) for g in GROUPS) + " |")
+    if "unlabeled" in result["n"]:
+        lines += ["", f"{result['n']['unlabeled']} rows without a severity label count only overall."]
+    return "\n".join(lines) + "\n"
+
+
+def write_run(out, rows, per_row, summary, config):
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "generations.jsonl", ({**r, "scores": s} for r, s in zip(rows, per_row)))
+    result = {**summary, "config": config}
+    write_json(out / "metrics.json", result)
+    with atomic_open(out / "report.md") as f:
+        f.write(report_markdown(result, f"Evaluation: {config.get('model') or config.get('generations')}"))
+    return result
+
+
+def run_scoring(args, rows, lines, path, extra):
+    """Score rows (mode 1 or 2) and write the run folder; returns the metrics dict."""
+    classes = [severity_class(r, path, ln) for r, ln in zip(rows, lines)]
+    device = pick_device(args.device)
+    summary, bs_config, per_row = score_rows(rows, classes, args, device)
+    config = {**extra, "bertscore": bs_config, "normalize": args.normalize,
+              "chrf": {"char_order": M.CHRF_CHAR_ORDER, "word_order": args.chrf_word_order, "beta": M.CHRF_BETA,
+                       "as": "sacrebleu CHRF defaults, corpus-level"},
+              "rougeL": "mean LCS F-measure on metrics.arabic_tokens",
+              "urgent": "lexicon.mentions_urgent_care (data/urgent_lexicon.tsv)",
+              "bootstrap": {"resamples": args.bootstrap, "level": 0.95, "method": "percentile", "seed": args.seed},
+              "scale": "percent", "seed": args.seed}
+    result = write_run(Path(args.out), rows, per_row, summary, config)
+    print(report_markdown(result, f"Evaluation -> {args.out}"))
+    return result
+
+
+# -----------------------------------------------------------------------------
+# Comparing runs
+
+
+def load_run(folder):
+    """(rows, classes, metrics.json) of a run folder written by modes 1/2."""
+    folder = Path(folder)
+    path = folder / "generations.jsonl"
+    meta_path = folder / "metrics.json"
+    if not meta_path.is_file():
+        raise DataError(meta_path, None, None, "file not found (not a run folder written by evaluate.py?)")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    numbered = read_rows(path, True)
+    rows = [r for _, r in numbered]
+    classes = [severity_class(r, path, ln) for ln, r in numbered]
+    return rows, classes, meta
+
+
+def align(base_rows, rows, path):
+    """rows reordered to match base_rows: by id when every row has one, else by position."""
+    if all("id" in r for r in base_rows) and all("id" in r for r in rows):
+        by_id = {str(r["id"]): r for r in rows}
+        missing = [str(r["id"]) for r in base_rows if str(r["id"]) not in by_id]
+        if missing or len(by_id) != len(base_rows):
+            raise DataError(path, None, "id", f"not the baseline's examples (missing ids: {missing[:5]}, "
+                                              f"{len(by_id)} vs {len(base_rows)} rows)")
+        return [by_id[str(r["id"])] for r in base_rows]
+    if len(rows) != len(base_rows) or any(a["question"] != b["question"] for a, b in zip(base_rows, rows)):
+        raise DataError(path, None, "question", "not the baseline's examples in the same order (and no ids)")
+    return rows
+
+
+def direction(metric, group):
+    """+1: higher is better, -1: lower is better, 0: no better direction (two-sided test)."""
+    if metric == "urgent_rate":
+        return {"critical": 1, "mild": -1}.get(group, 0)
+    return 1
+
+
+def paired_p(sa, sb, fn, n_boot, seed, sign):
+    """p-value that B is not better than A (Koehn 2004), in the metric's better direction."""
+    if sign > 0:
+        return M.paired_bootstrap(sa, sb, fn, n_boot, seed)["p_value"]
+    if sign < 0:
+        return M.paired_bootstrap(sb, sa, fn, n_boot, seed)["p_value"]
+    one = M.paired_bootstrap(sa, sb, fn, n_boot, seed)["p_value"]
+    other = M.paired_bootstrap(sb, sa, fn, n_boot, seed)["p_value"]
+    return min(1.0, 2 * min(one, other))
+
+
+def run_compare(args):
+    folders = [Path(f) for f in args.compare]
+    names = [f.name for f in folders]
+    if len(set(names)) != len(names):
+        names = [str(f) for f in folders]
+    runs = [load_run(f) for f in folders]
+    base_rows, classes, base_meta = runs[0]
+    normalize = base_meta["config"].get("normalize", False)
+    word_order = base_meta["config"].get("chrf", {}).get("word_order", 0)
+    bs_strings = {m["config"].get("bertscore", {}).get("config_string") for _, _, m in runs}
+    notes = []
+    all_stats = []
+    for folder, (rows, _, meta) in zip(folders, runs):
+        if meta["config"].get("normalize", False) != normalize:
+            raise DataError(folder / "metrics.json", None, "config.normalize",
+                            "runs were scored with different --normalize settings: rescore them alike")
+        rows = align(base_rows, rows, folder / "generations.jsonl")
+        stats = text_stats(rows, normalize, word_order)
+        stats.update(urgent_stats(rows))
+        if len(bs_strings) == 1 and None not in bs_strings:
+            for m in BERTSCORE:
+                stats[m] = np.array([r.get("scores", {}).get(m, np.nan) for r in rows], dtype=np.float64)
+                if np.isnan(stats[m]).any():
+                    raise DataError(folder / "generations.jsonl", None, f"scores.{m}", "missing on some rows")
+        all_stats.append(stats)
+    if len(bs_strings) != 1 or None in bs_strings:
+        notes.append(f"BERTScore not compared: the runs have different or missing BERTScore settings {sorted(map(str, bs_strings))}")
+    groups = groups_of(classes)
+    table = {}
+    for m in METRICS:
+        if m not in all_stats[0]:
+            continue
+        fn = corpus_fn(m, word_order)
+        table[m] = {}
+        for name, stats in zip(names, all_stats):
+            table[m][name] = {}
+            for g, idx in groups.items():
+                value = point(stats[m][idx], fn) if len(idx) else None
+                cell = {"value": value}
+                if name != names[0] and len(idx) and m != "ref_urgent_rate":
+                    base = all_stats[0][m][idx]
+                    cell["delta"] = value - point(base, fn)
+                    cell["p_value"] = (paired_p(base, stats[m][idx], fn, args.bootstrap, args.seed, direction(m, g))
+                                       if args.bootstrap else None)
+                table[m][name][g] = cell
+    result = {"runs": [{"name": n, "path": str(f)} for n, f in zip(names, folders)], "baseline": names[0],
+              "metrics": table, "n": {g: int(len(idx)) for g, idx in groups.items()}, "notes": notes,
+              "config": {"normalize": normalize, "chrf_word_order": word_order, "bertscore": sorted(map(str, bs_strings)),
+                         "test": "one-sided paired bootstrap (Koehn 2004), p = (#{B not better} + 1) / (resamples + 1)",
+                         "resamples": args.bootstrap, "seed": args.seed}}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "compare.json", result)
+    md = compare_markdown(result)
+    with atomic_open(out / "compare.md") as f:
+        f.write(md)
+    print(md)
+    return result
+
+
+def compare_markdown(result):
+    names = [r["name"] for r in result["runs"]]
+    lines = ["# Comparison", "", f"Baseline: {names[0]}. Numbers in percent; for the other runs (difference to the "
+             "baseline, one-sided paired bootstrap p-value that the run is not better). urgent advice: higher is "
+             "better on critical complaints, lower on mild ones (over-triage), two-sided elsewhere.", ""]
+    lines += [f"BERTScore: {', '.join(result['config']['bertscore'])}"] + [f"- {n}" for n in result["notes"]]
+    lines += ["", "| metric | run | " + " | ".join(GROUPS) + " |", "|---|---|" + "---|" * len(GROUPS)]
+    for m, per_run in result["metrics"].items():
+        for i, name in enumerate(names):
+            cells = []
+            for g in GROUPS:
+                c = per_run[name][g]
+                text = fmt(c["value"])
+                if "delta" in c:
+                    p = f", p={c['p_value']:.3f}" if c.get("p_value") is not None else ""
+                    text += f" ({c['delta']:+.2f}{p})"
+                cells.append(text)
+            lines.append(f"| {NAMES[m] if i == 0 else ''} | {name} | " + " | ".join(cells) + " |")
+    lines.append("| n | | " + " | ".join(str(result["n"][g]) for g in GROUPS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# -----------------------------------------------------------------------------
+# Plots (optional)
+
+
+def make_plots(out, runs, compare_result=None):
+    """Per-severity bars (one bar per run) and training curves when metrics.jsonl files exist."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("--plot needs matplotlib (pip install matplotlib); no plots written")
+        return []
+    out = Path(out)
+    written = []
+    if compare_result is not None:
+        names = [r["name"] for r in compare_result["runs"]]
+        values = {m: {n: [compare_result["metrics"][m][n][g]["value"] for g in GROUPS] for n in names}
+                  for m in compare_result["metrics"]}
+    else:
+        names = ["run"]
+        values = {m: {"run": [runs[0][1]["overall"].get(m)] + [runs[0][1]["by_severity"][c].get(m) for c in SEVERITIES]}
+                  for m in METRICS if m in runs[0][1]["overall"]}
+    fig, axes = plt.subplots(1, len(values), figsize=(3.2 * len(values), 3.2), squeeze=False)
+    width = 0.8 / len(names)
+    for ax, (m, per_run) in zip(axes[0], values.items()):
+        for i, n in enumerate(names):
+            ys = [v if v is not None else 0.0 for v in per_run[n]]
+            ax.bar(np.arange(len(GROUPS)) + i * width, ys, width, label=n)
+        ax.set_xticks(np.arange(len(GROUPS)) + width * (len(names) - 1) / 2, GROUPS, rotation=30)
+        ax.set_title(NAMES[m], fontsize=9)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "metrics_by_severity.png", dpi=100)
+    plt.close(fig)
+    written.append(out / "metrics_by_severity.png")
+    curves = []  # (name, [records]) from train_lm's metrics.jsonl next to the run or its model
+    for folder, meta in runs:
+        model = meta.get("config", {}).get("model")
+        for cand in [Path(folder) / "metrics.jsonl"] + ([Path(model).parent / "metrics.jsonl"] if model else []):
+            if cand.is_file():
+                recs = [json.loads(x) for x in cand.read_text(encoding="utf-8").splitlines() if x.strip()]
+                curves.append((Path(folder).name, [r for r in recs if "step" in r]))
+                break
+    if curves:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, recs in curves:
+            train = [(r["step"], r["loss"]) for r in recs if r.get("loss") is not None]
+            val = [(r["step"], r["val_loss"]) for r in recs if r.get("val_loss") is not None]
+            if train:
+                ax.plot(*zip(*train), label=f"{name} train", alpha=0.7)
+            if val:
+                ax.plot(*zip(*val), "o-", label=f"{name} val")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "training_curves.png", dpi=100)
+        plt.close(fig)
+        written.append(out / "training_curves.png")
+    for w in written:
+        print(f"wrote {w}")
+    return written
+
+
+# -----------------------------------------------------------------------------
+
+
+def main(argv=None):
+    args = get_args(argv)
+    if args.compare:
+        result = run_compare(args)
+        if args.plot:
+            make_plots(args.out, [(f, json.loads((Path(f) / "metrics.json").read_text(encoding="utf-8")))
+                                  for f in args.compare], result)
+        return result
+    if args.model:
+        rows, extra = run_generation(args)
+        if rows is None:  # not rank 0
+            return None
+        lines = [None] * len(rows)
+        path = args.data
+    else:
+        numbered = read_rows(args.generations, True, None, args.limit)
+        lines, rows = [ln for ln, _ in numbered], [r for _, r in numbered]
+        path = args.generations
+        extra = {"mode": "score", "generations": str(args.generations), "limit": args.limit}
+    result = run_scoring(args, rows, lines, path, extra)
+    if args.plot:
+        make_plots(args.out, [(args.out, result)])
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,409 @@
+"""Text-generation metrics for Arabic medical answers: chrF/chrF++, ROUGE-L, BERTScore, bootstrap
+confidence intervals, the paired bootstrap test, and urgent-advice rates. Pure functions; imported
+by evaluate.py, and usable on their own:
+
+    from metrics import corpus_chrf, rouge_l, bertscore, bootstrap_ci
+    corpus_chrf(["ألم في الصدر"], ["ألم شديد في الصدر"])          # 0-100, equals sacrebleu's
+
+Scales follow the reference packages: chrF on 0-100 (sacrebleu), ROUGE-L and BERTScore on 0-1
+(rouge-score, bert-score). evaluate.py reports everything in percent.
+
+What each metric matches, and where it differs on purpose:
+
+chrF / chrF++  sacrebleu's CHRF(char_order=6, word_order=0 or 2, beta=2) with its defaults:
+    character n-grams over the text with all whitespace removed; chrF++ adds word 1- and
+    2-grams of whitespace tokens with one leading or trailing ASCII punctuation mark split off
+    (sacrebleu's rule, so Arabic punctuation stays attached); with several references the
+    statistics of the reference with the best sentence F are kept; corpus chrF = the F-score of
+    the statistics summed over sentences (not the mean of sentence scores); the default
+    averaging is sacrebleu's "effective order" (orders where hypothesis or reference is too
+    short are left out); `eps_smoothing=True` gives sacrebleu's chrF++.py-style variant.
+ROUGE-L  F-measure, recall and precision from the longest common subsequence of tokens, as
+    rouge-score computes them, but on Arabic-aware tokens: lower-cased whitespace tokens with
+    Unicode punctuation (، ؛ ؟ « » and ASCII) removed. rouge-score's default tokenizer replaces
+    every character outside [a-z0-9] by a space, so on Arabic it scores empty token lists.
+BERTScore  bert-score 0.3.13's score(): [CLS] text [SEP] from the BERT folder's own tokenizer
+    (text stripped, truncated to the model's max length), hidden state number `layer` (0 = the
+    embeddings, as bert-score's num_layers), L2-normalized, each token greedily matched to its
+    most similar token on the other side; precision/recall are weighted means of those
+    similarities, weights = 1 (or idf from the references) with [CLS]/[SEP] at 0 (still
+    matchable); F = 2PR/(P+R); no baseline rescaling (none exists for Arabic). An empty
+    candidate or reference scores P = R = F = 0, as bert-score does. Several references:
+    P, R and F are each the max over the references (bert-score takes the element-wise max, so
+    P, R and F may come from different references). Two deliberate differences, both only in
+    corner cases: bert-score computes the greedy max over padded batch positions whose
+    similarity is set to 0, so a token whose similarities are all negative gets 0 or its true
+    max depending on the batch; we always use the true max over real tokens. And where all of a
+    sentence's idf weights are 0 (every token appears in every reference) bert-score returns
+    NaN precision/recall; we return 0.
+
+Bootstrap: percentile intervals over resampled examples (seeded numpy Generator). The paired test
+is Koehn (2004)'s one-sided paired bootstrap: both systems are scored on the same resampled
+example sets; p = share of resamples where system B does not beat A, with add-one smoothing
+((count + 1) / (resamples + 1)) so p is never exactly 0. (sacrebleu's --paired-bs is a two-sided
+variant of the same resampling, centred on the mean absolute difference.)
+"""
+import math
+import unicodedata
+from collections import Counter
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from common import normalize_arabic
+from lexicon import mentions_urgent_care
+from models import load_pretrained
+
+# -----------------------------------------------------------------------------
+# chrF / chrF++ (Popovic 2015, 2017), as sacrebleu computes them
+
+CHRF_CHAR_ORDER = 6
+CHRF_BETA = 2
+_ASCII_PUNCT = set('!"#$%&\'()*+,-./:;<=>?@[\\]^_`{|}~')  # sacrebleu's chrF++ punctuation set
+
+
+def _chrf_words(text):
+    """sacrebleu's chrF++ word split: whitespace tokens, one edge ASCII punctuation mark split off
+    (the last one if present, else the first); single characters stay whole."""
+    words = []
+    for w in text.split():
+        if len(w) > 1 and w[-1] in _ASCII_PUNCT:
+            words += [w[:-1], w[-1]]
+        elif len(w) > 1 and w[0] in _ASCII_PUNCT:
+            words += [w[0], w[1:]]
+        else:
+            words.append(w)
+    return words
+
+
+def _chrf_ngrams(text, char_order, word_order):
+    """One Counter per order: character 1..char_order-grams (whitespace removed), then word
+    1..word_order-grams."""
+    chars = "".join(text.split())
+    out = [Counter(chars[i:i + n] for i in range(len(chars) - n + 1)) for n in range(1, char_order + 1)]
+    words = _chrf_words(text) if word_order > 0 else []
+    for n in range(1, word_order + 1):
+        out.append(Counter(" ".join(words[i:i + n]) for i in range(len(words) - n + 1)))
+    return out
+
+
+def chrf_from_stats(stats, char_order=CHRF_CHAR_ORDER, word_order=0, beta=CHRF_BETA, eps_smoothing=False):
+    """chrF (0-100) from [hyp, ref, match] counts per order, flattened (length 3 * orders)."""
+    eps, factor = 1e-16, beta ** 2
+    score, avg_prec, avg_rec, effective_order = 0.0, 0.0, 0.0, 0
+    n_orders = char_order + word_order
+    for i in range(n_orders):
+        n_hyp, n_ref, n_match = (float(x) for x in stats[3 * i: 3 * i + 3])
+        prec = n_match / n_hyp if n_hyp > 0 else eps
+        rec = n_match / n_ref if n_ref > 0 else eps
+        denom = factor * prec + rec
+        score += (1 + factor) * prec * rec / denom if denom > 0 else eps
+        if n_hyp > 0 and n_ref > 0:  # "effective order": only orders both sides are long enough for
+            avg_prec += prec
+            avg_rec += rec
+            effective_order += 1
+    if eps_smoothing:
+        return 100 * score / n_orders
+    if effective_order == 0:
+        return 0.0
+    avg_prec, avg_rec = avg_prec / effective_order, avg_rec / effective_order
+    if avg_prec + avg_rec == 0:
+        return 0.0
+    return 100 * (1 + factor) * avg_prec * avg_rec / (factor * avg_prec + avg_rec)
+
+
+def chrf_stats(hyp, refs, char_order=CHRF_CHAR_ORDER, word_order=0, beta=CHRF_BETA, eps_smoothing=False):
+    """Sentence statistics [hyp, ref, match] * orders (ints) against the best-scoring reference.
+
+    refs: one string or a list of strings (several references for this hypothesis).
+    """
+    refs = [refs] if isinstance(refs, str) else list(refs)
+    hyp_ngrams = _chrf_ngrams(hyp, char_order, word_order)
+    best, best_f = None, -1.0
+    for ref in refs:
+        stats = []
+        for h, r in zip(hyp_ngrams, _chrf_ngrams(ref, char_order, word_order)):
+            match = sum(min(c, r[g]) for g, c in h.items() if g in r)
+            # a hypothesis n-gram only counts when the reference has n-grams of that order
+            stats += [sum(h.values()) if r else 0, sum(r.values()), match]
+        f = chrf_from_stats(stats, char_order, word_order, beta, eps_smoothing)
+        if f > best_f:  # first reference wins ties, as in sacrebleu
+            best, best_f = stats, f
+    return best
+
+
+def sentence_chrf(hyp, refs, word_order=0, char_order=CHRF_CHAR_ORDER, beta=CHRF_BETA, eps_smoothing=False):
+    """Sentence chrF (word_order=0) or chrF++ (word_order=2), 0-100."""
+    return chrf_from_stats(chrf_stats(hyp, refs, char_order, word_order, beta, eps_smoothing),
+                           char_order, word_order, beta, eps_smoothing)
+
+
+def corpus_chrf_stats(hyps, refs, word_order=0, char_order=CHRF_CHAR_ORDER, beta=CHRF_BETA, eps_smoothing=False):
+    """Per-sentence statistics as an int64 array [N, 3 * orders] (for corpus scores and bootstrap).
+
+    refs[i]: the reference string of hyps[i], or a list of references for it.
+    """
+    if len(hyps) != len(refs):
+        raise ValueError(f"{len(hyps)} hypotheses but {len(refs)} references")
+    n_cols = 3 * (char_order + word_order)
+    rows = [chrf_stats(h, r, char_order, word_order, beta, eps_smoothing) for h, r in zip(hyps, refs)]
+    return np.array(rows, dtype=np.int64).reshape(len(rows), n_cols)
+
+
+def corpus_chrf(hyps, refs, word_order=0, char_order=CHRF_CHAR_ORDER, beta=CHRF_BETA, eps_smoothing=False):
+    """Corpus chrF (word_order=0) or chrF++ (word_order=2), 0-100: the F-score of the statistics
+    summed over all sentences, as sacrebleu's corpus_chrf / CHRF.corpus_score."""
+    stats = corpus_chrf_stats(hyps, refs, word_order, char_order, beta, eps_smoothing)
+    return chrf_from_stats(stats.sum(0), char_order, word_order, beta, eps_smoothing)
+
+
+# -----------------------------------------------------------------------------
+# ROUGE-L on Arabic-aware tokens
+
+
+def arabic_tokens(text, normalize=False):
+    """Lower-cased whitespace tokens with Unicode punctuation (categories P*: ، ؛ ؟ « » . , ...)
+    replaced by spaces; Arabic letters and digits are kept. normalize=True first applies
+    common.normalize_arabic (diacritics, alef/ya/ta marbuta, digits)."""
+    if normalize:
+        text = normalize_arabic(text)
+    text = "".join(" " if unicodedata.category(c).startswith("P") else c for c in text.lower())
+    return text.split()
+
+
+def lcs_length(a, b):
+    """Length of the longest common subsequence of two token lists (O(len(a) * len(b)) DP)."""
+    if len(a) < len(b):
+        a, b = b, a
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]
+
+
+def rouge_l(hyp, ref, normalize=False):
+    """ROUGE-L of one hypothesis against one reference: dict(precision, recall, fmeasure), 0-1.
+    precision = LCS / len(hyp tokens), recall = LCS / len(ref tokens), F = 2PR / (P + R)
+    (rouge-score's definition; 0 when either side has no tokens)."""
+    h, r = arabic_tokens(hyp, normalize), arabic_tokens(ref, normalize)
+    if not h or not r:
+        return {"precision": 0.0, "recall": 0.0, "fmeasure": 0.0}
+    lcs = lcs_length(h, r)
+    p, rec = lcs / len(h), lcs / len(r)
+    f = 2 * p * rec / (p + rec) if p + rec > 0 else 0.0
+    return {"precision": p, "recall": rec, "fmeasure": f}
+
+
+# -----------------------------------------------------------------------------
+# BERTScore (Zhang et al. 2020), as bert-score 0.3.13 computes it
+
+MULTILINGUAL_BERT_LAYER = 9  # bert-score's layer for bert-base-multilingual-cased (its Arabic default)
+BERTSCORE_FORMAT = "bertscore-v1"  # bump when the computation changes, so old numbers are not mixed in
+
+
+def default_bertscore_layer(folder, config):
+    """bert-score's layer choice: 9 for multilingual BERT (recognized by its folder name or its
+    119547-token vocabulary); for any other BERT there is no tuned default, so the last layer."""
+    name = str(folder).lower()
+    if "multilingual" in name or getattr(config, "vocab_size", None) == 119547:
+        return MULTILINGUAL_BERT_LAYER
+    return config.num_hidden_layers
+
+
+def bertscore_config_string(model_name, layer, idf):
+    """The setting every BERTScore number is reported with (like bert-score's hash), e.g.
+    'bert-base-multilingual-cased_L9_no-idf_no-rescale_bertscore-v1'."""
+    return f"{model_name}_L{layer}_{'idf' if idf else 'no-idf'}_no-rescale_{BERTSCORE_FORMAT}"
+
+
+def bertscore_max_length(tokenizer, config):
+    """Longest input (special tokens included): the tokenizer's model_max_length when its folder
+    declares one, capped by the model's position embeddings (as bert-score truncates)."""
+    limit = config.max_position_embeddings
+    m = getattr(tokenizer, "model_max_length", None)
+    return min(limit, m) if isinstance(m, int) and m > 2 else limit
+
+
+def bertscore_encode(tokenizer, text, max_length):
+    """[CLS] tokens [SEP] of the stripped text, content truncated to max_length - 2 tokens."""
+    if tokenizer.cls_id is None or tokenizer.sep_id is None:
+        raise ValueError("BERTScore needs a BERT tokenizer with [CLS] and [SEP] tokens")
+    ids = tokenizer.encode(text.strip(), add_special_tokens=False) if text.strip() else []
+    return [tokenizer.cls_id] + ids[:max_length - 2] + [tokenizer.sep_id]
+
+
+def idf_weights(ref_ids):
+    """idf from the references, as bert-score: log((M + 1) / (df + 1)) with df = the number of
+    reference sentences holding the token; unseen tokens log(M + 1). [CLS]/[SEP] occur in every
+    reference, so their idf is log(1) = 0. Returns (dict, default)."""
+    df = Counter(t for ids in ref_ids for t in set(ids))
+    M = len(ref_ids)
+    return {t: math.log((M + 1) / (c + 1)) for t, c in df.items()}, math.log(M + 1)
+
+
+@torch.no_grad()
+def bert_embeddings(model, ids_list, layer, pad_id, batch_size=64):
+    """L2-normalized fp32 hidden states of layer `layer` for each id list: a list of [T_i, C]
+    tensors on the model's device. Batches are formed from sequences sorted by length."""
+    device = next(model.parameters()).device
+    order = sorted(range(len(ids_list)), key=lambda i: -len(ids_list[i]))
+    out = [None] * len(ids_list)
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        T = len(ids_list[idx[0]])
+        x = torch.full((len(idx), T), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), T), dtype=torch.long)
+        for b, i in enumerate(idx):  # right padding, as BERT's absolute positions expect
+            x[b, :len(ids_list[i])] = torch.tensor(ids_list[i])
+            mask[b, :len(ids_list[i])] = 1
+        hidden = model(x.to(device), attention_mask=mask.to(device), output_hidden_states=True)[layer].float()
+        hidden = hidden / hidden.norm(dim=-1, keepdim=True)
+        for b, i in enumerate(idx):
+            out[i] = hidden[b, :len(ids_list[i])]
+    return out
+
+
+def greedy_match(h_emb, r_emb, h_w, r_w):
+    """P, R, F of one pair from normalized embeddings [Th, C], [Tr, C] and token weights."""
+    sim = h_emb @ r_emb.T  # (Th, Tr) cosine similarities
+    P = (sim.max(dim=1).values * h_w).sum() / h_w.sum()
+    R = (sim.max(dim=0).values * r_w).sum() / r_w.sum()
+    P, R = P.item(), R.item()
+    P, R = (0.0 if math.isnan(P) else P), (0.0 if math.isnan(R) else R)  # all weights 0
+    if len(h_w) <= 2 or len(r_w) <= 2:  # empty sentence: only [CLS] [SEP] -> 0, as bert-score
+        return 0.0, 0.0, 0.0
+    F = 2 * P * R / (P + R) if P + R != 0 else 0.0
+    return P, R, F
+
+
+def bertscore(cands, refs, model, tokenizer, layer, idf=False, batch_size=64, max_length=512,
+              chunk_size=2048, progress=None):
+    """BERTScore precision, recall, F1 (numpy float64 arrays [N], 0-1) of cands against refs.
+
+    refs[i]: the reference string of cands[i], or a list of references (P, R, F each the max
+    over them). model: our BertModel (forward(..., output_hidden_states=True) -> list of hidden
+    states) on any device; layer: index into that list. idf: weights from all the references
+    (see idf_weights). Candidates are scored chunk_size at a time, so only one chunk's
+    embeddings are held; each distinct sentence of a chunk is embedded once.
+    """
+    if len(cands) != len(refs):
+        raise ValueError(f"{len(cands)} candidates but {len(refs)} references")
+    n_layers = len(model.encoder.layer)
+    if not 0 <= layer <= n_layers:
+        raise ValueError(f"BERTScore layer {layer} out of range: the model has layers 0..{n_layers}")
+    groups = [[r] if isinstance(r, str) else list(r) for r in refs]
+    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+    token_ids = {s: bertscore_encode(tokenizer, s, max_length) for s in set(cands) | {r for g in groups for r in g}}
+    if idf:
+        table, unseen = idf_weights([token_ids[r] for g in groups for r in g])
+        weight = lambda t: table.get(t, unseen)  # noqa: E731
+    else:
+        specials = {tokenizer.cls_id, tokenizer.sep_id}
+        weight = lambda t: 0.0 if t in specials else 1.0  # noqa: E731
+    device = next(model.parameters()).device
+    P, R, F = np.zeros(len(cands)), np.zeros(len(cands)), np.zeros(len(cands))
+    progress = len(cands) > chunk_size if progress is None else progress
+    for start in tqdm(range(0, len(cands), chunk_size), desc="bertscore", disable=not progress, leave=False):
+        chunk = range(start, min(start + chunk_size, len(cands)))
+        sentences = sorted({cands[i] for i in chunk} | {r for i in chunk for r in groups[i]})
+        emb = dict(zip(sentences, bert_embeddings(model, [token_ids[s] for s in sentences], layer, pad_id, batch_size)))
+        w = {s: torch.tensor([weight(t) for t in token_ids[s]], dtype=torch.float32, device=device) for s in sentences}
+        for i in chunk:
+            scores = [greedy_match(emb[cands[i]], emb[r], w[cands[i]], w[r]) for r in groups[i]]
+            P[i], R[i], F[i] = np.max(np.array(scores), axis=0)  # element-wise max, as bert-score
+    return P, R, F
+
+
+def load_bertscore_model(folder, device="cpu", layer=None):
+    """Our BertModel (the encoder of a classifier folder too) and tokenizer from a local folder,
+    in fp32, eval mode, keeping only the layers up to `layer` (as bert-score drops the unused
+    ones; default: default_bertscore_layer). Returns (model, tokenizer, max_length, layer)."""
+    model, tokenizer = load_pretrained(folder, dtype=torch.float32, device=device)
+    model = getattr(model, "bert", model)  # BertForSequenceClassification -> its encoder
+    n_layers = model.config.num_hidden_layers
+    layer = default_bertscore_layer(folder, model.config) if layer is None else layer
+    if not 0 <= layer <= n_layers:
+        raise ValueError(f"BERTScore layer {layer} out of range: {folder} has layers 0..{n_layers}")
+    model.encoder.layer = model.encoder.layer[:layer]  # the later layers would be computed for nothing
+    return model, tokenizer, bertscore_max_length(tokenizer, model.config), layer
+
+
+# -----------------------------------------------------------------------------
+# Bootstrap confidence intervals and the paired test
+
+
+def resample_counts(n_items, n_resamples=1000, seed=0):
+    """How often each item is drawn in each bootstrap resample: float64 [n_resamples, n_items].
+    (A resample of n items drawn with replacement is a multinomial draw of counts.)"""
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n_items, np.full(n_items, 1.0 / n_items), size=n_resamples).astype(np.float64)
+
+
+def _resampled_scores(stats, counts, corpus_score):
+    stats = np.asarray(stats, dtype=np.float64)
+    sums = counts @ stats.reshape(len(stats), -1)  # (B, K) statistics summed over each resample
+    if corpus_score is None:  # mean metric
+        return sums[:, 0] / len(stats)
+    return np.array([corpus_score(s) for s in sums])
+
+
+def bootstrap_ci(stats, corpus_score=None, n_resamples=1000, seed=0, level=0.95):
+    """Percentile bootstrap interval (lo, hi) of a metric over examples.
+
+    stats: per-example values [N] for a mean metric (corpus_score=None), or per-example
+    sufficient statistics [N, K] with corpus_score(summed [K]) -> score (corpus chrF:
+    corpus_score=chrf_from_stats on corpus_chrf_stats rows).
+    """
+    if len(stats) == 0:
+        return None
+    counts = resample_counts(len(stats), n_resamples, seed)
+    scores = _resampled_scores(stats, counts, corpus_score)
+    lo, hi = np.percentile(scores, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def paired_bootstrap(stats_a, stats_b, corpus_score=None, n_resamples=1000, seed=0):
+    """Koehn (2004) one-sided paired bootstrap: are B's scores better than A's?
+
+    stats_a, stats_b: per-example stats of two systems on the same examples, in the same order
+    (as for bootstrap_ci). Both are scored on the same resampled example sets.
+    Returns dict(delta = score B - score A, p_value = (#{resamples: B <= A} + 1) / (n + 1),
+    ci = 95% percentile interval of the difference).
+    """
+    if len(stats_a) != len(stats_b):
+        raise ValueError(f"paired test needs the same examples: {len(stats_a)} vs {len(stats_b)}")
+    if len(stats_a) == 0:
+        return {"delta": None, "p_value": None, "ci": None}
+    full = np.ones((1, len(stats_a)))
+    delta = (_resampled_scores(stats_b, full, corpus_score) - _resampled_scores(stats_a, full, corpus_score))[0]
+    counts = resample_counts(len(stats_a), n_resamples, seed)
+    diffs = _resampled_scores(stats_b, counts, corpus_score) - _resampled_scores(stats_a, counts, corpus_score)
+    p = (np.sum(diffs <= 0) + 1) / (n_resamples + 1)
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    return {"delta": float(delta), "p_value": float(p), "ci": [float(lo), float(hi)]}
+
+
+# -----------------------------------------------------------------------------
+# Urgent-advice rates
+
+
+def urgent_flags(texts, detector=None):
+    """1.0 where the text advises urgent care, else 0.0 (numpy [N]). detector defaults to
+    lexicon.mentions_urgent_care (data/urgent_lexicon.tsv, negation-aware)."""
+    detector = mentions_urgent_care if detector is None else detector
+    return np.array([1.0 if detector(t) else 0.0 for t in texts], dtype=np.float64)
+
+
+def urgent_rates(flags, severities, classes=("mild", "moderate", "critical")):
+    """Share of answers advising urgent care, overall and per severity class (None if empty).
+    For critical complaints this is the recall of urgent advice; for mild ones, over-triage."""
+    flags, severities = np.asarray(flags, dtype=np.float64), list(severities)
+    out = {"overall": float(flags.mean()) if len(flags) else None}
+    for c in classes:
+        sel = np.array([s == c for s in severities], dtype=bool)
+        out[c] = float(flags[sel].mean()) if sel.any() else None
+    return out

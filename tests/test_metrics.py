@@ -1,0 +1,251 @@
+"""metrics.py against independent references: sacrebleu (chrF, chrF++), bert-score on real BERT
+weights (BERTScore), hand-computed LCS values (ROUGE-L), and the statistics of the bootstrap."""
+import random
+
+import numpy as np
+import pytest
+
+import metrics as M
+
+sacrebleu = pytest.importorskip("sacrebleu")
+from sacrebleu.metrics import CHRF  # noqa: E402
+
+AR = ["ألم شديد في الصدر منذ يومين مع ضيق في التنفس",
+      "يجب الذهاب إلى الطوارئ فوراً، لا تنتظر!",
+      "هل الصداع خطير؟ أعاني منه كل يوم؛ ما العلاج؟",
+      "الْحُمَّى عند الأطفال شائعة",
+      "ألم ألم ألم في في البطن"]
+EN = ["the cat sat on the mat.", "(hi) there, how are you?", "go go go to the ER now!!", "a", "x y"]
+MIXED = ["عندي fever و headache منذ 3 أيام", "تناول paracetamol 500mg كل 6 ساعات.", "ECG طبيعي"]
+
+
+def _random_sentences(n, seed):
+    rnd = random.Random(seed)
+    words = [w for s in AR + EN + MIXED for w in s.split()] + ["،", "؟", "!", "(", "-", ""]
+    return [" ".join(rnd.choice(words) for _ in range(rnd.randint(0, 10))) for _ in range(n)]
+
+
+# -----------------------------------------------------------------------------
+# chrF / chrF++
+
+
+@pytest.mark.parametrize("word_order", [0, 2])
+@pytest.mark.parametrize("eps_smoothing", [False, True])
+def test_sentence_chrf_matches_sacrebleu(word_order, eps_smoothing):
+    ref_metric = CHRF(word_order=word_order, eps_smoothing=eps_smoothing)
+    pairs = [(AR[0], [AR[0]]), (AR[0], [AR[4]]), (AR[1], [AR[2], AR[1][:10]]), (EN[0], [EN[1]]),
+             (EN[2], [EN[2].upper()]), (MIXED[0], [MIXED[1], MIXED[2]]), ("", [AR[0]]), (AR[3], [""]),
+             ("", [""]), ("a", ["a"]), ("ab", ["abc"]), ("  ألم  \n في ", ["ألم في"])]
+    hyps, refs = _random_sentences(150, 0), _random_sentences(150, 1)
+    pairs += [(h, [r]) for h, r in zip(hyps, refs)]
+    pairs += [(h, [r, r2]) for h, r, r2 in zip(hyps[:40], refs[40:80], refs[80:120])]
+    for hyp, refs_ in pairs:
+        expected = ref_metric.sentence_score(hyp, refs_).score
+        got = M.sentence_chrf(hyp, refs_, word_order=word_order, eps_smoothing=eps_smoothing)
+        assert got == pytest.approx(expected, abs=1e-6), (hyp, refs_)
+
+
+@pytest.mark.parametrize("word_order", [0, 2])
+def test_corpus_chrf_matches_sacrebleu(word_order):
+    ref_metric = CHRF(word_order=word_order)
+    hyps = AR + EN + MIXED + ["", "ألم"] + _random_sentences(60, 2)
+    refs = list(reversed(AR + EN + MIXED)) + [AR[0], ""] + _random_sentences(60, 3)
+    expected = ref_metric.corpus_score(hyps, [refs]).score
+    assert M.corpus_chrf(hyps, refs, word_order=word_order) == pytest.approx(expected, abs=1e-6)
+    # corpus chrF is not the mean of sentence chrF (statistics are summed first)
+    mean_sentence = np.mean([M.sentence_chrf(h, r, word_order=word_order) for h, r in zip(hyps, refs)])
+    assert abs(mean_sentence - expected) > 1e-3
+    # several references per sentence: sacrebleu takes one stream per reference
+    refs2 = _random_sentences(len(hyps), 4)
+    expected2 = ref_metric.corpus_score(hyps, [refs, refs2]).score
+    assert M.corpus_chrf(hyps, [[a, b] for a, b in zip(refs, refs2)], word_order=word_order) == \
+        pytest.approx(expected2, abs=1e-6)
+
+
+def test_chrf_bootstrap_resample_is_corpus_chrf_of_the_resampled_corpus():
+    """The cheap resample (summed per-sentence statistics) equals sacrebleu on the resampled text."""
+    hyps, refs = _random_sentences(30, 5), _random_sentences(30, 6)
+    stats = M.corpus_chrf_stats(hyps, refs, word_order=2)
+    counts = M.resample_counts(len(hyps), 3, seed=1)
+    for row in counts:
+        picked = [i for i, c in enumerate(row) for _ in range(int(c))]
+        expected = CHRF(word_order=2).corpus_score([hyps[i] for i in picked], [[refs[i] for i in picked]]).score
+        assert M.chrf_from_stats(row @ stats, word_order=2) == pytest.approx(expected, abs=1e-6)
+
+
+# -----------------------------------------------------------------------------
+# ROUGE-L
+
+
+def test_rouge_l_identical_disjoint_and_hand_computed():
+    assert M.rouge_l(AR[0], AR[0])["fmeasure"] == pytest.approx(1.0)
+    assert M.rouge_l("ألم في الصدر", "صداع خفيف")["fmeasure"] == 0.0
+    # hyp a b c d e, ref a c e f: LCS = a c e = 3 -> P = 3/5, R = 3/4, F = 2PR/(P+R) = 2/3
+    r = M.rouge_l("ألم شديد في الصدر اليوم", "ألم في اليوم فقط")
+    assert r["precision"] == pytest.approx(3 / 5)
+    assert r["recall"] == pytest.approx(3 / 4)
+    assert r["fmeasure"] == pytest.approx(2 * 0.6 * 0.75 / 1.35)
+    # order matters (subsequence, not bag of words): LCS of a b c / c b a is 1
+    assert M.rouge_l("ألم في الصدر", "الصدر في ألم")["fmeasure"] == pytest.approx(1 / 3)
+    assert M.lcs_length(list("ABCBDAB"), list("BDCABA")) == 4  # the textbook example
+    assert M.rouge_l("", AR[0])["fmeasure"] == 0.0
+
+
+def test_rouge_tokens_keep_arabic_and_drop_arabic_punctuation():
+    text = "هل الصداع خطير؟ أعاني منه، كل يوم؛ «ما» العلاج؟ Fever!"
+    assert M.arabic_tokens(text) == ["هل", "الصداع", "خطير", "أعاني", "منه", "كل", "يوم", "ما", "العلاج", "fever"]
+    # rouge-score's default tokenizer keeps only [a-z0-9]: all the Arabic would be gone
+    import re
+    assert re.sub(r"[^a-z0-9]+", " ", text.lower()).split() == ["fever"]
+    # punctuation does not change the score; normalization unifies spelling variants
+    assert M.rouge_l("ألم في الصدر!", "ألم، في الصدر")["fmeasure"] == pytest.approx(1.0)
+    assert M.rouge_l("الْحُمَّى شديدة", "الحمى شديدة")["fmeasure"] == pytest.approx(0.5)
+    assert M.rouge_l("الْحُمَّى شديدة", "الحمى شديده", normalize=True)["fmeasure"] == pytest.approx(1.0)
+
+
+# -----------------------------------------------------------------------------
+# BERTScore vs bert-score on real weights (all-MiniLM-L6-v2)
+
+
+@pytest.fixture(scope="module")
+def minilm(minilm_dir):
+    return M.load_bertscore_model(minilm_dir, layer=6)[:3]  # all 6 layers kept
+
+
+def _bert_score_reference(monkeypatch, minilm_dir, cands, refs, layer, idf):
+    bert_score = pytest.importorskip("bert_score")
+    import bert_score.utils as U
+    original = U.sent_encode
+
+    def sent_encode(tokenizer, sent):  # bert-score 0.3.13 + transformers 5: empty text breaks
+        if sent.strip() == "":
+            return [tokenizer.cls_token_id, tokenizer.sep_token_id]
+        return original(tokenizer, sent)
+
+    monkeypatch.setattr(U, "sent_encode", sent_encode)
+    P, R, F = bert_score.score(cands, refs, model_type=str(minilm_dir), num_layers=layer, idf=idf,
+                               lang=None, batch_size=3, nthreads=0, rescale_with_baseline=False)
+    return P.numpy(), R.numpy(), F.numpy()
+
+
+CANDS = [AR[0], "", AR[1], "ألم في الصدر", EN[0], MIXED[0], "hello world ألم", AR[2] + " " + AR[0]]
+REFS = [[AR[0][:20], AR[4]], [AR[3]], [AR[2]], ["ألم شديد في الصدر مع ضيق التنفس"],
+        ["a cat sat down on a mat", "the cat"], [MIXED[1]], ["مرحبا hello"], [AR[4], AR[1], AR[3]]]
+
+
+@pytest.mark.parametrize("layer,idf", [(4, False), (6, True)])
+def test_bertscore_matches_bert_score(monkeypatch, minilm_dir, minilm, layer, idf):
+    model, tok, max_len = minilm
+    expected = _bert_score_reference(monkeypatch, minilm_dir, CANDS, REFS, layer, idf)
+    got = M.bertscore(CANDS, REFS, model, tok, layer, idf=idf, batch_size=2, max_length=max_len)
+    for e, g in zip(expected, got):
+        np.testing.assert_allclose(g, e, atol=1e-5, rtol=0)
+    P, R, F = got
+    assert P[1] == R[1] == F[1] == 0.0  # the empty candidate
+    assert 0.5 < F[0] < 1.0 and F[0] != pytest.approx(F[2])  # real numbers, not a constant
+
+
+def test_bertscore_single_reference_and_identity(minilm):
+    model, tok, max_len = minilm
+    P, R, F = M.bertscore([AR[0], AR[1]], [AR[0], AR[0]], model, tok, 3, max_length=max_len)
+    assert P[0] == pytest.approx(1.0, abs=1e-5) and F[0] == pytest.approx(1.0, abs=1e-5)
+    assert F[1] < 0.99
+    # single references given as strings or one-element lists agree
+    P2, R2, F2 = M.bertscore([AR[0], AR[1]], [[AR[0]], [AR[0]]], model, tok, 3, max_length=max_len)
+    np.testing.assert_allclose(F, F2)
+    with pytest.raises(ValueError, match="layer 7 out of range"):
+        M.bertscore([AR[0]], [AR[0]], model, tok, 7)
+
+
+def test_bertscore_model_keeps_only_the_layers_needed(minilm_dir, minilm):
+    """Dropping the layers above the one scored (as bert-score does) changes nothing."""
+    full, tok, max_len = minilm
+    short, _, _, layer = M.load_bertscore_model(minilm_dir, layer=2)
+    assert layer == 2 and len(short.encoder.layer) == 2
+    a = M.bertscore(CANDS[:3], REFS[:3], full, tok, 2, max_length=max_len)
+    b = M.bertscore(CANDS[:3], REFS[:3], short, tok, 2, max_length=max_len)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    c = M.bertscore(CANDS[:3], REFS[:3], short, tok, 2, max_length=max_len, batch_size=1, chunk_size=1)
+    np.testing.assert_allclose(a, c, atol=1e-6)  # batching and chunking change nothing
+    assert M.default_bertscore_layer(minilm_dir, full.config) == 6  # not multilingual BERT: the last layer
+    with pytest.raises(ValueError, match="out of range"):
+        M.load_bertscore_model(minilm_dir, layer=7)
+
+
+def test_bertscore_idf_weights_hand_computed():
+    refs = [[101, 5, 6, 102], [101, 5, 5, 102], [101, 7, 102]]
+    table, unseen = M.idf_weights(refs)
+    assert table[101] == 0.0 and table[102] == 0.0  # in every reference
+    assert table[5] == pytest.approx(np.log(4 / 3))  # counted once per sentence: df = 2
+    assert table[7] == pytest.approx(np.log(4 / 2))
+    assert unseen == pytest.approx(np.log(4))
+
+
+def test_bertscore_config_string_and_default_layer():
+    class Cfg:
+        vocab_size, num_hidden_layers = 119547, 12
+    assert M.default_bertscore_layer("/models/bert-base-multilingual-cased", Cfg) == 9
+    Cfg.vocab_size = 30522
+    assert M.default_bertscore_layer("/models/minilm", Cfg) == 12
+    s = M.bertscore_config_string("bert-base-multilingual-cased", 9, False)
+    assert s.startswith("bert-base-multilingual-cased_L9_no-idf") and "_idf_" in M.bertscore_config_string("x", 3, True)
+
+
+# -----------------------------------------------------------------------------
+# Bootstrap
+
+
+def test_bootstrap_ci_contains_estimate_and_shrinks():
+    rng = np.random.default_rng(0)
+    small, large = rng.normal(0.6, 0.2, 50), rng.normal(0.6, 0.2, 2000)
+    lo_s, hi_s = M.bootstrap_ci(small, n_resamples=1000, seed=1)
+    lo_l, hi_l = M.bootstrap_ci(large, n_resamples=1000, seed=1)
+    assert lo_s < small.mean() < hi_s and lo_l < large.mean() < hi_l
+    assert (hi_l - lo_l) < 0.3 * (hi_s - lo_s)  # ~ 1/sqrt(40) as wide
+    # the width agrees with the normal approximation 2 * 1.96 * sd / sqrt(n)
+    assert hi_l - lo_l == pytest.approx(2 * 1.96 * large.std() / np.sqrt(len(large)), rel=0.15)
+    assert M.bootstrap_ci(small, n_resamples=200, seed=3) == M.bootstrap_ci(small, n_resamples=200, seed=3)
+    # corpus chrF interval around the corpus score
+    hyps, refs = _random_sentences(80, 7), _random_sentences(80, 8)
+    stats = M.corpus_chrf_stats(hyps, refs)
+    lo, hi = M.bootstrap_ci(stats, corpus_score=M.chrf_from_stats, n_resamples=300, seed=0)
+    assert lo < M.chrf_from_stats(stats.sum(0)) < hi
+
+
+def test_paired_bootstrap():
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0.3, 0.7, 200)
+    better = a + rng.normal(0.05, 0.05, 200)  # B clearly better on most examples
+    res = M.paired_bootstrap(a, better, n_resamples=1000, seed=0)
+    assert res["p_value"] < 0.01 and res["delta"] == pytest.approx(better.mean() - a.mean())
+    assert res["ci"][0] < res["delta"] < res["ci"][1]
+    # same quality (B is A's values shuffled): no evidence B is better
+    same = rng.permutation(a)
+    assert M.paired_bootstrap(a, same, n_resamples=1000, seed=0)["p_value"] > 0.1
+    # identical systems: never better -> p = 1
+    assert M.paired_bootstrap(a, a, n_resamples=100, seed=0)["p_value"] == pytest.approx(1.0)
+    # worse system: p near 1
+    assert M.paired_bootstrap(better, a, n_resamples=500, seed=0)["p_value"] > 0.99
+    # corpus chrF: the reference itself beats a random hypothesis
+    refs = _random_sentences(60, 9)
+    sa = M.corpus_chrf_stats(_random_sentences(60, 10), refs)
+    sb = M.corpus_chrf_stats([r + " ألم" for r in refs], refs)
+    assert M.paired_bootstrap(sa, sb, corpus_score=M.chrf_from_stats, n_resamples=300)["p_value"] < 0.01
+
+
+# -----------------------------------------------------------------------------
+# Urgent-advice rates
+
+
+def test_urgent_rates_hand_computed():
+    flags = M.urgent_flags(["go now", "rest", "go", "rest", "go"], detector=lambda t: t.startswith("go"))
+    rates = M.urgent_rates(flags, ["critical", "critical", "mild", "mild", None])
+    assert rates == {"overall": 3 / 5, "mild": 0.5, "moderate": None, "critical": 0.5}
+
+
+def test_urgent_flags_use_the_lexicon():
+    lexicon = pytest.importorskip("lexicon")
+    catch = "يجب التوجه إلى قسم الطوارئ فورا"
+    miss = "اشرب الكثير من الماء واسترح في البيت"
+    assert lexicon.mentions_urgent_care(catch) and not lexicon.mentions_urgent_care(miss)
+    np.testing.assert_array_equal(M.urgent_flags([catch, miss, catch]), [1.0, 0.0, 1.0])
