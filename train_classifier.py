@@ -269,28 +269,39 @@ def load_labeled(path, text_field="question"):
 
 
 def train_wordpiece(texts, vocab_size):
-    """A BERT WordPiece tokenizer trained on `texts` (used with the from-scratch BERT).
+    """A BERT WordPiece tokenizer built from `texts` (used with the from-scratch BERT).
 
     Normalizer: BERT's (control characters dropped, whitespace unified) WITHOUT lowercasing and
     WITHOUT its NFD accent stripping -- that would decompose أ إ آ ؤ ئ into a bare letter plus a
     combining hamza/madda and delete the mark, merging different letters -- then Arabic tashkeel
     (U+064B..U+0652) and tatweel are removed explicitly. Pre-tokenizer: BERT's (whitespace and
     punctuation). Post-processor: [CLS] x [SEP].
+
+    Vocabulary: the special tokens, every character seen (as a word start and as a "##"
+    continuation), then the most frequent whole words seen at least twice, up to vocab_size; a
+    word outside it is spelled in characters. Built by counting, ties broken alphabetically, so
+    the same texts always give the same ids (tokenizers' WordPieceTrainer breaks ties between
+    equally frequent merges differently from run to run, and with it the classifier).
     """
-    from tokenizers import Regex, decoders, normalizers, pre_tokenizers, processors, trainers
+    from collections import Counter
+
+    from tokenizers import Regex, decoders, normalizers, pre_tokenizers, processors
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers.models import WordPiece
 
-    tok = HFTokenizer(WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
-    tok.normalizer = normalizers.Sequence([
+    normalizer = normalizers.Sequence([
         normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=False),
         normalizers.Replace(Regex("[\u064b-\u0652\u0640]"), ""),
     ])
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece(prefix="##")
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIAL_TOKENS,
-                                        continuing_subword_prefix="##", show_progress=False)
-    tok.train_from_iterator(texts, trainer)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words = Counter(w for text in texts for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for w in words for c in w})
+    vocab = list(SPECIAL_TOKENS) + chars + ["##" + c for c in chars]
+    frequent = sorted((w for w, n in words.items() if n >= 2 and len(w) > 1), key=lambda w: (-words[w], w))
+    vocab += frequent[:max(0, vocab_size - len(vocab))]
+
+    tok = HFTokenizer(WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre_tokenizer, decoders.WordPiece(prefix="##")
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])

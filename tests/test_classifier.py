@@ -224,3 +224,15 @@ def test_wordpiece_keeps_arabic_letters():
     enc = tok.encode("ألم في الصدر")
     assert enc.tokens[0] == "[CLS]" and enc.tokens[-1] == "[SEP]"
     assert tok.token_to_id("[PAD]") == 0
+
+
+def test_wordpiece_vocabulary_is_deterministic():
+    """Same texts, same ids (tokenizers' own trainer breaks frequency ties differently each run)."""
+    texts = [r["question"] for r in make_rows(60)]
+    vocabs = [tc.train_wordpiece(texts, 300).get_vocab() for _ in range(3)]
+    assert vocabs[0] == vocabs[1] == vocabs[2]
+    tok = tc.train_wordpiece(["صداع صداع شديد", "صداع خفيف خفيف"], 100)
+    vocab = tok.get_vocab()
+    # specials, then the 5 characters, their ## forms, then words seen twice by frequency
+    assert [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])][-2:] == ["صداع", "خفيف"]
+    assert "شديد" not in vocab and tok.encode("شديد").tokens[1:-1] == ["ش", "##د", "##ي", "##د"]
