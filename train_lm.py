@@ -46,6 +46,7 @@ Prompt format (format_prompt / build_example below; evaluate.py imports them):
 Loss only on the answer tokens and the EOS, so the model learns to answer and to stop.
 """
 import argparse
+import hashlib
 import json
 import math
 import random
@@ -402,7 +403,8 @@ def train(args, rank, world, device):
     train_lengths = np.array([len(e["input_ids"]) for e in train_ex])
     counts = {f"{name}_{kind}": sum(e["truncated"] == kind for e in examples[name])
               for name in ("train", "val") for kind in ("question", "answer")}
-    data_info = {"train_examples": len(train_ex), "val_examples": len(val_ex),
+    fingerprint = hashlib.sha1("\n".join(f"{e['id']} {len(e['input_ids'])} {e['weight']!r}" for e in train_ex).encode())
+    data_info = {"train_examples": len(train_ex), "val_examples": len(val_ex), "fingerprint": fingerprint.hexdigest(),
                  "train_answer_tokens": int(sum(e["n_answer"] for e in train_ex)),
                  "truncated": counts, "max_len": args.max_len}
     weights_info = {"preset": args.weights, "alpha_raw": alpha_raw.tolist(), "alpha": alpha.tolist(),
@@ -446,6 +448,9 @@ def train(args, rank, world, device):
             if meta["args"].get(key) != getattr(args, key):
                 raise ValueError(f"{last_dir} was trained with --{key.replace('_', '-')} {meta['args'].get(key)}, "
                                  f"not {getattr(args, key)}: use another --out, or --resume never to start over")
+        if meta["data"]["fingerprint"] != data_info["fingerprint"]:  # same file name, other rows or weights
+            raise ValueError(f"{last_dir} was trained on other training rows (or severity weights) than {args.data} "
+                             f"holds now: use another --out, or --resume never to start over")
         optimizer.load_state_dict(state["optimizer"])
         step, epoch, data_pos, best_val = state["step"], state["epoch"], state["data_pos"], state["best_val"]
         set_rng_state(state["rng"][rank % len(state["rng"])])

@@ -313,6 +313,17 @@ def test_resume_is_exact(setup, tmp_path, tok):
     assert {"val_loss_mild", "val_loss_moderate", "val_loss_critical", "val_ppl"} <= vals[-1].keys()
 
 
+def test_resume_refuses_changed_data(setup, tmp_path):
+    """Same --data path, other rows: resuming would silently mix two data sets, so it stops."""
+    data = write_rows(tmp_path / "data.jsonl", make_rows())
+    args = args_for(setup, tmp_path / "run", "--max-steps", "2", "--save-every", "2", "--eval-every", "2")
+    args[args.index("--data") + 1] = str(data)
+    train_lm.main(args)
+    write_rows(data, make_rows(seed=7))
+    with pytest.raises(ValueError, match="other training rows"):
+        train_lm.main(args)
+
+
 def test_saved_model_opens_in_transformers(setup, tmp_path):
     transformers = pytest.importorskip("transformers")
     out = tmp_path / "run"
