@@ -64,9 +64,11 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
     """Chunked forward that also produces the gradients; see the module docstring."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, token_weights, bias, ignore_index, chunk_size, dtype):
+    def forward(ctx, hidden, weight, targets, token_weights, bias, ignore_index, chunk_size, dtype, grad_enabled):
         N, V = hidden.shape[0], weight.shape[0]
-        need_h, need_W, _, need_w, need_b = ctx.needs_input_grad[:5]
+        # needs_input_grad says True under torch.no_grad too: without grad_enabled a validation
+        # pass would compute (and allocate) every gradient it then throws away
+        need_h, need_W, _, need_w, need_b = (n and grad_enabled for n in ctx.needs_input_grad[:5])
         need_b = need_b and bias is not None
         valid = targets != ignore_index
         safe_targets = torch.where(valid, targets, 0)  # ignored ids would index out of range
@@ -129,7 +131,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         gW = grad_W.mul_(grad_out).to(W_dtype) if grad_W is not None else None
         gb = grad_b.mul_(grad_out).to(b_dtype) if grad_b is not None else None
         gw = ce_all.mul_(grad_out).to(w_dtype) if ce_all is not None else None
-        return gh, gW, None, gw, gb, None, None, None
+        return gh, gW, None, gw, gb, None, None, None, None
 
 
 def fused_linear_cross_entropy(hidden, weight, targets, token_weights, bias=None, ignore_index=-100,
@@ -140,7 +142,8 @@ def fused_linear_cross_entropy(hidden, weight, targets, token_weights, bias=None
     or a tied embedding matrix: its gradient accumulates like any other use), targets [N] long,
     token_weights [N], bias [V] or None. Returns a 0-dim fp32 tensor. chunk_size = rows of hidden
     per chunk (default: default_chunk_size). Gradients flow to hidden, weight, bias and
-    token_weights, each only when it requires grad (a frozen lm_head costs no weight gradient).
+    token_weights, each only when it requires grad (a frozen lm_head costs no weight gradient); under
+    torch.no_grad only the loss is computed.
     """
     d = hidden.shape[-1]
     hidden, targets, token_weights = hidden.reshape(-1, d), targets.reshape(-1), token_weights.reshape(-1)
@@ -152,6 +155,7 @@ def fused_linear_cross_entropy(hidden, weight, targets, token_weights, bias=None
     else:
         dtype = hidden.dtype
     chunk_size = chunk_size or default_chunk_size(hidden.shape[0], weight.shape[0])
+    grad_enabled = torch.is_grad_enabled()  # (inside forward it is always off)
     with torch.autocast(dev, enabled=False):  # dtypes inside are explicit, see the module docstring
         return FusedLinearCrossEntropy.apply(hidden, weight, targets, token_weights, bias, ignore_index,
-                                             chunk_size, dtype)
+                                             chunk_size, dtype, grad_enabled)

@@ -209,14 +209,14 @@ def test_dtype_mismatch_without_autocast_raises():
 class MaxNumel(TorchFunctionMode):
     """Records the largest tensor any torch function returns while active."""
 
-    def __init__(self):
+    def __init__(self, ignore=()):
         super().__init__()
-        self.max = 0
+        self.max, self.ignore = 0, set(ignore)  # data pointers of tensors not to count (the inputs)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(t, torch.Tensor):
+            if isinstance(t, torch.Tensor) and t.data_ptr() not in self.ignore:
                 self.max = max(self.max, t.numel())
         return out
 
@@ -231,6 +231,25 @@ def test_never_materializes_full_logits():
     with MaxNumel() as m:
         linear_cross_entropy_reference(h, W, targets, tw)
     assert m.max == N * V  # the check above would notice full logits
+
+
+def test_no_grad_computes_only_the_loss():
+    """Validation runs under torch.no_grad: no gradient buffers ([V, d] fp32 weight gradient, [N, d]
+    hidden gradient) and no gradient matmuls, even though the inputs require grad."""
+    N, V, d = 256, 2000, 32
+    hidden, weight, targets, tw, _ = make_inputs(N=N, V=V, d=d, seed=15)
+    h, W = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    inputs = {h.data_ptr(), W.data_ptr()}  # weight.to(fp32) returns W itself: not a new tensor
+
+    def largest_new_tensor(grad):
+        with torch.set_grad_enabled(grad), MaxNumel(ignore=inputs) as m:
+            loss = fused_linear_cross_entropy(h, W, targets, tw, chunk_size=16)
+        return m.max, loss
+
+    assert largest_new_tensor(True)[0] == V * d > 16 * V  # with grad: the weight-gradient buffer
+    biggest, loss = largest_new_tensor(False)
+    assert biggest == 16 * V  # one chunk of logits and nothing bigger
+    assert rel_err(loss, reference64(hidden, weight, targets, tw)[0]) <= FP32_TOL
 
 
 def test_default_chunk_size():
