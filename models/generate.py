@@ -134,7 +134,8 @@ def generate(model, prompts, max_new_tokens, eos_id, pad_id, temperature=0.0, to
     eos = set() if eos_id is None else {eos_id} if isinstance(eos_id, int) else set(eos_id)
     pad = pad_id if pad_id is not None else (min(eos) if eos else 0)
     B, L = len(prompts), max(len(p) for p in prompts)
-    n_positions = getattr(model.config, "n_positions", None)
+    cfg = model.config  # GPT-2 names its context n_positions, Qwen2 / Llama max_position_embeddings
+    n_positions = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
     if n_positions is not None and L + max_new_tokens > n_positions:
         raise ValueError(f"prompt ({L} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
                          f"{n_positions} positions")

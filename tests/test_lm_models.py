@@ -327,6 +327,20 @@ def test_logits_processors_match_transformers():
     torch.testing.assert_close(mine[~mine.isinf()], ref[~ref.isinf()])
 
 
+@pytest.mark.parametrize("kind", ["gpt2", "qwen2"])
+def test_generate_refuses_more_than_the_context(kind):
+    """prompt + max_new_tokens beyond the model's positions is an error for both families
+    (GPT-2: n_positions; Qwen2: max_position_embeddings)."""
+    if kind == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+    else:
+        model = Qwen2ForCausalLM(Qwen2Config(vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                             num_attention_heads=2, max_position_embeddings=16))
+    assert len(generate(model, [[5] * 10], 6, eos_id=None, pad_id=1)) == 1  # 16 positions: fits exactly
+    with pytest.raises(ValueError, match="16 positions"):
+        generate(model, [[5] * 10], 7, eos_id=None, pad_id=1)
+
+
 @torch.no_grad()
 def test_vocab_limit_respected(tmp_path):
     cfg = Qwen2Config(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
