@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parent
 DATA_DIR = REPO / "data"
 DEMO_DATA = DATA_DIR / "demo.jsonl"  # the shipped synthetic sample, with severity_probs filled
 SEVERITIES = ("mild", "moderate", "critical")  # index c of severity_probs / alpha
+SPLITS = ("train", "val", "test")  # the values of a row's "split" field
 
 
 class DataError(ValueError):
@@ -43,14 +44,19 @@ class DataError(ValueError):
 def read_jsonl(path, required=()):
     """Yield (line_number, row) from a JSONL file; blank lines are skipped.
 
-    Malformed JSON, a non-object line or a missing/empty required string field raise DataError
-    naming the file, line and field. Streams: never holds the file in memory.
+    Text that is not UTF-8, malformed JSON, a non-object line or a missing/empty required string
+    field raise DataError naming the file, line and field; a UTF-8 BOM on the first line is fine.
+    Streams: never holds the file in memory.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(path, None, None, "file not found")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:  # decoded line by line, so a decoding error can name its line
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(path, lineno, None, f"not UTF-8 text ({e.reason} at byte {e.start + 1})") from None
             if not line.strip():
                 continue
             try:
@@ -114,7 +120,9 @@ def write_json(path, obj):
 
 def replace_dir(tmp_dir, final_dir):
     """Move a finished folder into place: the old one (if any) is swapped out only after the new
-    one is complete, so `final_dir` is always either the old or the new complete folder."""
+    one is complete, so `final_dir` is always either the old or the new complete folder, or,
+    after a kill between the two renames below, missing with the old one in final_dir.old
+    (recover_dir puts it back)."""
     tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
     old = final_dir.with_name(final_dir.name + ".old")
     if old.exists():
@@ -124,6 +132,17 @@ def replace_dir(tmp_dir, final_dir):
     os.replace(tmp_dir, final_dir)
     if old.exists():
         shutil.rmtree(old)
+
+
+def recover_dir(final_dir):
+    """Undo a replace_dir interrupted between its two renames (final -> final.old, new -> final):
+    the complete previous folder is in final.old; put it back. Returns True if it did."""
+    final_dir = Path(final_dir)
+    old = final_dir.with_name(final_dir.name + ".old")
+    if not final_dir.exists() and old.is_dir():
+        os.replace(old, final_dir)
+        return True
+    return False
 
 
 def check_probs(probs, path, line, field="severity_probs", tol=1e-3):
@@ -138,6 +157,18 @@ def check_probs(probs, path, line, field="severity_probs", tol=1e-3):
     if abs(sum(probs) - 1.0) > tol:
         raise DataError(path, line, field, f"probabilities sum to {sum(probs):.6f}, not 1")
     return [float(p) for p in probs]
+
+
+def pad_batch(seqs, pad_id, device):
+    """Right-pad id lists -> input_ids [B, T] and attention_mask [B, T] (1 = real token), as
+    BERT's absolute positions expect (train_classifier.py and metrics.py's BERTScore use it)."""
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, :len(s)] = 1
+    return ids.to(device), mask.to(device)
 
 
 def stable_hash(text, seed=0):

@@ -15,8 +15,9 @@ evaluate.py --model ...` splits the rows over the ranks for generation (rank r t
 ...); rank 0 gathers the answers, scores and writes. Scoring and comparing use one process.
 
 Generation (mode 1): the prompt is train_lm.format_prompt(question) (question, "\\nالجواب:\\n"),
-exactly what the model was trained on; a prompt too long for the model's context loses the end
-of its question, as in training, and is counted (config.prompts_truncated). Batched (rows sorted
+exactly what the model was trained on (built by train_lm.build_example); a prompt too long for
+the model's context minus --max-new-tokens loses the end of its question, as in training, and is
+counted (config.prompts_truncated). Batched (rows sorted
 by prompt length), KV cache, greedy by default (--temperature > 0 samples, with --top-k --top-p;
 --repetition-penalty, --no-repeat-ngram), stops at EOS or --max-new-tokens; token ids beyond the
 tokenizer's vocabulary are never produced.
@@ -43,7 +44,7 @@ label) when present, else the argmax of "severity_probs"; rows with neither coun
 Reads: mode 1 --data JSONL rows with question, answer (and split unless --split all; severity
 and/or severity_probs for the per-class numbers; all other fields are kept). Mode 2 rows with
 question, answer, generated. Mode 3 run folders written by modes 1/2, holding the same examples
-(matched by id, else by position).
+(matched by id, which must be unique, else by position) with the same reference answers.
 
 Writes --out (a folder):
   generations.jsonl  the input rows, every field kept, + "generated" + "scores" (this row's
@@ -64,6 +65,7 @@ metrics.jsonl train_lm.py writes next to the evaluated model) as PNG files; need
 import argparse
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +78,7 @@ from common import (SEVERITIES, DataError, atomic_open, check_probs, cleanup_dis
                     read_jsonl, setup_dist, write_json, write_jsonl)
 from models import load_pretrained
 from models.generate import generate
-from train_lm import SEPARATOR, format_prompt  # the prompt format is defined once, in train_lm.py
+from train_lm import build_example  # the prompt format is defined once, in train_lm.py
 
 METRICS = ("bertscore_p", "bertscore_r", "bertscore_f1", "chrf", "rougeL", "urgent_rate", "ref_urgent_rate")
 BERTSCORE = ("bertscore_p", "bertscore_r", "bertscore_f1")
@@ -172,13 +174,15 @@ def read_rows(path, need_generated, split=None, limit=None):
 
 
 def prompt_ids(tokenizer, question, max_len):
-    """Token ids of the prompt, exactly as train_lm.py builds it; a question too long for
-    max_len tokens loses its end (as in training). Returns (ids, truncated)."""
-    ids = tokenizer.encode(format_prompt(question))
-    if len(ids) <= max_len:
-        return ids, False
-    sep = tokenizer.encode(SEPARATOR)
-    return tokenizer.encode(question.strip())[:max_len - len(sep)] + sep, True
+    """Token ids of the prompt, built by train_lm.build_example itself (so format and truncation
+    are defined once): the prompt of an example whose answer is empty, i.e. prompt + EOS in
+    max_len + 1 tokens. A question too long for max_len tokens loses its end, as in training.
+    Returns (ids, truncated)."""
+    ex = build_example(tokenizer, question, "", max_len + 1)
+    if len(ex["prompt_ids"]) > max_len:  # build_example keeps a quarter of max_len for the question
+        raise ValueError(f"{max_len} prompt tokens leave no room for the separator and a question: "
+                         "lower --max-new-tokens")
+    return ex["prompt_ids"], ex["truncated"] is not None
 
 
 def generate_answers(model, tokenizer, questions, args, show_progress=True):
@@ -408,16 +412,25 @@ def load_run(folder):
 
 
 def align(base_rows, rows, path):
-    """rows reordered to match base_rows: by id when every row has one, else by position."""
+    """rows reordered to match base_rows: by id when every row has one (ids must be unique on
+    both sides), else by position. The matched rows must have the same reference answer."""
     if all("id" in r for r in base_rows) and all("id" in r for r in rows):
+        for which, rs in (("the baseline", base_rows), ("this run", rows)):
+            dup = [i for i, n in Counter(str(r["id"]) for r in rs).items() if n > 1]
+            if dup:
+                raise DataError(path, None, "id", f"duplicate id {dup[0]!r} in {which}: rows cannot be matched")
         by_id = {str(r["id"]): r for r in rows}
         missing = [str(r["id"]) for r in base_rows if str(r["id"]) not in by_id]
         if missing or len(by_id) != len(base_rows):
             raise DataError(path, None, "id", f"not the baseline's examples (missing ids: {missing[:5]}, "
                                               f"{len(by_id)} vs {len(base_rows)} rows)")
-        return [by_id[str(r["id"])] for r in base_rows]
-    if len(rows) != len(base_rows) or any(a["question"] != b["question"] for a, b in zip(base_rows, rows)):
+        rows = [by_id[str(r["id"])] for r in base_rows]
+    elif len(rows) != len(base_rows) or any(a["question"] != b["question"] for a, b in zip(base_rows, rows)):
         raise DataError(path, None, "question", "not the baseline's examples in the same order (and no ids)")
+    for a, b in zip(base_rows, rows):
+        if a["answer"] != b["answer"]:  # each run is scored against its own copy of the reference
+            raise DataError(path, None, "answer", f"row {b.get('id', '?')!r}: another reference answer "
+                                                  "than the baseline's (runs on different data?)")
     return rows
 
 
@@ -615,4 +628,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DataError as e:  # bad input: the message names file, line and field; no traceback
+        raise SystemExit(f"error: {e}")

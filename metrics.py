@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import normalize_arabic
+from common import normalize_arabic, pad_batch
 from lexicon import mentions_urgent_care
 from models import load_pretrained
 
@@ -254,13 +254,8 @@ def bert_embeddings(model, ids_list, layer, pad_id, batch_size=64):
     out = [None] * len(ids_list)
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
-        T = len(ids_list[idx[0]])
-        x = torch.full((len(idx), T), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), T), dtype=torch.long)
-        for b, i in enumerate(idx):  # right padding, as BERT's absolute positions expect
-            x[b, :len(ids_list[i])] = torch.tensor(ids_list[i])
-            mask[b, :len(ids_list[i])] = 1
-        hidden = model(x.to(device), attention_mask=mask.to(device), output_hidden_states=True)[layer].float()
+        x, mask = pad_batch([ids_list[i] for i in idx], pad_id, device)
+        hidden = model(x, attention_mask=mask, output_hidden_states=True)[layer].float()
         hidden = hidden / hidden.norm(dim=-1, keepdim=True)
         for b, i in enumerate(idx):
             out[i] = hidden[b, :len(ids_list[i])]

@@ -59,9 +59,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from common import SEVERITIES, DataError, check_probs, normalize_arabic, read_jsonl, stable_hash, write_jsonl
+from common import (SEVERITIES, SPLITS, DataError, check_probs, normalize_arabic, read_jsonl, stable_hash,
+                    write_jsonl)
 
-SPLITS = ("train", "val", "test")
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
 EASTERN_DIGITS = str.maketrans("٠١٢٣٤٥٦٧٨٩۰۱۲۳۴۵۶۷۸۹", "0123456789" * 2)
@@ -280,8 +280,8 @@ def main(argv=None):
             if probs is not None:
                 out["severity_probs"] = probs
             mapped = {args.question_col, args.answer_col, category_col, id_col}
-            for k, v in row.items():
-                if k not in mapped and k not in out and k not in ("severity", "severity_source"):
+            for k, v in row.items():  # severity fields were set above when given; an empty or null one is not copied
+                if k not in mapped and k not in out and k not in ("severity", "severity_source", "severity_probs"):
                     out[k] = v
 
             stats["kept"] += 1
@@ -301,4 +301,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DataError as e:  # bad input: the message names file, line and field; no traceback
+        raise SystemExit(f"error: {e}")

@@ -122,6 +122,8 @@ def main(argv=None):
     if args.batch_size < 1 or args.chunk_size < 1 or (args.max_len is not None and args.max_len < 3):
         parser.error("--batch-size and --chunk-size must be >= 1, --max-len >= 3")
 
+    if not Path(args.data).is_file():  # before the model loads (and before count_rows opens it)
+        raise DataError(args.data, None, None, "file not found")
     rank, world, device = setup_dist(args.device)
     out = Path(args.out)
     shard = shard_path(out, rank, world) if world > 1 else None

@@ -70,10 +70,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (DEMO_DATA, SEVERITIES, DataError, pick_device, print0, read_jsonl,
+from common import (DEMO_DATA, SEVERITIES, SPLITS, DataError, pad_batch, pick_device, print0, read_jsonl,
                     replace_dir, write_json)
 
-SPLITS = ("train", "val", "test")
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # the from-scratch BERT used when no --model is given (fast on a CPU, enough for the demo)
 SMALL_BERT = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
@@ -320,17 +319,6 @@ def encode_texts(tokenizer, texts, max_len):
             ids, cut = ids[:max_len - 2], cut + 1
         seqs.append([tokenizer.cls_id, *ids, tokenizer.sep_id])
     return seqs, cut
-
-
-def pad_batch(seqs, pad_id, device):
-    """Right-pad id lists -> input_ids [B, T] and attention_mask [B, T] (1 = real token)."""
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s)
-        mask[i, :len(s)] = 1
-    return ids.to(device), mask.to(device)
 
 
 def autocast(device):

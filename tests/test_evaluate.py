@@ -137,6 +137,21 @@ def test_prompt_truncation_keeps_separator(tiny_lm):
     assert truncated and len(ids) == 30 and ids[-len(sep):] == sep
 
 
+def test_prompt_ids_are_train_lm_prompts(tiny_lm, monkeypatch):
+    """The prompt (also a truncated one) is exactly train_lm.build_example's: equal to its prompt for
+    a training example whose question was cut, and it follows a change of train_lm's separator."""
+    _, tok = load_pretrained(tiny_lm)
+    q, a = " ".join(["ألم في الصدر منذ يومين"] * 12), "راحة ودواء مسكن"
+    ex = train_lm.build_example(tok, q, a, 40)
+    assert ex["truncated"] == "question"
+    assert evaluate.prompt_ids(tok, q, len(ex["prompt_ids"])) == (ex["prompt_ids"], True)
+    monkeypatch.setattr(train_lm, "SEPARATOR", "\nالرد:\n")  # someone edits the prompt format in train_lm.py
+    sep = tok.encode("\nالرد:\n")
+    assert evaluate.prompt_ids(tok, "صداع", 100) == (tok.encode("صداع\nالرد:\n"), False)
+    ids, truncated = evaluate.prompt_ids(tok, q, 20)
+    assert truncated and ids == tok.encode(q)[:20 - len(sep)] + sep
+
+
 def scored_rows(n, seed, good):
     """Rows with a 'generated' answer: good = close to the reference (urgent advice kept)."""
     rng = random.Random(seed)
@@ -224,6 +239,28 @@ def test_compare_rejects_other_examples(tmp_path):
         evaluate.main(["--generations", str(path), "--out", str(tmp_path / name), "--bootstrap", "0"])
     with pytest.raises(DataError, match="not the baseline's examples"):
         evaluate.main(["--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c")])
+
+
+def test_compare_needs_unique_ids_and_the_same_references(tmp_path):
+    """Matching by id: a duplicate id must not pair one row twice and drop another; rows with the
+    same id must have the same reference answer."""
+    base, other = scored_rows(6, seed=1, good=True), scored_rows(6, seed=1, good=False)
+    base[1]["id"] = base[0]["id"]  # baseline ids q0 q0 q2 ..., the other run q0 q1 q2 ...: same count
+    for name, rows in (("a", base), ("b", other)):
+        evaluate.main(["--generations", str(write_rows(tmp_path / f"{name}.jsonl", rows)), "--out", str(tmp_path / name),
+                       "--bootstrap", "0"])
+    with pytest.raises(DataError, match="duplicate id 'q0'"):
+        evaluate.main(["--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c")])
+    other = scored_rows(6, seed=1, good=False)
+    other[4]["answer"] = CALM + " " + URGENT
+    evaluate.main(["--generations", str(write_rows(tmp_path / "d.jsonl", other)), "--out", str(tmp_path / "d"),
+                   "--bootstrap", "0"])
+    evaluate.main(["--generations", str(write_rows(tmp_path / "e.jsonl", scored_rows(6, seed=1, good=True))),
+                   "--out", str(tmp_path / "e"), "--bootstrap", "0"])
+    with pytest.raises(DataError, match="'q4': another reference answer") as e:
+        evaluate.main(["--compare", str(tmp_path / "e"), str(tmp_path / "d"), "--out", str(tmp_path / "c")])
+    assert e.value.field == "answer" and str(tmp_path / "d") in str(e.value)
+    assert not (tmp_path / "c").exists()
 
 
 @pytest.mark.parametrize("field", ["generated", "answer", "question"])

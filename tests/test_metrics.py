@@ -145,6 +145,19 @@ def test_bertscore_matches_bert_score(monkeypatch, minilm_dir, minilm, layer, id
     assert 0.5 < F[0] < 1.0 and F[0] != pytest.approx(F[2])  # real numbers, not a constant
 
 
+def test_bertscore_truncates_long_texts_as_bert_score(monkeypatch, minilm_dir, minilm):
+    """Texts longer than the tokenizer's model_max_length (512 with [CLS]/[SEP]) are cut as
+    bert-score's tokenizer call cuts them (the end is lost), on both sides."""
+    model, tok, max_len = minilm
+    long1, long2 = " ".join([AR[0]] * 60), " ".join([AR[4], EN[0]] * 60)
+    cands, refs = [long1, AR[1], long2], [long2, long1, AR[2]]
+    assert max_len == 512 and len(M.bertscore_encode(tok, long1, max_len)) == 512 < len(tok.encode(long1)) + 2
+    expected = _bert_score_reference(monkeypatch, minilm_dir, cands, refs, 6, False)
+    got = M.bertscore(cands, refs, model, tok, 6, max_length=max_len)
+    for e, g in zip(expected, got):
+        np.testing.assert_allclose(g, e, atol=1e-5, rtol=0)
+
+
 def test_bertscore_single_reference_and_identity(minilm):
     model, tok, max_len = minilm
     P, R, F = M.bertscore([AR[0], AR[1]], [AR[0], AR[0]], model, tok, 3, max_length=max_len)

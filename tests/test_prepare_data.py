@@ -105,6 +105,37 @@ def test_jsonl_gold_labels_probs_and_unknown_fields(tmp_path):
     assert "severity_source" not in rows[1]
 
 
+def test_empty_or_null_probs_are_no_probs(tmp_path):
+    """An empty severity_probs cell (CSV) or null (JSONL) is no vector: the output row has no
+    severity_probs field (an empty string there would break train_lm and evaluate)."""
+    src = write_csv(tmp_path / "in.csv", [["سؤال عن الم الظهر المزمن", "جواب الطبيب المفصل هنا", ""],
+                                          ["سؤال عن حب الشباب", "جواب الطبيب المفصل هنا ايضا", "[0.2, 0.3, 0.5]"]],
+                    header=["q_body", "a_body", "severity_probs"])
+    run("--data", src, "--out", tmp_path / "out.jsonl")
+    rows = read_out(tmp_path / "out.jsonl")
+    assert "severity_probs" not in rows[0] and rows[1]["severity_probs"] == [0.2, 0.3, 0.5]
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"q_body": "سؤال عن الم الظهر", "a_body": "جواب الطبيب المفصل هنا",
+                               "severity_probs": None}, ensure_ascii=False) + "\n", encoding="utf-8")
+    run("--data", src, "--out", tmp_path / "out2.jsonl")
+    [row] = read_out(tmp_path / "out2.jsonl")
+    assert "severity_probs" not in row
+
+
+def test_jsonl_bom_is_fine_and_bad_utf8_names_the_line(tmp_path):
+    good = json.dumps({"q_body": "سؤال عن الم الظهر", "a_body": "جواب الطبيب المفصل هنا"}, ensure_ascii=False)
+    src = tmp_path / "bom.jsonl"
+    src.write_bytes(b"\xef\xbb\xbf" + good.encode() + b"\n")  # a BOM, as Windows tools write
+    run("--data", src, "--out", tmp_path / "out.jsonl")
+    assert read_out(tmp_path / "out.jsonl")[0]["question"] == "سؤال عن الم الظهر"
+    src = tmp_path / "latin1.jsonl"
+    src.write_bytes(good.encode() + b"\n" + '{"q_body": "caf\u00e9 au lait", "a_body": "x y z"}\n'.encode("latin-1"))
+    with pytest.raises(DataError) as e:
+        run("--data", src, "--out", tmp_path / "bad.jsonl")
+    assert e.value.line == 2 and "not UTF-8" in str(e.value) and str(src) in str(e.value)
+    assert not (tmp_path / "bad.jsonl").exists()
+
+
 def test_rerun_on_own_output_is_identical(tmp_path):
     src = write_csv(tmp_path / "in.csv", [[f"سؤال رقم {i} عن الم في الصدر" if i % 3 == 0 else f"سؤال رقم {i} عن حب الشباب",
                                           f"جواب الطبيب رقم {i} مع النصائح", "", "", "عام", ""] for i in range(50)])
@@ -249,6 +280,20 @@ def test_unterminated_quote_and_unknown_extension(tmp_path):
     txt.write_text("a\n", encoding="utf-8")
     with pytest.raises(DataError, match="--format"):
         run("--data", txt, "--out", tmp_path / "o.jsonl")
+
+
+@pytest.mark.parametrize("script", ["prepare_data.py", "evaluate.py"])
+def test_command_line_reports_bad_input_without_traceback(tmp_path, script):
+    import subprocess
+    import sys
+    from common import REPO
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"q_body": "سؤال", "question": "سؤال"}\n{"oops"\n', encoding="utf-8")
+    flags = ["--data", str(src)] if script == "prepare_data.py" else ["--generations", str(src)]
+    proc = subprocess.run([sys.executable, str(REPO / script), *flags, "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"error: {src}, line ") and not (tmp_path / "o").exists()
 
 
 def test_shipped_demo_raw_csv(tmp_path):

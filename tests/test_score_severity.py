@@ -134,6 +134,14 @@ def test_bad_input_raises_and_writes_nothing(classifier, tmp_path, bad, line, fi
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]  # no output, no temporary file
 
 
+def test_missing_input_file_is_a_data_error(classifier, tmp_path):
+    with pytest.raises(DataError, match="file not found") as e:
+        ss.main(["--data", str(tmp_path / "nope.jsonl"), "--model", str(classifier), "--out", str(tmp_path / "o.jsonl"),
+                 "--device", "cpu"])
+    assert e.value.path == str(tmp_path / "nope.jsonl")
+    assert not (tmp_path / "o.jsonl").exists()
+
+
 def test_refuses_a_non_severity_model(classifier, tmp_path):
     from models import Tokenizer, save_pretrained
     from models.bert import BertConfig, BertForSequenceClassification
