@@ -51,6 +51,7 @@ import json
 import math
 import random
 import resource
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -62,7 +63,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from common import (DEMO_DATA, REPO, SEVERITIES, DataError, check_probs, cleanup_dist, print0, read_jsonl,
-                    replace_dir, setup_dist, write_json, write_jsonl)
+                    recover_dir, replace_dir, setup_dist, write_json, write_jsonl)
 from models import Tokenizer, build_model, load_pretrained, save_pretrained
 from models.loss import fused_linear_cross_entropy, linear_cross_entropy_reference
 
@@ -79,6 +80,7 @@ DEMO_TOKENIZER = REPO / "data" / "demo_tokenizer"
 DEMO_GPT2 = dict(model_type="gpt2", n_positions=256, n_embd=128, n_layer=4, n_head=4,
                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # the from-scratch demo model
 SEPARATOR = "\nالجواب:\n"  # "\nthe answer:\n" between question and answer
+RSS_UNIT = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is in bytes on macOS, KiB on Linux
 BUCKET_WINDOW = 100  # length bucketing sorts windows of this many micro-batches
 
 
@@ -123,6 +125,9 @@ def get_args(argv=None):
                    help="chunked lm_head + cross-entropy (models/loss.py); --no-fused-loss materializes the logits")
     p.add_argument("--crash-at-step", type=int, default=None, help=argparse.SUPPRESS)  # tests: die once, see the loop
     args = p.parse_args(argv)
+    for flag in ("max_steps", "batch_size", "grad_accum", "eval_every", "save_every", "log_every"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be at least 1")
     args.out = args.out or f"out/lm-{args.weights.replace(',', '_')}"
     args.lr = args.lr if args.lr is not None else (5e-5 if args.model else 1e-3)
     args.min_lr = args.min_lr if args.min_lr is not None else args.lr / 10
@@ -261,8 +266,7 @@ def collate(examples, indices, pad_id, device):
     w = torch.tensor([examples[i]["weight"] for i in indices], dtype=torch.float32)
     return {"input_ids": x.to(device), "labels": y.to(device), "weights": w.to(device),
             "n_tokens": sum(examples[i]["n_answer"] for i in indices),
-            "weight_mass": sum(examples[i]["n_answer"] * examples[i]["weight"] for i in indices),
-            "ids": [examples[i]["id"] for i in indices]}
+            "weight_mass": sum(examples[i]["n_answer"] * examples[i]["weight"] for i in indices)}
 
 
 # -----------------------------------------------------------------------------
@@ -300,20 +304,21 @@ def lr_at(step, args):
     return args.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (args.lr - args.min_lr)
 
 
-def rng_state():
-    """This process's random generators, as tensors and plain Python types (torch.load weights_only)."""
+def rng_state(device):
+    """This process's random generators, as tensors and plain Python types (torch.load weights_only).
+    On CUDA only this rank's device: the others are not ours, and a resume may see fewer GPUs."""
     np_state = np.random.get_state()
     return {"python": random.getstate(), "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
             "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
-def set_rng_state(state):
+def set_rng_state(state, device):
     random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
     np.random.set_state((state["numpy"][0], np.array(state["numpy"][1], dtype=np.uint32), *state["numpy"][2:]))
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def save_checkpoint(folder, raw_model, tokenizer, meta, trainer_state=None):
@@ -324,7 +329,7 @@ def save_checkpoint(folder, raw_model, tokenizer, meta, trainer_state=None):
     write_json(tmp / "meta.json", meta)
     if trainer_state is not None:
         torch.save(trainer_state, tmp / "trainer_state.pt")
-    replace_dir(tmp, folder)  # folder is always the old or the new complete checkpoint
+    replace_dir(tmp, folder)  # folder is always the old or the new complete checkpoint (see recover_dir)
 
 
 def matmul_params(model):
@@ -354,6 +359,11 @@ def train(args, rank, world, device):
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
     loss_fn = fused_linear_cross_entropy if args.fused_loss else linear_cross_entropy_reference
     acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    if rank == 0:
+        for folder in (last_dir, best_dir):
+            recover_dir(folder)  # a kill inside replace_dir left the previous checkpoint in <folder>.old
+    if world > 1:
+        dist.barrier()  # every rank decides about resuming after the recovery
     resume = args.resume == "auto" and (last_dir / "trainer_state.pt").is_file()
     torch.manual_seed(args.seed)  # the same on every rank: identical initialization
 
@@ -453,7 +463,7 @@ def train(args, rank, world, device):
                              f"holds now: use another --out, or --resume never to start over")
         optimizer.load_state_dict(state["optimizer"])
         step, epoch, data_pos, best_val = state["step"], state["epoch"], state["data_pos"], state["best_val"]
-        set_rng_state(state["rng"][rank % len(state["rng"])])
+        set_rng_state(state["rng"][rank % len(state["rng"])], device)
         print0(f"resumed from {last_dir} at step {step}")
     elif rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -474,8 +484,13 @@ def train(args, rank, world, device):
 
     if rank == 0:
         if resume and metrics_path.is_file():  # drop lines of steps after the checkpoint: they are redone
-            lines = [json.loads(s) for s in metrics_path.read_text(encoding="utf-8").splitlines() if s.strip()]
-            write_jsonl(metrics_path, [r for r in lines if r.get("step", 0) <= step])
+            records = []
+            for line in metrics_path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:  # a line torn by the kill: its step is redone anyway
+                    pass
+            write_jsonl(metrics_path, [r for r in records if r.get("step", 0) <= step])
         if resume:
             log({"args": vars(args), "resumed_at": step})
         else:  # a fresh run: lines left by an earlier run in this folder are dropped
@@ -515,7 +530,7 @@ def train(args, rank, world, device):
     say = pbar.write if rank == 0 else (lambda text: None)  # log lines above the progress bar
     start_step = step
     while True:
-        last_step = step == args.max_steps
+        last_step = step >= args.max_steps  # >=: a run resumed with a lower --max-steps stops at once
         if val_batches and (step > start_step or step == 0) and (step % args.eval_every == 0 or last_step):
             res = evaluate()
             if res is not None:
@@ -531,9 +546,9 @@ def train(args, rank, world, device):
         if step > start_step and (step % args.save_every == 0 or last_step):
             rngs = [None] * world
             if world > 1:
-                dist.all_gather_object(rngs, rng_state())
+                dist.all_gather_object(rngs, rng_state(device))
             else:
-                rngs = [rng_state()]
+                rngs = [rng_state(device)]
             if rank == 0:
                 trainer_state = {"optimizer": optimizer.state_dict(), "step": step, "epoch": epoch,
                                  "data_pos": data_pos, "best_val": best_val, "rng": rngs}
@@ -590,7 +605,7 @@ def train(args, rank, world, device):
             lengths = [len(train_ex[i]["input_ids"]) for b in step_batches for i in b]
             flops = 6 * n_matmul * sum(lengths) + 12 * n_layer * d_model * sum(t * t for t in lengths)
             peak_mem = (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else
-                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30
+                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * RSS_UNIT) / 2**30
             record = {"step": step, "loss": loss, "lr": lr, "grad_norm": gnorm, "epoch": epoch,
                       "tokens_per_s": sum(lengths) / dt, "step_ms": 1000 * dt,
                       "mfu": flops / dt / (args.peak_flops * world) if device.type == "cuda" else None,

@@ -28,7 +28,6 @@ Qwen2.5-0.5B in fp32 from its bf16 file), and no time goes into a random init th
 overwritten.
 """
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -157,7 +156,7 @@ def save_pretrained(model, tokenizer, folder):
     in it is gone). Pass the raw module (not DDP- or torch.compile-wrapped)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+    tmp = folder.with_name(f".{folder.name}.tmp")  # a fixed name: a killed save's leftover is replaced next time
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()

@@ -72,6 +72,16 @@ def setup(tmp_path_factory, tok):
             "root": d}
 
 
+def tiny_qwen2_dir(folder, tok):
+    """A tiny Qwen2 with tied embeddings and grouped-query attention (the Qwen2.5-0.5B layout)."""
+    torch.manual_seed(0)
+    cfg = dict(model_type="qwen2", vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=128,
+               initializer_range=0.1, bos_token_id=0, eos_token_id=0)
+    save_pretrained(build_model(cfg), tok, folder)
+    return folder
+
+
 def args_for(setup, out, *extra):
     return ["--data", str(setup["data"]), "--model", str(setup["model"]), "--out", str(out), "--device", "cpu",
             "--batch-size", "4", "--grad-accum", "2", "--max-steps", "10", "--eval-every", "5", "--save-every", "5",
@@ -180,18 +190,21 @@ def test_missing_probs_error_unless_uniform(setup, tmp_path):
 # ----------------------------------------------------------------------------- the loss
 
 
-@pytest.mark.parametrize("weights,denominator", [("uniform", "tokens"), ("ramp", "tokens"), ("balanced", "weights")])
-def test_step0_loss_matches_cross_entropy(setup, tmp_path, weights, denominator):
+@pytest.mark.parametrize("weights,denominator,kind", [("uniform", "tokens", "gpt2"), ("ramp", "tokens", "gpt2"),
+                                                      ("balanced", "weights", "gpt2"), ("ramp", "tokens", "qwen2")])
+def test_step0_loss_matches_cross_entropy(setup, tmp_path, weights, denominator, kind):
     """The logged step-1 loss, recomputed with F.cross_entropy in float64 on the model's logits.
 
-    batch 4 x grad-accum 6 = the 24 training rows: the first step sees every training example."""
+    batch 4 x grad-accum 6 = the 24 training rows: the first step sees every training example.
+    qwen2: tied embeddings, so the fused loss's weight is the embedding matrix."""
+    model_dir = setup["model"] if kind == "gpt2" else tiny_qwen2_dir(tmp_path / "qwen2", setup["tok"])
     out = tmp_path / "run"
-    train_lm.main(args_for(setup, out, "--weights", weights, "--denominator", denominator, "--grad-accum", "6",
-                           "--max-steps", "1", "--eval-every", "100"))
+    train_lm.main(args_for(setup, out, "--model", str(model_dir), "--weights", weights, "--denominator", denominator,
+                           "--grad-accum", "6", "--max-steps", "1", "--eval-every", "100"))
     logged = [m for m in metrics(out) if m.get("step") == 1 and "loss" in m][0]["loss"]
 
     tok, rows = setup["tok"], [r for r in make_rows() if r["split"] == "train"]
-    model, _ = load_pretrained(setup["model"])
+    model, _ = load_pretrained(model_dir)
     ce, n = [], []
     for r in rows:
         prompt, answer = tok.encode(r["question"] + "\nالجواب:\n"), tok.encode(r["answer"]) + [tok.eos_id]
@@ -311,6 +324,40 @@ def test_resume_is_exact(setup, tmp_path, tok):
     vals = [m for m in metrics(tmp_path / "straight") if "val_loss" in m]
     assert [m["step"] for m in vals] == [0, 4, 8] and best["best_val"] == min(m["val_loss"] for m in vals)
     assert {"val_loss_mild", "val_loss_moderate", "val_loss_critical", "val_ppl"} <= vals[-1].keys()
+
+
+def test_resume_after_kill_inside_checkpoint_write(setup, tmp_path):
+    """Killed between replace_dir's two renames (last -> last.old, new -> last) and in the middle of
+    a metrics.jsonl line: the run still resumes from its previous checkpoint (not from scratch, which
+    would also wipe its metrics) and ends as an uninterrupted run does."""
+    common = ("--max-steps", "4", "--save-every", "2", "--eval-every", "2")
+    train_lm.main(args_for(setup, tmp_path / "straight", *common))
+    run = tmp_path / "killed"
+    with pytest.raises(SystemExit, match="crash"):
+        train_lm.main(args_for(setup, run, *common, "--crash-at-step", "3"))
+    os.replace(run / "last", run / "last.old")  # the state between the two renames
+    with open(run / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"step": 4, "loss": 2.71')  # a torn last line
+    train_lm.main(args_for(setup, run, *common, "--crash-at-step", "3"))
+    resumed = [m for m in metrics(run) if "resumed_at" in m]
+    assert [m["resumed_at"] for m in resumed] == [2] and not (run / "last.old").exists()
+    a, b = tensors(tmp_path / "straight" / "last"), tensors(run / "last")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    la = [(m["step"], m["loss"]) for m in metrics(tmp_path / "straight") if "loss" in m]
+    assert la == [(m["step"], m["loss"]) for m in metrics(run) if "loss" in m] and len(la) == 4
+
+
+def test_resume_with_lower_max_steps_stops_at_once(setup, tmp_path):
+    """Rerunning a finished 4-step run with --max-steps 2 changes nothing (it used to train on past
+    step 4 forever, the stop test being step == max_steps; --crash-at-step 6 makes that fail here)."""
+    out = tmp_path / "run"
+    common = ("--save-every", "4", "--eval-every", "4")
+    train_lm.main(args_for(setup, out, *common, "--max-steps", "4"))
+    before = tensors(out / "last")
+    train_lm.main(args_for(setup, out, *common, "--max-steps", "2", "--crash-at-step", "6"))
+    after = tensors(out / "last")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert [m["step"] for m in metrics(out) if "loss" in m] == [1, 2, 3, 4]
 
 
 def test_resume_refuses_changed_data(setup, tmp_path):
