@@ -620,4 +620,7 @@ def train(args, rank, world, device):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DataError as e:  # bad input: the message names file, line and field; no traceback
+        raise SystemExit(f"error: {e}")

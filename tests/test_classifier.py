@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 import train_classifier as tc
 from common import SEVERITIES, DataError
+from conftest import write_rows
 
 # a keyword decides the class; the rest of the sentence is shared filler
 KEYWORDS = {"mild": ["حبوب الشباب", "قشرة الشعر", "جفاف الجلد", "زكام خفيف"],
@@ -38,18 +39,7 @@ def make_rows(n, seed=0, mix=(3, 2, 1)):
     return rows
 
 
-def write_rows(path, rows):
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a small shared CPU, two spinning OpenMP threads are ~20x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import evaluate
 import train_lm
 from common import DataError, normalize_arabic
 from models import build_model, load_pretrained, save_pretrained
+from conftest import write_rows
 
 CHRF = pytest.importorskip("sacrebleu.metrics").CHRF
 
@@ -39,11 +40,6 @@ def make_rows(n, seed=0):
             row["severity"] = sev
         rows.append(row)
     return rows
-
-
-def write_rows(path, rows):
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def read_jsonl(path):

@@ -22,13 +22,7 @@ QUESTIONS = ["أعاني من ألم شديد في الصدر منذ ساعة، 
              "ضيق في التنفس", "حكة في الجلد بعد الأكل", "فقدان الوعي لثوان"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a small shared CPU, two spinning OpenMP threads are ~20x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 import train_lm
 from common import DataError
 from models import build_model, load_pretrained, save_pretrained
+from conftest import write_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 Q_WORDS = ["أعاني", "من", "ألم", "في", "الصدر", "صداع", "حمى", "سعال", "منذ", "يومين", "أسبوع", "طفلي",
@@ -43,11 +44,6 @@ def make_rows(n=30, seed=0, val_every=5):
         rows.append({"id": f"ex{i}", "question": q, "answer": a, "split": "val" if i % val_every == 0 else "train",
                      "severity": ["mild", "moderate", "critical"][int(np.argmax(probs))], "severity_probs": probs})
     return rows
-
-
-def write_rows(path, rows):
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def tiny_model_dir(folder, tok, **overrides):
