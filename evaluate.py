@@ -272,7 +272,7 @@ def bertscore_stats(rows, args, device):
         hyps, refs = [normalize_arabic(h) for h in hyps], [normalize_arabic(r) for r in refs]
     P, R, F = M.bertscore(hyps, refs, model, tokenizer, layer, idf=args.idf, batch_size=args.bertscore_batch_size,
                           max_length=max_len)
-    name = Path(args.bertscore_model).resolve().name
+    name = Path(args.bertscore_model).absolute().name  # the name as given (a link keeps its own)
     config = {"model": str(args.bertscore_model), "layer": layer, "idf": args.idf, "max_length": max_len,
               "rescaled": False, "config_string": M.bertscore_config_string(name, layer, args.idf)}
     return {"bertscore_p": 100 * P, "bertscore_r": 100 * R, "bertscore_f1": 100 * F}, config
