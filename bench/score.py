@@ -1,0 +1,76 @@
+"""Severity-scoring throughput (rows/s) of score_severity.py for a BERT-base-sized classifier.
+
+    python bench/score.py                      # CPU, random weights, 512 demo questions
+    python bench/score.py --device cuda --rows 20000 --batch-size 256
+
+A BertForSequenceClassification with BERT-base shapes (hidden 768, 12 layers, 12 heads,
+intermediate 3072, AraBERT's vocabulary of 64000 rows) and random weights is saved with the demo
+classifier's tokenizer, then score_severity.main streams --rows questions (the demo sample,
+repeated) through it, exactly as a user's run would. Model loading is outside the timed part
+(score_severity times its own scoring loop). Prints one line per batch size, writes JSON.
+"""
+import argparse
+import contextlib
+import io
+import json
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import score_severity  # noqa: E402
+from common import DEMO_DATA, SEVERITIES, read_jsonl, write_jsonl  # noqa: E402
+from models import Tokenizer  # noqa: E402
+from models.bert import BertConfig, BertForSequenceClassification  # noqa: E402
+from train_classifier import SPECIAL_TOKENS, save_classifier, train_wordpiece  # noqa: E402
+
+BERT_BASE = dict(vocab_size=64000, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                 intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, default=512, help="rows scored per measurement")
+    p.add_argument("--batch-size", default="32", help="comma-separated batch sizes")
+    p.add_argument("--max-len", type=int, default=128, help="tokens per question, [CLS]/[SEP] included")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "score.json"), help="JSON results file")
+    args = p.parse_args(argv)
+
+    questions = [row["question"] for _, row in read_jsonl(DEMO_DATA, required=("question",))]
+    rows = [{"id": str(i), "question": questions[i % len(questions)]} for i in range(args.rows)]
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        special = {name.strip("[]").lower(): name for name in SPECIAL_TOKENS}  # as train_classifier.py does
+        tok = Tokenizer(train_wordpiece(questions, 30000), special, args.max_len)
+        torch.manual_seed(0)
+        labels = {i: name for i, name in enumerate(SEVERITIES)}
+        model = BertForSequenceClassification(BertConfig.from_dict({**BERT_BASE, "id2label": labels}))
+        save_classifier(model, tok, tmp / "clf", {}, {"severity_temperature": 1.0, "severity_max_len": args.max_len})
+        n_params = sum(t.numel() for t in model.parameters())
+        write_jsonl(tmp / "in.jsonl", rows)
+        mean_tokens = sum(len(tok.encode(q, add_special_tokens=True)[:args.max_len]) for q in questions) / len(questions)
+        for bs in [int(b) for b in args.batch_size.split(",")]:
+            log = io.StringIO()
+            t0 = time.perf_counter()
+            with contextlib.redirect_stdout(log):
+                score_severity.main(["--data", str(tmp / "in.jsonl"), "--model", str(tmp / "clf"),
+                                     "--out", str(tmp / "out.jsonl"), "--batch-size", str(bs), "--device", args.device])
+            wall = time.perf_counter() - t0
+            rate = float(re.search(r"\(([\d.]+) rows/s\)", log.getvalue()).group(1))
+            results.append({"batch_size": bs, "rows": args.rows, "rows_per_s": rate, "wall_s_with_load": wall})
+            print(f"batch {bs:>4}: {rate:8.1f} rows/s scoring ({args.rows} rows, {wall:.1f}s with model loading)")
+    info = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(), "params": n_params,
+            "mean_tokens_per_row": mean_tokens, "args": vars(args), "results": results}
+    print(f"BERT-base shapes, random weights, {n_params / 1e6:.0f}M parameters, {mean_tokens:.1f} tokens per row on "
+          f"average, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    Path(args.out).write_text(json.dumps(info, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
