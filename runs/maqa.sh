@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The real experiment: MAQA, AraBERT severity classifier, three language models, uniform vs
+# balanced severity weights, evaluated overall and per severity class.
+#
+# Nothing is downloaded: put these local folders (Hugging Face layout, safetensors) under $MODELS
+# first, and MAQA's ds5b.csv under $DATA:
+#   $MODELS/bert-base-arabertv02            the classifier's encoder
+#   $MODELS/bert-base-multilingual-cased    the BERTScore backbone (layer 9, bert-score's Arabic default)
+#   $MODELS/aragpt2-base  $MODELS/aragpt2-medium  $MODELS/qwen2.5-0.5b
+# A folder with only pytorch_model.bin: python tools/convert_bin_to_safetensors.py FOLDER (once).
+#
+# Usage:  NGPU=8 bash runs/maqa.sh            (NGPU=1 for one GPU)
+# Each step is resumable: train_lm.py continues from <out>/last when it exists.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODELS=${MODELS:-models}
+DATA=${DATA:-data/maqa}
+OUT=${OUT:-out/maqa}
+NGPU=${NGPU:-1}
+STEPS=${STEPS:-10000}
+PY=${PY:-.venv/bin/python}
+# torch >= 2.5 reuses the rendezvous store across restarts, and restarted workers can read stale
+# addresses (pytorch/pytorch#135712); this keeps --max-restarts reliable
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
+TORCHRUN="$PY -m torch.distributed.run --standalone --nproc_per_node $NGPU --max-restarts 3"
+mkdir -p "$OUT"
+
+# 1. rows, splits and rule-based silver labels (MAQA's text is already normalized)
+[ -f "$OUT/labeled.jsonl" ] || $PY prepare_data.py --data "$DATA/ds5b.csv" --out "$OUT/labeled.jsonl"
+
+# 2. the AraBERT severity classifier (AraBERT v2 preprocessing is applied automatically)
+[ -f "$OUT/classifier/metrics.json" ] || $PY train_classifier.py --data "$OUT/labeled.jsonl" \
+    --model "$MODELS/bert-base-arabertv02" --out "$OUT/classifier" --epochs 4 --batch-size 32 --lr 3e-5 --device cuda
+
+# 3. calibrated severity_probs for all rows, on every GPU
+[ -f "$OUT/scored.jsonl" ] || $TORCHRUN score_severity.py --data "$OUT/labeled.jsonl" \
+    --model "$OUT/classifier" --out "$OUT/scored.jsonl" --batch-size 256
+
+# 4-5. each language model with uniform (plain cross-entropy) and balanced severity weights
+for lm in aragpt2-base aragpt2-medium qwen2.5-0.5b; do
+  for weights in uniform balanced; do
+    run="$OUT/$lm-$weights"
+    $TORCHRUN train_lm.py --model "$MODELS/$lm" --data "$OUT/scored.jsonl" --weights "$weights" \
+        --out "$run" --max-steps "$STEPS" --batch-size 16 --grad-accum $((32 / NGPU > 0 ? 32 / NGPU : 1)) \
+        --max-len 512 --lr 5e-5 --eval-every 500 --save-every 500
+    [ -f "$run-eval/metrics.json" ] || $TORCHRUN evaluate.py --model "$run/best" --data "$OUT/scored.jsonl" \
+        --split test --bertscore-model "$MODELS/bert-base-multilingual-cased" --bertscore-layer 9 \
+        --max-new-tokens 256 --batch-size 64 --out "$run-eval"
+  done
+  $PY evaluate.py --compare "$OUT/$lm-uniform-eval" "$OUT/$lm-balanced-eval" --out "$OUT/$lm-compare" --plot
+done
+echo "comparison tables: $OUT/*-compare/compare.md"
