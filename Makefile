@@ -3,12 +3,15 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+# the CPU wheel the project is tested with (it lies on this project's machines); any torch >= 2.4 works
+TORCH_VERSION ?= 2.13.0
 
 .PHONY: demo demo-data test test-fast bench clean
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==$(TORCH_VERSION)
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
