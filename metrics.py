@@ -331,11 +331,23 @@ def load_bertscore_model(folder, device="cpu", layer=None):
 # Bootstrap confidence intervals and the paired test
 
 
+RESAMPLE_BLOCK_ELEMENTS = 2**24  # counts drawn per block (128 MB of float64): 430k rows stay cheap
+
+
 def resample_counts(n_items, n_resamples=1000, seed=0):
     """How often each item is drawn in each bootstrap resample: float64 [n_resamples, n_items].
     (A resample of n items drawn with replacement is a multinomial draw of counts.)"""
+    return np.concatenate(list(_count_blocks(n_items, n_resamples, seed)))
+
+
+def _count_blocks(n_items, n_resamples, seed):
+    """resample_counts in blocks of rows, so [n_resamples, n_items] is never held at once;
+    the concatenated blocks are exactly resample_counts (one generator, drawn row by row)."""
     rng = np.random.default_rng(seed)
-    return rng.multinomial(n_items, np.full(n_items, 1.0 / n_items), size=n_resamples).astype(np.float64)
+    block = max(1, RESAMPLE_BLOCK_ELEMENTS // n_items)
+    for start in range(0, n_resamples, block):
+        size = min(block, n_resamples - start)
+        yield rng.multinomial(n_items, np.full(n_items, 1.0 / n_items), size=size).astype(np.float64)
 
 
 def _resampled_scores(stats, counts, corpus_score):
@@ -344,6 +356,13 @@ def _resampled_scores(stats, counts, corpus_score):
     if corpus_score is None:  # mean metric
         return sums[:, 0] / len(stats)
     return np.array([corpus_score(s) for s in sums])
+
+
+def _bootstrap_scores(systems, corpus_score, n_resamples, seed):
+    """Each system's score on the same n_resamples resamples of the examples: [systems, n_resamples]."""
+    blocks = [[_resampled_scores(stats, counts, corpus_score) for stats in systems]
+              for counts in _count_blocks(len(systems[0]), n_resamples, seed)]
+    return np.concatenate([np.stack(b) for b in blocks], axis=1)
 
 
 def bootstrap_ci(stats, corpus_score=None, n_resamples=1000, seed=0, level=0.95):
@@ -355,8 +374,7 @@ def bootstrap_ci(stats, corpus_score=None, n_resamples=1000, seed=0, level=0.95)
     """
     if len(stats) == 0:
         return None
-    counts = resample_counts(len(stats), n_resamples, seed)
-    scores = _resampled_scores(stats, counts, corpus_score)
+    scores = _bootstrap_scores([stats], corpus_score, n_resamples, seed)[0]
     lo, hi = np.percentile(scores, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
     return float(lo), float(hi)
 
@@ -375,8 +393,8 @@ def paired_bootstrap(stats_a, stats_b, corpus_score=None, n_resamples=1000, seed
         return {"delta": None, "p_value": None, "ci": None}
     full = np.ones((1, len(stats_a)))
     delta = (_resampled_scores(stats_b, full, corpus_score) - _resampled_scores(stats_a, full, corpus_score))[0]
-    counts = resample_counts(len(stats_a), n_resamples, seed)
-    diffs = _resampled_scores(stats_b, counts, corpus_score) - _resampled_scores(stats_a, counts, corpus_score)
+    scores_a, scores_b = _bootstrap_scores([stats_a, stats_b], corpus_score, n_resamples, seed)
+    diffs = scores_b - scores_a
     p = (np.sum(diffs <= 0) + 1) / (n_resamples + 1)
     lo, hi = np.percentile(diffs, [2.5, 97.5])
     return {"delta": float(delta), "p_value": float(p), "ci": [float(lo), float(hi)]}

@@ -262,3 +262,19 @@ def test_urgent_flags_use_the_lexicon():
     miss = "اشرب الكثير من الماء واسترح في البيت"
     assert lexicon.mentions_urgent_care(catch) and not lexicon.mentions_urgent_care(miss)
     np.testing.assert_array_equal(M.urgent_flags([catch, miss, catch]), [1.0, 0.0, 1.0])
+
+
+def test_bootstrap_in_blocks_equals_one_block(monkeypatch):
+    """Resamples are drawn in blocks (430k rows x 1000 resamples would be 3.4 GB at once); the
+    blocks are the same draws, so intervals and p-values do not depend on the block size."""
+    rng = np.random.default_rng(0)
+    a = rng.random(300)
+    b = a + rng.normal(0.02, 0.1, 300)
+    whole_counts = M.resample_counts(300, 50, seed=4)
+    whole = M.bootstrap_ci(a, n_resamples=200, seed=4), M.paired_bootstrap(a, b, n_resamples=200, seed=4)
+    monkeypatch.setattr(M, "RESAMPLE_BLOCK_ELEMENTS", 300 * 7)  # blocks of 7 resamples
+    assert np.array_equal(M.resample_counts(300, 50, seed=4), whole_counts)
+    blocked = M.bootstrap_ci(a, n_resamples=200, seed=4), M.paired_bootstrap(a, b, n_resamples=200, seed=4)
+    assert blocked[0] == pytest.approx(whole[0], abs=1e-12)
+    assert blocked[1]["p_value"] == whole[1]["p_value"]
+    assert blocked[1]["ci"] == pytest.approx(whole[1]["ci"], abs=1e-12)
