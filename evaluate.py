@@ -404,7 +404,10 @@ def load_run(folder):
     meta_path = folder / "metrics.json"
     if not meta_path.is_file():
         raise DataError(meta_path, None, None, "file not found (not a run folder written by evaluate.py?)")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(meta_path, e.lineno, None, f"malformed JSON ({e.msg})") from None
     numbered = read_rows(path, True)
     rows = [r for _, r in numbered]
     classes = [severity_class(r, path, ln) for ln, r in numbered]

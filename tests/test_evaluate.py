@@ -237,6 +237,16 @@ def test_compare_rejects_other_examples(tmp_path):
         evaluate.main(["--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c")])
 
 
+def test_compare_names_a_malformed_metrics_json(tmp_path):
+    for name in ("a", "b"):
+        path = write_rows(tmp_path / f"{name}.jsonl", scored_rows(5, seed=1, good=True))
+        evaluate.main(["--generations", str(path), "--out", str(tmp_path / name), "--bootstrap", "0"])
+    (tmp_path / "b" / "metrics.json").write_text('{"overall": {', encoding="utf-8")  # cut off by a kill or an edit
+    with pytest.raises(DataError, match="malformed JSON") as e:
+        evaluate.main(["--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c")])
+    assert e.value.path == str(tmp_path / "b" / "metrics.json") and e.value.line == 1
+
+
 def test_compare_needs_unique_ids_and_the_same_references(tmp_path):
     """Matching by id: a duplicate id must not pair one row twice and drop another; rows with the
     same id must have the same reference answer."""
