@@ -134,6 +134,24 @@ def replace_dir(tmp_dir, final_dir):
         shutil.rmtree(old)
 
 
+@contextmanager
+def staged_dir(final_dir):
+    """Build a folder in a temporary sibling (the path this yields) and move it into place with
+    replace_dir only if the block succeeds, so `final_dir` never holds a half-written folder.
+    The temporary name is fixed, so a killed run's leftover is replaced, not piled up."""
+    final_dir = Path(final_dir)
+    tmp = final_dir.with_name(f".{final_dir.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        replace_dir(tmp, final_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
 def recover_dir(final_dir):
     """Undo a replace_dir interrupted between its two renames (final -> final.old, new -> final):
     the complete previous folder is in final.old; put it back. Returns True if it did."""

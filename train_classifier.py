@@ -62,7 +62,6 @@ import html
 import math
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -71,7 +70,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from common import (DEMO_DATA, SEVERITIES, SPLITS, DataError, pad_batch, pick_device, print0, read_jsonl,
-                    replace_dir, write_json)
+                    staged_dir, write_json)
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # the from-scratch BERT used when no --model is given (fast on a CPU, enough for the demo)
@@ -535,26 +534,17 @@ def main(argv=None):
 
 
 def save_classifier(model, tokenizer, out, metrics, extra_config):
-    """Write the classifier folder atomically: save into a temporary sibling, add the extra
-    config.json fields and metrics.json, then swap it into place."""
+    """Write the classifier folder atomically: the Hugging Face files, the extra config.json
+    fields and metrics.json, built in a temporary sibling and swapped into place."""
     import json
-    from models import save_pretrained
+    from models.hf_io import write_pretrained
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
-        save_pretrained(model, tokenizer, tmp)
+    with staged_dir(out) as tmp:
+        write_pretrained(model, tokenizer, tmp)
         config = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
         config.update(extra_config)
         write_json(tmp / "config.json", config)
         write_json(tmp / "metrics.json", metrics)
-        replace_dir(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 if __name__ == "__main__":

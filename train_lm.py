@@ -63,8 +63,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from common import (DEMO_DATA, REPO, SEVERITIES, DataError, check_probs, cleanup_dist, print0, read_jsonl,
-                    recover_dir, replace_dir, setup_dist, write_json, write_jsonl)
-from models import Tokenizer, build_model, load_pretrained, save_pretrained
+                    recover_dir, setup_dist, staged_dir, write_json, write_jsonl)
+from models import Tokenizer, build_model, load_pretrained
+from models.hf_io import write_pretrained
 from models.loss import fused_linear_cross_entropy, linear_cross_entropy_reference
 
 # Class weights alpha = (mild, moderate, critical). Fixed presets are rescaled at start-up so the
@@ -323,13 +324,11 @@ def set_rng_state(state, device):
 
 def save_checkpoint(folder, raw_model, tokenizer, meta, trainer_state=None):
     """A Hugging Face model folder + meta.json (+ trainer_state.pt), atomically (temp folder, rename)."""
-    folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.partial")
-    save_pretrained(raw_model, tokenizer, tmp)  # replaces any leftover tmp from a killed run
-    write_json(tmp / "meta.json", meta)
-    if trainer_state is not None:
-        torch.save(trainer_state, tmp / "trainer_state.pt")
-    replace_dir(tmp, folder)  # folder is always the old or the new complete checkpoint (see recover_dir)
+    with staged_dir(folder) as tmp:  # folder is always the old or the new complete checkpoint (see recover_dir)
+        write_pretrained(raw_model, tokenizer, tmp)
+        write_json(tmp / "meta.json", meta)
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / "trainer_state.pt")
 
 
 def matmul_params(model):

@@ -28,7 +28,6 @@ Qwen2.5-0.5B in fp32 from its bf16 file), and no time goes into a random init th
 overwritten.
 """
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -37,7 +36,7 @@ from tokenizers import AddedToken, decoders, normalizers, pre_tokenizers, proces
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.models import BPE, WordPiece
 
-from common import replace_dir
+from common import staged_dir
 
 SUPPORTED = ("bert", "gpt2", "llama", "qwen2")
 SPECIAL = ("bos", "eos", "pad", "unk", "cls", "sep", "mask")  # tokenizer_config names are f"{s}_token"
@@ -150,34 +149,31 @@ def load_pretrained(folder, dtype=torch.float32, device="cpu", tokenizer=True):
 
 
 def save_pretrained(model, tokenizer, folder):
-    """Write `model` (and `tokenizer`, may be None) as a Hugging Face folder: config.json (with
-    "torch_dtype"), model.safetensors, and the tokenizer files. Written to a temporary folder
-    next to `folder`, then renamed into place: `folder` is replaced as a whole (anything else
-    in it is gone). Pass the raw module (not DDP- or torch.compile-wrapped)."""
+    """Write `model` (and `tokenizer`, may be None) as a Hugging Face folder, atomically: built
+    in a temporary sibling, then renamed into place (common.staged_dir), so `folder` is replaced
+    as a whole (anything else in it is gone). Pass the raw module (not DDP- or torch.compile-wrapped)."""
+    with staged_dir(folder) as tmp:
+        write_pretrained(model, tokenizer, tmp)
+
+
+def write_pretrained(model, tokenizer, folder):
+    """The files of save_pretrained, written into an existing folder (callers that add files of
+    their own, a checkpoint's meta.json say, stage the folder themselves): config.json (with
+    "torch_dtype"), model.safetensors, and the tokenizer files."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.tmp")  # a fixed name: a killed save's leftover is replaced next time
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        cfg = model.config.to_dict()
-        cfg["torch_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        tensors, seen = {}, set()
-        for k, t in model.hf_state_dict().items():
-            t = t.detach().to("cpu").contiguous()
-            if t.untyped_storage().data_ptr() in seen:  # safetensors refuses shared storage
-                t = t.clone()
-            seen.add(t.untyped_storage().data_ptr())
-            tensors[k] = t
-        save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
-        if tokenizer is not None:
-            tokenizer.save(tmp)
-        replace_dir(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    cfg = model.config.to_dict()
+    cfg["torch_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tensors, seen = {}, set()
+    for k, t in model.hf_state_dict().items():
+        t = t.detach().to("cpu").contiguous()
+        if t.untyped_storage().data_ptr() in seen:  # safetensors refuses shared storage
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
+        tensors[k] = t
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    if tokenizer is not None:
+        tokenizer.save(folder)
 
 
 # -----------------------------------------------------------------------------

@@ -16,9 +16,7 @@ transformers' AutoTokenizer both open. Deterministic: the same input gives the s
 """
 import argparse
 import csv
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
@@ -26,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from common import DATA_DIR, normalize_arabic, replace_dir
+from common import DATA_DIR, normalize_arabic, staged_dir
 from models import Tokenizer
 
 EOS = "<|endoftext|>"
@@ -67,14 +65,8 @@ def main(argv=None):
 
     tok = train_tokenizer(read_demo_texts(args.data), args.vocab_size)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the shipped folder is an ordinary one
-    try:
+    with staged_dir(out) as tmp:  # atomic: out is the old or the new complete folder
         tok.save(tmp)
-        replace_dir(tmp, out)  # atomic: out is the old or the new complete folder
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     print(f"wrote {out} ({tok.vocab_size} tokens, eos = bos = pad = {tok.eos_id})")
 
 
