@@ -202,6 +202,12 @@ _DIACRITICS = re.compile("[\u0610-\u061a\u064b-\u065f\u0670\u06d6-\u06ed]")  # h
 _TATWEEL = "\u0640"
 _ALEF = re.compile("[\u0622\u0623\u0625\u0671]")  # آ أ إ ٱ -> ا
 _EASTERN_DIGITS = str.maketrans("٠١٢٣٤٥٦٧٨٩۰۱۲۳۴۵۶۷۸۹", "0123456789" * 2)
+_HAS_EASTERN_DIGIT = re.compile("[٠-٩۰-۹]")
+
+
+def ascii_digits(text):
+    """Eastern Arabic and Persian digits -> ASCII (str.translate is slow: skipped when there are none)."""
+    return text.translate(_EASTERN_DIGITS) if _HAS_EASTERN_DIGIT.search(text) else text
 
 
 def normalize_arabic(text, diacritics=True, tatweel=True, alef=True, ya=True, ta_marbuta=True,
@@ -219,7 +225,7 @@ def normalize_arabic(text, diacritics=True, tatweel=True, alef=True, ya=True, ta
     if ta_marbuta:
         text = text.replace("\u0629", "\u0647")
     if digits:
-        text = text.translate(_EASTERN_DIGITS)
+        text = ascii_digits(text)
     return " ".join(text.split())
 
 
@@ -236,6 +242,12 @@ def pick_device(name="auto"):
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def bf16_supported(device):
+    """True on CUDA GPUs with bf16 (Ampere and newer): where the scripts autocast to bf16 by
+    default; everywhere else they compute in fp32."""
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
 def setup_dist(device="auto"):

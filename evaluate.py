@@ -74,7 +74,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import metrics as M
-from common import (SEVERITIES, DataError, atomic_open, check_probs, cleanup_dist, normalize_arabic, pick_device,
+from common import (SEVERITIES, DataError, atomic_open, bf16_supported, check_probs, cleanup_dist, normalize_arabic, pick_device,
                     read_jsonl, setup_dist, write_json, write_jsonl)
 from models import load_pretrained
 from models.generate import generate
@@ -213,7 +213,7 @@ def run_generation(args):
     try:
         rows = [row for _, row in read_rows(args.data, False, args.split, args.limit)]
         dtype = torch.float32
-        if args.dtype == "bfloat16" or (args.dtype == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
+        if args.dtype == "bfloat16" or (args.dtype == "auto" and bf16_supported(device)):
             dtype = torch.bfloat16
         torch.manual_seed(args.seed)
         model, tokenizer = load_pretrained(args.model, dtype=dtype, device=device)

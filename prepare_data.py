@@ -59,13 +59,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from common import (SEVERITIES, SPLITS, DataError, check_probs, normalize_arabic, read_jsonl, stable_hash,
+from common import (SEVERITIES, SPLITS, DataError, ascii_digits, check_probs, normalize_arabic, read_jsonl, stable_hash,
                     write_jsonl)
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
-EASTERN_DIGITS = str.maketrans("٠١٢٣٤٥٦٧٨٩۰۱۲۳۴۵۶۷۸۹", "0123456789" * 2)
-HAS_EASTERN_DIGIT = re.compile("[٠-٩۰-۹]")
 
 
 def parse_args(argv=None):
@@ -154,9 +152,7 @@ def clean(text, args):
         text = URL.sub(" ", text)
     if args.normalize:
         return normalize_arabic(text)
-    if HAS_EASTERN_DIGIT.search(text):  # str.translate is slow; most rows have none
-        text = text.translate(EASTERN_DIGITS)
-    return " ".join(text.split())
+    return " ".join(ascii_digits(text).split())
 
 
 def text_field(row, col, path, line):

@@ -69,7 +69,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (DEMO_DATA, SEVERITIES, SPLITS, DataError, pad_batch, pick_device, print0, read_jsonl,
+from common import (DEMO_DATA, SEVERITIES, SPLITS, DataError, bf16_supported, pad_batch, pick_device, print0, read_jsonl,
                     staged_dir, write_json)
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -322,7 +322,7 @@ def encode_texts(tokenizer, texts, max_len):
 
 def autocast(device):
     """bf16 autocast on CUDA GPUs that support it; a no-op elsewhere (fp32)."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if bf16_supported(device):
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

@@ -62,7 +62,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from common import (DEMO_DATA, REPO, SEVERITIES, DataError, check_probs, cleanup_dist, print0, read_jsonl,
+from common import (DEMO_DATA, REPO, SEVERITIES, DataError, bf16_supported, check_probs, cleanup_dist, print0, read_jsonl,
                     recover_dir, setup_dist, staged_dir, write_json, write_jsonl)
 from models import Tokenizer, build_model, load_pretrained
 from models.hf_io import write_pretrained
@@ -354,7 +354,7 @@ def train(args, rank, world, device):
     # ---- setup: seed, precision, output folder
     out = Path(args.out)
     last_dir, best_dir = out / "last", out / "best"
-    use_bf16 = args.dtype == "bf16" or (args.dtype == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    use_bf16 = args.dtype == "bf16" or (args.dtype == "auto" and bf16_supported(device))
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
     loss_fn = fused_linear_cross_entropy if args.fused_loss else linear_cross_entropy_reference
     acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 import train_lm
-from common import pick_device
+from common import bf16_supported, pick_device
 from models import build_model
 from models.loss import fused_linear_cross_entropy
 
@@ -126,7 +126,7 @@ def measure(step_fn, model, mb, args, device, autocast):
 def main(argv=None):
     args = get_args(argv)
     device = pick_device(args.device)
-    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    use_bf16 = bf16_supported(device)
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
     have_hf = False
     if not args.no_transformers:
