@@ -189,6 +189,20 @@ def pad_batch(seqs, pad_id, device):
     return ids.to(device), mask.to(device)
 
 
+def severity_class(row, path, line):
+    """The class a row is reported under: its severity label (gold or rules) if it has one, else
+    the argmax of its severity_probs, else None. Validates what it reads."""
+    label = row.get("severity")
+    if label is not None:
+        if label not in SEVERITIES:
+            raise DataError(path, line, "severity", f"expected one of {SEVERITIES}, got {label!r}")
+        return label
+    if row.get("severity_probs") is not None:
+        probs = check_probs(row["severity_probs"], path, line)
+        return SEVERITIES[max(range(len(probs)), key=probs.__getitem__)]
+    return None
+
+
 def stable_hash(text, seed=0):
     """A deterministic 64-bit integer from text (not Python's salted hash())."""
     return int.from_bytes(hashlib.sha1(f"{seed}:{text}".encode("utf-8")).digest()[:8], "big")

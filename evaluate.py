@@ -74,8 +74,8 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import metrics as M
-from common import (SEVERITIES, DataError, atomic_open, bf16_supported, check_probs, cleanup_dist, normalize_arabic, pick_device,
-                    read_jsonl, setup_dist, write_json, write_jsonl)
+from common import (SEVERITIES, DataError, atomic_open, bf16_supported, cleanup_dist, normalize_arabic, pick_device,
+                    read_jsonl, setup_dist, severity_class, write_json, write_jsonl)
 from models import load_pretrained
 from models.generate import generate
 from train_lm import build_example  # the prompt format is defined once, in train_lm.py
@@ -132,19 +132,6 @@ def get_args(argv=None):
 
 # -----------------------------------------------------------------------------
 # Rows
-
-
-def severity_class(row, path, line):
-    """The row's severity label if it has one, else the argmax of severity_probs, else None."""
-    label = row.get("severity")
-    if label is not None:
-        if label not in SEVERITIES:
-            raise DataError(path, line, "severity", f"expected one of {SEVERITIES}, got {label!r}")
-        return label
-    if row.get("severity_probs") is not None:
-        probs = check_probs(row["severity_probs"], path, line)
-        return SEVERITIES[int(np.argmax(probs))]
-    return None
 
 
 def read_rows(path, need_generated, split=None, limit=None):

@@ -30,7 +30,8 @@ The global batch is batch_size * grad_accum * world_size sequences.
 
 Reads --data (JSONL; common.read_jsonl): fields question, answer, split ("train" rows are
 trained on, "val" rows validated on, "test" rows ignored), id (named in errors), severity_probs
-(required unless --weights uniform; the per-class validation falls back to the severity field).
+(required unless --weights uniform), severity (per-class validation groups rows by it, else
+by the argmax of severity_probs, as evaluate.py does).
 All rows are tokenized once at start-up (430k MAQA rows: a few minutes and ~1 GB per rank).
 
 Writes --out (default out/lm-<weights>):
@@ -63,7 +64,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from common import (DEMO_DATA, REPO, SEVERITIES, DataError, bf16_supported, check_probs, cleanup_dist, print0, read_jsonl,
-                    recover_dir, setup_dist, staged_dir, write_json, write_jsonl)
+                    recover_dir, setup_dist, severity_class, staged_dir, write_json, write_jsonl)
 from models import Tokenizer, build_model, load_pretrained
 from models.hf_io import write_pretrained
 from models.loss import fused_linear_cross_entropy, linear_cross_entropy_reference
@@ -194,10 +195,8 @@ def read_rows(path, need_probs):
         elif need_probs:
             raise DataError(path, lineno, "severity_probs", "missing: score the file with score_severity.py "
                                                             "first, or train the baseline with --weights uniform")
-        if probs is not None:
-            cls = int(np.argmax(probs))  # the class a row is reported under in per-class validation
-        else:
-            cls = SEVERITIES.index(row["severity"]) if row.get("severity") in SEVERITIES else len(SEVERITIES)
+        label = severity_class(row, path, lineno)  # per-class validation groups rows as evaluate.py does
+        cls = SEVERITIES.index(label) if label else len(SEVERITIES)
         splits[row["split"]].append({"id": str(row.get("id", f"line {lineno}")), "question": row["question"],
                                      "answer": row["answer"], "probs": probs, "cls": cls})
     return splits["train"], splits["val"]

@@ -425,3 +425,17 @@ def test_demo_default_model_trains(tmp_path):
                    "--eval-every", "20", "--batch-size", "8", "--grad-accum", "1"])
     losses = [m["loss"] for m in metrics(tmp_path / "run") if "loss" in m]
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_rows_are_grouped_by_label_first_as_in_evaluate(tmp_path):
+    """Per-class validation uses the row's severity label, else the argmax of its probabilities
+    (common.severity_class, the rule evaluate.py reports under); a bad label is an error."""
+    rows = [{"id": "a", "question": "q", "answer": "a", "split": "val", "severity": "critical",
+             "severity_probs": [0.8, 0.1, 0.1]},
+            {"id": "b", "question": "q", "answer": "a", "split": "val", "severity_probs": [0.1, 0.7, 0.2]},
+            {"id": "c", "question": "q", "answer": "a", "split": "val"}]
+    _, val = train_lm.read_rows(write_rows(tmp_path / "rows.jsonl", rows), need_probs=False)
+    assert [r["cls"] for r in val] == [2, 1, 3]  # 3 = no class at all
+    rows[0]["severity"] = "severe"
+    with pytest.raises(DataError, match="line 1, field 'severity'"):
+        train_lm.read_rows(write_rows(tmp_path / "bad.jsonl", rows), need_probs=False)
