@@ -10,6 +10,7 @@ import math
 import os
 import re
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,7 +42,7 @@ class DataError(ValueError):
 # JSONL
 
 
-def read_jsonl(path, required=()):
+def read_jsonl(path, required=(), encoding="utf-8"):
     """Yield (line_number, row) from a JSONL file; blank lines are skipped.
 
     Text that is not UTF-8, malformed JSON, a non-object line or a missing/empty required string
@@ -54,15 +55,19 @@ def read_jsonl(path, required=()):
     with open(path, "rb") as f:  # decoded line by line, so a decoding error can name its line
         for lineno, raw in enumerate(f, 1):
             try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                line = raw.decode("utf-8-sig" if lineno == 1 and encoding == "utf-8" else encoding)
             except UnicodeDecodeError as e:
-                raise DataError(path, lineno, None, f"not UTF-8 text ({e.reason} at byte {e.start + 1})") from None
+                raise DataError(path, lineno, None, f"not {'UTF-8' if encoding == 'utf-8' else encoding} text "
+                                                    f"({e.reason} at byte {e.start + 1}); if the file is in another "
+                                                    f"encoding, convert it to UTF-8 (prepare_data.py --encoding "
+                                                    f"reads it as it is)") from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(path, lineno, None, f"malformed JSON ({e.msg} at column {e.colno})") from None
+                msg = e.msg.removesuffix(" at")  # json's "Invalid control character at" names no place itself
+                raise DataError(path, lineno, None, f"malformed JSON ({msg} at column {e.colno})") from None
             if not isinstance(row, dict):
                 raise DataError(path, lineno, None, f"expected a JSON object, got {type(row).__name__}")
             for field in required:
@@ -74,12 +79,32 @@ def read_jsonl(path, required=()):
 
 
 def dumps(row):
-    """One JSONL line, Arabic kept readable."""
-    return json.dumps(row, ensure_ascii=False) + "\n"
+    """One JSONL line, Arabic kept readable; NaN and infinities become null (valid JSON)."""
+    try:
+        return json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n"
+    except ValueError:  # a non-finite float somewhere: JSON has no NaN, other tools refuse it
+        return json.dumps(finite_or_null(row), ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def finite_or_null(obj):
+    """A copy of a JSON-able structure with every NaN / inf float replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v) for v in obj]
+    return obj
 
 
 _UMASK = os.umask(0)  # read the process umask once (os.umask can only be read by setting it)
 os.umask(_UMASK)
+
+
+def usual_permissions(path):
+    """Give a file the permissions a plain open() would (0666 minus the umask): mkstemp and
+    safetensors create theirs 0600, which other users of a shared machine cannot read."""
+    os.chmod(path, 0o666 & ~_UMASK)
 
 
 @contextmanager
@@ -89,7 +114,7 @@ def atomic_open(path, mode="w"):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give outputs the usual permissions
+    usual_permissions(tmp)  # mkstemp makes 0600 files
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
             yield f
@@ -113,18 +138,77 @@ def write_jsonl(path, rows):
 
 
 def write_json(path, obj):
+    """Write a JSON file atomically; NaN and infinities are written as null (valid JSON)."""
     with atomic_open(path) as f:
-        json.dump(obj, f, ensure_ascii=False, indent=2)
+        json.dump(finite_or_null(obj), f, ensure_ascii=False, indent=2, allow_nan=False)
         f.write("\n")
 
 
-def replace_dir(tmp_dir, final_dir):
+# -----------------------------------------------------------------------------
+# Output folders and files: a run only ever replaces or deletes what this project wrote.
+
+MARKER = ".written-by-severity-ft"  # every folder the project writes holds this small file
+
+
+class UsageError(ValueError):
+    """A setting the user must change (a flag that does not fit the data, the model or an earlier
+    run): reported as one line, without a traceback."""
+
+
+class OutputError(UsageError):
+    """An --out the run must not write to (a user's folder, a file where a folder goes, a folder
+    another run is writing); raised before any expensive work."""
+
+
+# the errors a script reports as one line, without a traceback: they are the user's to fix
+USER_ERRORS = (DataError, UsageError)
+
+
+def _ours(folder, expected=()):
+    """True if `folder` is one this project wrote: it holds MARKER, or is empty, or holds only
+    names in `expected` (folders written before the marker existed)."""
+    names = {p.name for p in Path(folder).iterdir()}
+    return MARKER in names or names <= set(expected)
+
+
+def check_out_dir(folder, expected=()):
+    """Refuse an --out folder this project must not replace: a regular file, or a folder that
+    holds anything the project did not write (see _ours). Call it before the work starts."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"--out {folder} is a file, not a folder: choose another --out")
+    if folder.is_dir() and not _ours(folder, expected):
+        raise OutputError(f"--out {folder} holds files this project did not write: it will not replace them; "
+                          f"choose another --out (or empty that folder yourself)")
+    _check_writable(folder.parent)
+
+
+def check_out_file(path):
+    """Refuse an --out file path that is a folder, or whose folder cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"--out {path} is a folder, not a file: give a file name")
+    _check_writable(path.parent)
+
+
+def _check_writable(folder):
+    folder = Path(folder)
+    while not folder.exists():  # the nearest existing ancestor is where mkdir would start
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write in {folder}: not a writable folder")
+
+
+def replace_dir(tmp_dir, final_dir, expected=()):
     """Move a finished folder into place: the old one (if any) is swapped out only after the new
     one is complete, so `final_dir` is always either the old or the new complete folder, or,
-    after a kill between the two renames below, missing with the old one in final_dir.old
-    (recover_dir puts it back)."""
+    after a kill between the two renames below, missing with the old one in .NAME.old
+    (recover_dir puts it back). Only folders this project wrote are ever moved or deleted."""
     tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
-    old = final_dir.with_name(final_dir.name + ".old")
+    old = _old_dir(final_dir)
+    for folder in (old, final_dir):
+        if folder.exists() and not (folder.is_dir() and _ours(folder, expected)):
+            raise OutputError(f"{folder} was not written by this project: it will not replace it")
     if old.exists():
         shutil.rmtree(old)
     if final_dir.exists():
@@ -134,33 +218,127 @@ def replace_dir(tmp_dir, final_dir):
         shutil.rmtree(old)
 
 
+def _old_dir(final_dir):
+    return final_dir.with_name(f".{final_dir.name}.old")
+
+
 @contextmanager
-def staged_dir(final_dir):
-    """Build a folder in a temporary sibling (the path this yields) and move it into place with
-    replace_dir only if the block succeeds, so `final_dir` never holds a half-written folder.
+def staged_dir(final_dir, expected=()):
+    """Build a folder in a temporary sibling (the path this yields, MARKER already in it) and move
+    it into place with replace_dir only if the block succeeds, so `final_dir` never holds a
+    half-written folder. A `final_dir` this project did not write is refused first (check_out_dir;
+    `expected`: the names an older version of the caller wrote, accepted without the marker).
     The temporary name is fixed, so a killed run's leftover is replaced, not piled up."""
     final_dir = Path(final_dir)
+    check_out_dir(final_dir, expected)
     tmp = final_dir.with_name(f".{final_dir.name}.tmp")
     if tmp.exists():
+        if not (tmp.is_dir() and _ours(tmp)):
+            raise OutputError(f"{tmp} is in the way and was not written by this project: move it away")
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    (tmp / MARKER).write_text(json.dumps({"written_by": "severity-aware fine-tuning (arXiv 2604.06346)"}) + "\n",
+                              encoding="utf-8")
     try:
         yield tmp
-        replace_dir(tmp, final_dir)
+        replace_dir(tmp, final_dir, expected)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
 
 
+def mark_dir(folder):
+    """Create `folder` (if needed) as one this project writes into: it gets MARKER."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / MARKER).exists():
+        (folder / MARKER).write_text(json.dumps({"written_by": "severity-aware fine-tuning (arXiv 2604.06346)"})
+                                     + "\n", encoding="utf-8")
+
+
 def recover_dir(final_dir):
-    """Undo a replace_dir interrupted between its two renames (final -> final.old, new -> final):
-    the complete previous folder is in final.old; put it back. Returns True if it did."""
+    """Undo a replace_dir interrupted between its two renames (final -> .final.old, new -> final):
+    the complete previous folder is in .final.old; put it back. Returns True if it did."""
     final_dir = Path(final_dir)
-    old = final_dir.with_name(final_dir.name + ".old")
-    if not final_dir.exists() and old.is_dir():
+    old = _old_dir(final_dir)
+    if not final_dir.exists() and old.is_dir() and _ours(old):
         os.replace(old, final_dir)
         return True
     return False
+
+
+def remove_stale_temps(path):
+    """Delete what killed runs of this same output left beside it: atomic_open's `.NAME.*.tmp`
+    files, staged_dir's `.NAME.tmp` folder (if ours) and score_severity's `.NAME.rankR-of-W`
+    shards. Call it holding the output's lock (output_lock), so no live run owns them."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return 0
+    n = 0
+    for p in path.parent.iterdir():
+        if p.name.startswith(f"..{path.name}.rank") and p.name.endswith(".tmp"):  # a shard's own temp file
+            rest = "tmp"
+        elif p.name.startswith(f".{path.name}."):
+            rest = p.name[len(path.name) + 2:]
+        else:
+            continue
+        if p.is_file() and (rest.endswith("tmp") or re.fullmatch(r"rank\d+-of-\d+", rest)):
+            p.unlink()
+            n += 1
+        elif p.is_dir() and rest == "tmp" and _ours(p):
+            shutil.rmtree(p)
+            n += 1
+    return n
+
+
+@contextmanager
+def output_lock(path):
+    """Hold `.NAME.lock` beside the output `path` while a run writes it, so two runs cannot share
+    an --out. The lock file names the pid and host; a lock left by a dead process on this host is
+    taken over (a killed run, a torchrun restart). Stale temporary files of earlier runs of the
+    same output are removed once the lock is held. Raises OutputError if a live run holds it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_name(f".{path.name}.lock")
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(lock.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                holder = {}
+            if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
+                lock.unlink(missing_ok=True)  # the run that held it is dead: take over
+                continue
+            raise OutputError(f"--out {path} is being written by another run (pid {holder.get('pid')} on "
+                              f"{holder.get('host')}, lock {lock}); wait for it, or delete the lock file if "
+                              f"that run is gone") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    else:
+        raise OutputError(f"could not take the lock {lock}")
+    try:
+        remove_stale_temps(path)
+        yield
+    finally:
+        try:
+            if json.loads(lock.read_text(encoding="utf-8")) == me:
+                lock.unlink()
+        except (OSError, ValueError):
+            pass
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
 
 
 def check_probs(probs, path, line, field="severity_probs", tol=1e-3):

@@ -46,7 +46,9 @@ and/or severity_probs for the per-class numbers; all other fields are kept). Mod
 question, answer, generated. Mode 3 run folders written by modes 1/2, holding the same examples
 (matched by id, which must be unique, else by position) with the same reference answers.
 
-Writes --out (a folder):
+Writes --out (a folder, built in a temporary sibling and swapped in whole when complete, so an
+interrupted run leaves the previous folder intact and no file of an earlier run survives beside
+the new ones; a folder holding files this project did not write is refused before any work):
   generations.jsonl  the input rows, every field kept, + "generated" + "scores" (this row's
                      numbers: bertscore_p/r/f1, chrf (sentence chrF), rougeL, urgent,
                      ref_urgent, severity_class) -- mode 3 reads the BERTScore values from here
@@ -63,9 +65,12 @@ p-value is two-sided. --plot also draws per-severity bars (and training curves, 
 metrics.jsonl train_lm.py writes next to the evaluated model) as PNG files; needs matplotlib.
 """
 import argparse
+import importlib.util
 import json
+import os
 import time
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -74,8 +79,9 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import metrics as M
-from common import (SEVERITIES, DataError, atomic_open, bf16_supported, cleanup_dist, normalize_arabic, pick_device,
-                    read_jsonl, setup_dist, severity_class, write_json, write_jsonl)
+from common import (SEVERITIES, USER_ERRORS, DataError, atomic_open, bf16_supported, check_out_dir, cleanup_dist,
+                    normalize_arabic, output_lock, pick_device, read_jsonl, setup_dist, severity_class, staged_dir,
+                    write_json, write_jsonl)
 from models import load_pretrained
 from models.generate import generate
 from train_lm import build_example  # the prompt format is defined once, in train_lm.py
@@ -86,6 +92,9 @@ NAMES = {"bertscore_p": "BERTScore P", "bertscore_r": "BERTScore R", "bertscore_
          "chrf": "chrF", "rougeL": "ROUGE-L", "urgent_rate": "urgent advice (generated)",
          "ref_urgent_rate": "urgent advice (reference)"}
 GROUPS = ("overall",) + SEVERITIES
+# what a run folder of this script holds (one written before the project marked its folders may be replaced)
+RUN_FILES = {"generations.jsonl", "metrics.json", "report.md", "compare.json", "compare.md",
+             "metrics_by_severity.png", "training_curves.png"}
 
 
 def get_args(argv=None):
@@ -99,8 +108,9 @@ def get_args(argv=None):
     p.add_argument("--limit", type=int, default=None, help="score only the first N rows (quick looks)")
     p.add_argument("--out", default="out/eval", help="output folder")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
-                   help="LM weights dtype; auto = bfloat16 on GPUs that support it, else float32")
+    p.add_argument("--dtype", default="auto", type=lambda s: {"float32": "fp32", "bfloat16": "bf16"}.get(s, s),
+                   choices=("auto", "bf16", "fp32"),  # the names train_lm.py uses (float32/bfloat16 accepted)
+                   help="LM weights dtype; auto = bf16 on GPUs that support it, else fp32")
     p.add_argument("--seed", type=int, default=1337, help="seed for sampling and the bootstrap")
     # decoding
     p.add_argument("--max-new-tokens", type=int, default=128, help="longest generated answer, in tokens")
@@ -127,6 +137,8 @@ def get_args(argv=None):
         p.error("give exactly one of --model, --generations, --compare")
     if args.model and not args.data:
         p.error("--model needs --data")
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        p.error("--plot needs matplotlib: pip install matplotlib (or drop --plot)")
     return args
 
 
@@ -200,7 +212,7 @@ def run_generation(args):
     try:
         rows = [row for _, row in read_rows(args.data, False, args.split, args.limit)]
         dtype = torch.float32
-        if args.dtype == "bfloat16" or (args.dtype == "auto" and bf16_supported(device)):
+        if args.dtype == "bf16" or (args.dtype == "auto" and bf16_supported(device)):
             dtype = torch.bfloat16
         torch.manual_seed(args.seed)
         model, tokenizer = load_pretrained(args.model, dtype=dtype, device=device)
@@ -249,11 +261,13 @@ def text_stats(rows, normalize, word_order):
     return {"chrf": chrf, "rougeL": rouge}
 
 
-def bertscore_stats(rows, args, device):
-    """Per-example BERTScore P/R/F (percent) and the BERTScore config, or ({}, config with 'skipped')."""
-    if not args.bertscore_model:
+def bertscore_stats(rows, args, device, bertscore):
+    """Per-example BERTScore P/R/F (percent) and the BERTScore config, or ({}, config with 'skipped').
+    `bertscore`: what M.load_bertscore_model returned (loaded before generation), or None."""
+    if bertscore is None:
         return {}, {"skipped": "no --bertscore-model given: BERTScore not computed"}
-    model, tokenizer, max_len, layer = M.load_bertscore_model(args.bertscore_model, device, args.bertscore_layer)
+    model, tokenizer, max_len, layer = bertscore
+    model.to(device)
     hyps, refs = [r["generated"] for r in rows], [r["answer"] for r in rows]
     if args.normalize:
         hyps, refs = [normalize_arabic(h) for h in hyps], [normalize_arabic(r) for r in refs]
@@ -308,11 +322,11 @@ def summarize(stats, classes, word_order, n_boot, seed):
             "ci": {"overall": cis["overall"], "by_severity": {c: cis[c] for c in SEVERITIES}}, "n": n}
 
 
-def score_rows(rows, classes, args, device):
+def score_rows(rows, classes, args, device, bertscore):
     """All per-example stats, the summary dict and the per-row score dicts."""
     stats = text_stats(rows, args.normalize, args.chrf_word_order)
     stats.update(urgent_stats(rows))
-    bs, bs_config = bertscore_stats(rows, args, device)
+    bs, bs_config = bertscore_stats(rows, args, device, bertscore)
     stats.update(bs)
     summary = summarize(stats, classes, args.chrf_word_order, args.bootstrap, args.seed)
     hyps = [normalize_arabic(r["generated"]) if args.normalize else r["generated"] for r in rows]
@@ -354,7 +368,6 @@ def report_markdown(result, title):
 
 
 def write_run(out, rows, per_row, summary, config):
-    out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "generations.jsonl", ({**r, "scores": s} for r, s in zip(rows, per_row)))
     result = {**summary, "config": config}
     write_json(out / "metrics.json", result)
@@ -363,11 +376,11 @@ def write_run(out, rows, per_row, summary, config):
     return result
 
 
-def run_scoring(args, rows, lines, path, extra):
-    """Score rows (mode 1 or 2) and write the run folder; returns the metrics dict."""
+def run_scoring(args, rows, lines, path, extra, out, bertscore):
+    """Score rows (mode 1 or 2) and write the run files into `out`; returns the metrics dict."""
     classes = [severity_class(r, path, ln) for r, ln in zip(rows, lines)]
     device = pick_device(args.device)
-    summary, bs_config, per_row = score_rows(rows, classes, args, device)
+    summary, bs_config, per_row = score_rows(rows, classes, args, device, bertscore)
     config = {**extra, "bertscore": bs_config, "normalize": args.normalize,
               "chrf": {"char_order": M.CHRF_CHAR_ORDER, "word_order": args.chrf_word_order, "beta": M.CHRF_BETA,
                        "as": "sacrebleu CHRF defaults, corpus-level"},
@@ -375,7 +388,7 @@ def run_scoring(args, rows, lines, path, extra):
               "urgent": "lexicon.mentions_urgent_care (data/urgent_lexicon.tsv)",
               "bootstrap": {"resamples": args.bootstrap, "level": 0.95, "method": "percentile", "seed": args.seed},
               "scale": "percent", "seed": args.seed}
-    result = write_run(Path(args.out), rows, per_row, summary, config)
+    result = write_run(out, rows, per_row, summary, config)
     print(report_markdown(result, f"Evaluation -> {args.out}"))
     return result
 
@@ -442,7 +455,7 @@ def paired_p(sa, sb, fn, n_boot, seed, sign):
     return min(1.0, 2 * min(one, other))
 
 
-def run_compare(args):
+def run_compare(args, out):
     folders = [Path(f) for f in args.compare]
     names = [f.name for f in folders]
     if len(set(names)) != len(names):
@@ -492,8 +505,6 @@ def run_compare(args):
               "config": {"normalize": normalize, "chrf_word_order": word_order, "bertscore": sorted(map(str, bs_strings)),
                          "test": "one-sided paired bootstrap (Koehn 2004), p = (#{B not better} + 1) / (resamples + 1)",
                          "resamples": args.bootstrap, "seed": args.seed}}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     write_json(out / "compare.json", result)
     md = compare_markdown(result)
     with atomic_open(out / "compare.md") as f:
@@ -534,9 +545,8 @@ def make_plots(out, runs, compare_result=None):
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-    except ImportError:
-        print("--plot needs matplotlib (pip install matplotlib); no plots written")
-        return []
+    except ImportError:  # get_args refused --plot without matplotlib already
+        raise SystemExit("--plot needs matplotlib: pip install matplotlib") from None
     out = Path(out)
     written = []
     if compare_result is not None:
@@ -594,12 +604,25 @@ def make_plots(out, runs, compare_result=None):
 
 def main(argv=None):
     args = get_args(argv)
+    rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes --out
+    if rank0:
+        check_out_dir(args.out, RUN_FILES)  # before any work: a folder of the user's is never replaced
+    with output_lock(args.out) if rank0 else nullcontext():  # two runs cannot write the same --out
+        return run(args, rank0)
+
+
+def run(args, rank0):
+    """The three modes; the run folder is written staged and swapped in whole (common.staged_dir)."""
     if args.compare:
-        result = run_compare(args)
-        if args.plot:
-            make_plots(args.out, [(f, json.loads((Path(f) / "metrics.json").read_text(encoding="utf-8")))
-                                  for f in args.compare], result)
+        with staged_dir(args.out, RUN_FILES) as tmp:
+            result = run_compare(args, tmp)
+            if args.plot:
+                make_plots(tmp, [(f, json.loads((Path(f) / "metrics.json").read_text(encoding="utf-8")))
+                                 for f in args.compare], result)
         return result
+    bertscore = None  # loaded before generation, so a bad folder fails in seconds, not after hours
+    if args.bertscore_model and rank0:
+        bertscore = M.load_bertscore_model(args.bertscore_model, "cpu", args.bertscore_layer)
     if args.model:
         rows, extra = run_generation(args)
         if rows is None:  # not rank 0
@@ -611,14 +634,15 @@ def main(argv=None):
         lines, rows = [ln for ln, _ in numbered], [r for _, r in numbered]
         path = args.generations
         extra = {"mode": "score", "generations": str(args.generations), "limit": args.limit}
-    result = run_scoring(args, rows, lines, path, extra)
-    if args.plot:
-        make_plots(args.out, [(args.out, result)])
+    with staged_dir(args.out, RUN_FILES) as tmp:
+        result = run_scoring(args, rows, lines, path, extra, tmp, bertscore)
+        if args.plot:
+            make_plots(tmp, [(args.out, result)])
     return result
 
 
 if __name__ == "__main__":
     try:
         main()
-    except DataError as e:  # bad input: the message names file, line and field; no traceback
+    except USER_ERRORS as e:  # bad input: the message names file, line and field; no traceback
         raise SystemExit(f"error: {e}")

@@ -9,17 +9,20 @@ Run (CPU only; one streaming pass, no GPU or torchrun involved):
   python prepare_data.py --data rows.jsonl --out prepared.jsonl --label none   # keep gold labels only
 
 Reads --data, format from the extension (.csv, .tsv/.tab, .jsonl/.ndjson) or --format:
-  CSV/TSV: UTF-8 (a BOM is fine), a header line, quoted fields may span lines and be large.
-    Every value is kept as a string.
-  JSONL: one JSON object per line (blank lines skipped).
-  Columns used: --question-col (default q_body), --answer-col (a_body), --category-col
+  CSV/TSV: UTF-8 (a BOM is fine; other encodings with --encoding, e.g. cp1256), a header line,
+    quoted fields may span lines and be large. Every value is kept as a string. Columns with an
+    empty header name (the trailing `,,,` of spreadsheet exports) are dropped.
+  JSONL: one JSON object per line (blank lines skipped), UTF-8 unless --encoding says otherwise.
+  Columns used: --question-col (default q_body as in MAQA, else `question`, so this script's own
+  output reads back without flags), --answer-col (a_body, else `answer`), --category-col
   (category; used when present), --id-col (optional), and if present `severity` (a gold label:
   mild/moderate/critical, any case; empty = unlabeled), `severity_probs` (3 probabilities; in a
   CSV as a JSON list "[0.7, 0.2, 0.1]") and `split` (train/val/test, kept as given).
 
 Writes --out, one JSON object per line (UTF-8, Arabic unescaped), atomically (a temporary file
 renamed into place: an error or an interrupted run leaves no partial output):
-  id               --id-col's value; else the input's own `id` field if it has one; else a content
+  id               --id-col's value (a string; an integer is written as its string, any other
+                   JSON type is an error); else the input's own `id` field if it has one; else a content
                    hash (16 hex digits) of the normalized question + answer, so a row keeps its
                    id when other rows are added, removed or reordered (a row number would not).
   question, answer the texts, cleaned: URLs removed (--keep-urls keeps them), Eastern Arabic
@@ -43,7 +46,8 @@ renamed into place: an error or an interrupted run leaves no partial output):
 Rows are dropped and counted when the answer (or the question) has fewer than
 --min-answer-words (--min-question-words) words after cleaning, or when the same normalized
 question + answer was already seen (only 8-byte hashes are kept in memory for that, so 430k
-MAQA rows stream in constant memory). Errors name the file, line and field (common.DataError):
+MAQA rows stream in constant memory). An input with no rows (or none kept) is an error and the
+--out file is left as it was. Errors name the file, line and field (common.DataError):
 a missing column (the available ones are listed), malformed CSV or JSON, an empty question, an
 unknown severity or split, bad severity_probs, a duplicate --id-col value.
 
@@ -51,6 +55,7 @@ At the end a summary is printed (and returned by main() as a dict): rows read, k
 reason, label sources, and label counts per split.
 """
 import argparse
+import codecs
 import csv
 import json
 import re
@@ -59,11 +64,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from common import (SEVERITIES, SPLITS, DataError, ascii_digits, check_probs, normalize_arabic, read_jsonl, stable_hash,
-                    write_jsonl)
+from common import (SEVERITIES, SPLITS, USER_ERRORS, DataError, ascii_digits, check_out_file, check_probs,
+                    normalize_arabic, output_lock, read_jsonl, stable_hash, write_jsonl)
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
+ENCODING_HINT = "; if the file is in another encoding, pass --encoding (e.g. cp1256, Windows Arabic)"
+ENCODING_NAMES = {"utf-8": "UTF-8"}
+DEFAULT_COLUMNS = {"question_col": ("q_body", "question"), "answer_col": ("a_body", "answer")}  # MAQA, ours
 
 
 def parse_args(argv=None):
@@ -73,8 +81,12 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="output JSONL file (written atomically)")
     p.add_argument("--format", choices=["auto", "csv", "tsv", "jsonl"], default="auto",
                    help="input format (default: from the file extension)")
-    p.add_argument("--question-col", default="q_body", help="column with the patient's question")
-    p.add_argument("--answer-col", default="a_body", help="column with the doctor's answer")
+    p.add_argument("--question-col", default=None,
+                   help="column with the patient's question (default: q_body as in MAQA, else 'question' as "
+                        "in this project's own rows)")
+    p.add_argument("--answer-col", default=None, help="column with the doctor's answer (default: a_body, else 'answer')")
+    p.add_argument("--encoding", default="utf-8",
+                   help="text encoding of --data (e.g. cp1256 for Windows Arabic exports; default utf-8, a BOM is fine)")
     p.add_argument("--category-col", default=None,
                    help="column with the specialty (default: 'category', used when present; "
                         "a column named here must exist)")
@@ -92,6 +104,10 @@ def parse_args(argv=None):
     p.add_argument("--label", choices=["rules", "none"], default="rules",
                    help="label unlabeled rows with the lexicon rules, or leave them unlabeled")
     args = p.parse_args(argv)
+    try:
+        args.encoding = codecs.lookup(args.encoding).name
+    except LookupError:
+        p.error(f"--encoding {args.encoding}: unknown encoding")
     if not (0 <= args.val_frac and 0 <= args.test_frac and args.val_frac + args.test_frac < 1):
         p.error("need 0 <= --val-frac, --test-frac and --val-frac + --test-frac < 1")
     return args
@@ -101,18 +117,22 @@ def parse_args(argv=None):
 # readers: yield (line number, {column: value})
 
 
-def read_table(path, delimiter):
-    """CSV/TSV rows as dicts of strings; line = the line the record starts on."""
+def read_table(path, delimiter, encoding="utf-8"):
+    """CSV/TSV rows as dicts of strings; line = the line the record starts on. Columns with an
+    empty name (the trailing `,,,` of spreadsheet exports) are dropped."""
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # answers can exceed the 128 KiB default
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with open(path, encoding="utf-8-sig" if encoding == "utf-8" else encoding, newline="") as f:
         reader = csv.reader(f, delimiter=delimiter, strict=True)
         try:
             header = [h.strip() for h in next(reader)]
         except StopIteration:
             raise DataError(path, 1, None, "empty file (no header line)") from None
-        except (csv.Error, UnicodeDecodeError) as e:
+        except UnicodeDecodeError as e:
+            raise DataError(path, 1, None, f"not {ENCODING_NAMES.get(encoding, encoding)} text ({e.reason})"
+                                           f"{ENCODING_HINT}") from None
+        except csv.Error as e:
             raise DataError(path, 1, None, f"unreadable header: {e}") from None
-        dup = sorted({h for h in header if header.count(h) > 1})
+        dup = sorted({h for h in header if h and header.count(h) > 1})
         if dup:
             raise DataError(path, 1, dup[0], "column name appears twice in the header")
         yield 0, header  # the columns, before any row
@@ -125,18 +145,19 @@ def read_table(path, delimiter):
             except csv.Error as e:
                 raise DataError(path, start, None, f"malformed {'TSV' if delimiter == chr(9) else 'CSV'}: {e}") from None
             except UnicodeDecodeError as e:
-                raise DataError(path, start, None, f"not UTF-8 text ({e.reason})") from None
+                raise DataError(path, start, None, f"not {ENCODING_NAMES.get(encoding, encoding)} text ({e.reason})"
+                                                   f"{ENCODING_HINT}") from None
             if values:
                 if len(values) != len(header):
                     raise DataError(path, start, None, f"{len(values)} fields, but the header has {len(header)}")
-                yield start, dict(zip(header, values))
+                yield start, {h: v for h, v in zip(header, values) if h}
             start = reader.line_num + 1
 
 
-def read_jsonl_rows(path):
+def read_jsonl_rows(path, encoding="utf-8"):
     """JSONL rows as dicts (common.read_jsonl: malformed lines raise DataError)."""
     first = True
-    for lineno, row in read_jsonl(path):
+    for lineno, row in read_jsonl(path, encoding=encoding):
         if first:
             yield 0, None  # columns differ per row in JSONL
             first = False
@@ -174,10 +195,12 @@ def gold_severity(row, path, line):
     return value.strip().lower()
 
 
-def input_probs(row, path, line):
+def input_probs(row, path, line, from_table):
     value = row.get("severity_probs")
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if value is None or (from_table and isinstance(value, str) and not value.strip()):
         return None
+    if isinstance(value, str) and not from_table:
+        raise DataError(path, line, "severity_probs", f"a string ({value[:40]!r}), not a JSON list of 3 numbers")
     if isinstance(value, str):  # CSV: a JSON list in a cell
         try:
             value = json.loads(value)
@@ -199,10 +222,18 @@ def main(argv=None):
     path = Path(args.data)
     if not path.is_file():
         raise DataError(path, None, None, "file not found")
+    check_out_file(args.out)
+    with output_lock(args.out):  # two runs cannot write the same --out
+        return prepare(args, path)
+
+
+def prepare(args, path):
+    """Read, clean, label and write the rows (main() holds the output's lock)."""
     fmt = args.format if args.format != "auto" else FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise DataError(path, None, None, f"unknown extension {path.suffix!r}: pass --format csv|tsv|jsonl")
-    rows = read_jsonl_rows(path) if fmt == "jsonl" else read_table(path, "," if fmt == "csv" else "\t")
+    rows = (read_jsonl_rows(path, args.encoding) if fmt == "jsonl" else
+            read_table(path, "," if fmt == "csv" else "\t", args.encoding))
     if args.label == "rules":
         from lexicon import severity_of  # loads the lexicon only when labeling
     category_col = args.category_col or "category"
@@ -214,6 +245,10 @@ def main(argv=None):
     seen_text, seen_ids = set(), set()
 
     def check_columns(columns, line):
+        maqa = any(names[0] in columns for names in DEFAULT_COLUMNS.values())
+        for flag, names in DEFAULT_COLUMNS.items():  # unset: MAQA's columns (q_body, a_body) if the input
+            if getattr(args, flag) is None:          # has either, else this project's (question, answer)
+                setattr(args, flag, names[0] if maqa else names[1])
         needed = [args.question_col, args.answer_col] + [c for c in (args.id_col, args.category_col) if c]
         missing = [c for c in needed if c not in columns]
         if missing:
@@ -248,6 +283,8 @@ def main(argv=None):
             id_col = args.id_col or ("id" if "id" in row else None)
             if id_col:
                 row_id = row[id_col]
+                if isinstance(row_id, bool) or not isinstance(row_id, (str, int, type(None))):
+                    raise DataError(path, line, id_col, f"expected a string or an integer, got {type(row_id).__name__}")
                 row_id = str(row_id).strip() if row_id is not None else ""
                 if not row_id:
                     raise DataError(path, line, id_col, "empty id")
@@ -272,7 +309,7 @@ def main(argv=None):
                 out["severity"], out["severity_source"] = gold, "gold"
             elif args.label == "rules":
                 out["severity"], out["severity_source"] = severity_of(question)[0], "rules"
-            probs = input_probs(row, path, line)
+            probs = input_probs(row, path, line, fmt != "jsonl")
             if probs is not None:
                 out["severity_probs"] = probs
             mapped = {args.question_col, args.answer_col, category_col, id_col}
@@ -285,7 +322,16 @@ def main(argv=None):
             stats["splits"][split][out.get("severity", "unlabeled")] += 1
             yield out
 
-    write_jsonl(args.out, prepared())
+    def nonempty(rows):  # no rows is an error, raised before the output is replaced
+        n = 0
+        for row in rows:
+            n += 1
+            yield row
+        if n == 0:
+            what = "no data rows" if stats["rows_read"] == 0 else f"all {stats['rows_read']} rows were dropped"
+            raise DataError(path, None, None, f"{what}: nothing to write ({stats['dropped']})")
+
+    write_jsonl(args.out, nonempty(prepared()))
 
     print(f"{path}: {stats['rows_read']} rows read, {stats['kept']} kept -> {args.out}")
     print("dropped: " + ", ".join(f"{k} {v}" for k, v in stats["dropped"].items()))
@@ -299,5 +345,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except DataError as e:  # bad input: the message names file, line and field; no traceback
+    except USER_ERRORS as e:  # bad input: the message names file, line and field; no traceback
         raise SystemExit(f"error: {e}")

@@ -47,8 +47,10 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from common import (DEMO_DATA, SEVERITIES, DataError, atomic_open, cleanup_dist, dumps, print0,
-                    read_jsonl, setup_dist)
+from contextlib import nullcontext
+
+from common import (DEMO_DATA, SEVERITIES, USER_ERRORS, DataError, atomic_open, check_out_file, cleanup_dist,
+                    dumps, output_lock, print0, read_jsonl, setup_dist, write_json)
 from train_classifier import PREPROCESSORS, encode_texts, predict_logits
 
 
@@ -72,7 +74,25 @@ def load_classifier(folder, device):
         raise ValueError(f"{folder}: unknown severity_preprocess {settings['preprocess']!r}")
     if not settings["temperature"] > 0:
         raise ValueError(f"{folder}: severity_temperature must be > 0, got {settings['temperature']}")
+    try:  # what train_classifier.py found wrong with this classifier, repeated wherever it is used
+        settings["warnings"] = list(json.loads((folder / "metrics.json").read_text(encoding="utf-8"))["warnings"])
+    except (OSError, ValueError, KeyError, TypeError):
+        settings["warnings"] = []
     return model, tokenizer, settings
+
+
+def write_sidecar(out, meta):
+    """<out>.meta.json: which classifier scored the file and its warnings (train_lm.py repeats
+    them). Never overwrites a file of that name that this script did not write."""
+    path = Path(f"{out}.meta.json")
+    try:
+        ours = path.exists() and json.loads(path.read_text(encoding="utf-8")).get("written_by") == "score_severity.py"
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if path.exists() and not ours:
+        print0(f"note: {path} exists and was not written by score_severity.py: left as it is")
+        return
+    write_json(path, {"written_by": "score_severity.py", **meta})
 
 
 def severity_probs(logits, temperature):
@@ -124,67 +144,85 @@ def main(argv=None):
 
     if not Path(args.data).is_file():  # before the model loads (and before count_rows opens it)
         raise DataError(args.data, None, None, "file not found")
-    rank, world, device = setup_dist(args.device)
     out = Path(args.out)
+    check_out_file(out)  # a folder or an unwritable place is refused before the model loads
+    rank, world, device = setup_dist(args.device)
     shard = shard_path(out, rank, world) if world > 1 else None
     try:
-        t0 = time.time()
-        model, tokenizer, settings = load_classifier(args.model, device)
-        preprocess, field, T = PREPROCESSORS[settings["preprocess"]], settings["text_field"], settings["temperature"]
-        max_len = min(args.max_len or settings["max_len"], model.config.max_position_embeddings)
-        pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
-        print0(f"scoring {args.data} with {args.model} (T = {T:.4f}, preprocess={settings['preprocess']}, "
-               f"max_len={max_len}) on {world} x {device}")
-
-        def score(chunk):
-            """(lineno, row) pairs -> rows with severity_probs, in the same order."""
-            seqs, cut = encode_texts(tokenizer, [preprocess(row[field]) for _, row in chunk], max_len)
-            logits = predict_logits(model, seqs, pad_id, args.batch_size, device)
-            for (_, row), p in zip(chunk, severity_probs(logits, T)):
-                row["severity_probs"] = p
-            return [row for _, row in chunk], cut
-
-        n_rows, n_cut = 0, 0
-        bar = tqdm(total=count_rows(args.data), disable=rank != 0, desc="score", unit="row", leave=False)
-        with bar, atomic_open(shard or out) as f:
-            chunk = []
-            for i, item in enumerate(read_jsonl(args.data, required=(field,))):
-                bar.update(1)
-                if i % world != rank:  # rank r takes rows r, r + world, ...
-                    continue
-                chunk.append(item)
-                if len(chunk) == args.chunk_size:
-                    rows, cut = score(chunk)
-                    f.writelines(dumps(row) for row in rows)
-                    n_rows, n_cut, chunk = n_rows + len(rows), n_cut + cut, []
-            if chunk:
-                rows, cut = score(chunk)
-                f.writelines(dumps(row) for row in rows)
-                n_rows, n_cut = n_rows + len(rows), n_cut + cut
-
-        if world > 1:
-            counts = torch.tensor([n_rows, n_cut], device=device)
-            dist.all_reduce(counts)  # also the barrier: every shard is complete after this
-            n_rows, n_cut = counts.tolist()
-            if rank == 0:
-                shards = [shard_path(out, r, world) for r in range(world)]
-                merge_shards(shards, out)
-                for s in shards:
-                    os.remove(s)
-            dist.barrier()
-        if n_cut:
-            print0(f"{n_cut} of {n_rows} questions were longer than {max_len} tokens and were cut")
-        elapsed = time.time() - t0
-        print0(f"wrote {out}: {n_rows} rows in {elapsed:.1f}s ({n_rows / max(elapsed, 1e-9):.0f} rows/s)")
-        return dict(rows=n_rows, truncated=n_cut, seconds=elapsed)
+        with output_lock(out) if rank == 0 else nullcontext():  # two runs cannot write the same --out
+            if world > 1:
+                dist.barrier()  # rank 0 removed stale shards of killed runs before anyone writes one
+            return score_file(args, out, rank, world, device, shard)
     finally:
         if shard is not None and shard.exists():  # rank 0 removed it after a successful merge
             os.remove(shard)  # a failed run leaves no shard behind
         cleanup_dist()
 
 
+def score_file(args, out, rank, world, device, shard):
+    """Score every row of args.data into `out` (under torchrun: this rank's shard, then merged)."""
+    t0 = time.time()
+    model, tokenizer, settings = load_classifier(args.model, device)
+    preprocess, field, T = PREPROCESSORS[settings["preprocess"]], settings["text_field"], settings["temperature"]
+    max_len = min(args.max_len or settings["max_len"], model.config.max_position_embeddings)
+    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+    print0(f"scoring {args.data} with {args.model} (T = {T:.4f}, preprocess={settings['preprocess']}, "
+           f"max_len={max_len}) on {world} x {device}")
+    for warning in settings["warnings"]:
+        print0(f"WARNING (from {Path(args.model) / 'metrics.json'}): {warning}")
+
+    def score(chunk):
+        """(lineno, row) pairs -> rows with severity_probs, in the same order."""
+        seqs, cut = encode_texts(tokenizer, [preprocess(row[field]) for _, row in chunk], max_len)
+        logits = predict_logits(model, seqs, pad_id, args.batch_size, device)
+        for (_, row), p in zip(chunk, severity_probs(logits, T)):
+            row["severity_probs"] = p
+        return [row for _, row in chunk], cut
+
+    n_rows, n_cut = 0, 0
+    bar = tqdm(total=count_rows(args.data), disable=rank != 0, desc="score", unit="row", leave=False)
+    with bar, atomic_open(shard or out) as f:
+        chunk = []
+        for i, item in enumerate(read_jsonl(args.data, required=(field,))):
+            bar.update(1)
+            if i % world != rank:  # rank r takes rows r, r + world, ...
+                continue
+            chunk.append(item)
+            if len(chunk) == args.chunk_size:
+                rows, cut = score(chunk)
+                f.writelines(dumps(row) for row in rows)
+                n_rows, n_cut, chunk = n_rows + len(rows), n_cut + cut, []
+        if chunk:
+            rows, cut = score(chunk)
+            f.writelines(dumps(row) for row in rows)
+            n_rows, n_cut = n_rows + len(rows), n_cut + cut
+        if world == 1 and n_rows == 0:  # raised inside atomic_open: a good earlier --out is kept
+            raise DataError(args.data, None, None, "no rows to score (the file is empty)")
+
+    if world > 1:
+        counts = torch.tensor([n_rows, n_cut], device=device)
+        dist.all_reduce(counts)  # also the barrier: every shard is complete after this
+        n_rows, n_cut = counts.tolist()
+        if n_rows == 0:
+            raise DataError(args.data, None, None, "no rows to score (the file is empty)")
+        if rank == 0:
+            shards = [shard_path(out, r, world) for r in range(world)]
+            merge_shards(shards, out)
+            for s in shards:
+                os.remove(s)
+        dist.barrier()
+    if n_cut:
+        print0(f"{n_cut} of {n_rows} questions were longer than {max_len} tokens and were cut")
+    elapsed = time.time() - t0
+    if rank == 0:
+        write_sidecar(out, {"data": str(args.data), "classifier": str(args.model), "rows": n_rows,
+                            "temperature": T, "warnings": settings["warnings"]})
+    print0(f"wrote {out}: {n_rows} rows in {elapsed:.1f}s ({n_rows / max(elapsed, 1e-9):.0f} rows/s)")
+    return dict(rows=n_rows, truncated=n_cut, seconds=elapsed)
+
+
 if __name__ == "__main__":
     try:
         main()
-    except DataError as e:
+    except USER_ERRORS as e:
         raise SystemExit(f"error: {e}")

@@ -69,10 +69,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (DEMO_DATA, SEVERITIES, SPLITS, DataError, bf16_supported, pad_batch, pick_device, print0, read_jsonl,
-                    staged_dir, write_json)
+from common import (DEMO_DATA, SEVERITIES, SPLITS, DataError, OutputError, bf16_supported, check_out_dir, output_lock,
+                    pad_batch, pick_device, print0, read_jsonl, staged_dir, write_json)
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+# what an --out folder written before the project marked its folders holds (it may be replaced)
+CLASSIFIER_FILES = {"config.json", "model.safetensors", "metrics.json", "tokenizer.json", "tokenizer_config.json",
+                    "special_tokens_map.json", "vocab.txt"}
+T_BOUNDS = (0.05, 20.0)  # the fitted temperature is clamped to this range
 # the from-scratch BERT used when no --model is given (fast on a CPU, enough for the demo)
 SMALL_BERT = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
                   max_position_embeddings=128, hidden_act="gelu", hidden_dropout_prob=0.1,
@@ -198,7 +202,7 @@ def nll(logits, labels, temperature=1.0):
     return F.cross_entropy(logits / temperature, torch.as_tensor(labels)).item()
 
 
-def fit_temperature(logits, labels, t_min=0.05, t_max=20.0):
+def fit_temperature(logits, labels, t_min=T_BOUNDS[0], t_max=T_BOUNDS[1]):
     """Temperature scaling (Guo et al., 2017): T minimizing the NLL of softmax(logits / T).
 
     Optimizes log T (so T stays positive) with L-BFGS + strong Wolfe line search in float64,
@@ -235,6 +239,8 @@ def split_metrics(logits, labels, temperature):
         "n": len(y),
         "accuracy": accuracy(y, pred),
         "macro_f1": sum(c["f1"] for c in prf) / len(prf),
+        # over the classes with at least one true row (the 3-class number counts an absent class as 0)
+        "macro_f1_present": (sum(c["f1"] for c in prf if c["support"]) / max(1, sum(1 for c in prf if c["support"]))),
         "per_class": {name: prf[c] for c, name in enumerate(SEVERITIES)},
         "confusion": conf,
         "nll": nll(logits, labels),
@@ -405,6 +411,12 @@ def main(argv=None):
     # setup
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise SystemExit("train_classifier.py is single-process: run it with python, not torchrun with N > 1")
+    check_out_dir(args.out, CLASSIFIER_FILES)  # before any work: never replace a folder the project did not write
+    with output_lock(args.out):  # two runs cannot write the same --out
+        return train(args)
+
+
+def train(args):
     torch.manual_seed(args.seed)
     device = pick_device(args.device)
     lr = args.lr if args.lr is not None else (3e-5 if args.model else 5e-4)
@@ -518,12 +530,15 @@ def main(argv=None):
         "history": history,
         "args": vars(args),
     }
+    metrics["warnings"] = run_warnings(metrics, history)
     for s in ("val", "test"):
         m = metrics[s]
         if m:
             print0(f"{s}: accuracy {m['accuracy']:.4f} | macro-F1 {m['macro_f1']:.4f} | ECE {m['ece']:.4f} -> "
                    f"{m['ece_calibrated']:.4f} (T = {temperature:.3f}) | confusion {m['confusion']}")
 
+    for w in metrics["warnings"]:
+        print0(f"WARNING: {w}")
     # save: HF folder + our extra config fields + metrics.json, swapped into place when complete
     save_classifier(model.cpu(), tokenizer, args.out, metrics,
                     extra_config=dict(severity_temperature=temperature, severity_preprocess=preprocess_name,
@@ -533,13 +548,40 @@ def main(argv=None):
     return metrics
 
 
+def run_warnings(metrics, history):
+    """What makes a classifier's numbers (and the severity weights built on it) meaningless, in
+    words: stored in metrics.json "warnings"; score_severity.py and train_lm.py repeat them."""
+    warnings = []
+    t = metrics["temperature"]
+    if t <= T_BOUNDS[0] * 1.001 or t >= T_BOUNDS[1] * 0.999:
+        warnings.append(f"the fitted temperature {t:.3g} hit its bound {T_BOUNDS}: the val split is too small or "
+                        f"too easy to calibrate on; the probabilities are not calibrated")
+    chance = math.log(len(SEVERITIES))
+    if history and history[-1]["train_loss"] > 0.95 * chance:
+        warnings.append(f"the training loss stayed at chance ({history[-1]['train_loss']:.3f} vs ln 3 = "
+                        f"{chance:.3f}): the classifier learned nothing; train longer, raise --lr or check the labels")
+    for split in ("val", "test"):
+        m = metrics[split]
+        if m is None:
+            warnings.append(f"no {split} rows: no {split} numbers")
+            continue
+        missing = [name for name in SEVERITIES if m["per_class"][name]["support"] == 0]
+        if missing:
+            warnings.append(f"the {split} split has no {' / '.join(missing)} rows: its 3-class macro-F1 counts them "
+                            f"as 0 (macro_f1_present = {m['macro_f1_present']:.4f} over the classes present)")
+    if metrics["val"]["n"] < 30:
+        warnings.append(f"only {metrics['val']['n']} val rows (< 30): early stopping, the temperature and the "
+                        f"val numbers are noise")
+    return warnings
+
+
 def save_classifier(model, tokenizer, out, metrics, extra_config):
     """Write the classifier folder atomically: the Hugging Face files, the extra config.json
     fields and metrics.json, built in a temporary sibling and swapped into place."""
     import json
     from models.hf_io import write_pretrained
 
-    with staged_dir(out) as tmp:
+    with staged_dir(out, CLASSIFIER_FILES) as tmp:
         write_pretrained(model, tokenizer, tmp)
         config = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
         config.update(extra_config)
@@ -550,5 +592,5 @@ def save_classifier(model, tokenizer, out, metrics, extra_config):
 if __name__ == "__main__":
     try:
         main()
-    except DataError as e:
+    except (DataError, OutputError) as e:
         raise SystemExit(f"error: {e}")

@@ -47,6 +47,7 @@ Prompt format (format_prompt / build_example below; evaluate.py imports them):
 Loss only on the answer tokens and the EOS, so the model learns to answer and to stop.
 """
 import argparse
+import errno
 import hashlib
 import json
 import math
@@ -63,8 +64,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from common import (DEMO_DATA, REPO, SEVERITIES, DataError, bf16_supported, check_probs, cleanup_dist, print0, read_jsonl,
-                    recover_dir, setup_dist, severity_class, staged_dir, write_json, write_jsonl)
+from common import (DEMO_DATA, REPO, SEVERITIES, USER_ERRORS, DataError, UsageError, bf16_supported, check_out_dir,
+                    check_probs, cleanup_dist, dumps, mark_dir, output_lock, print0, read_jsonl, recover_dir,
+                    remove_stale_temps, setup_dist, severity_class, staged_dir, write_json, write_jsonl)
 from models import Tokenizer, build_model, load_pretrained
 from models.hf_io import write_pretrained
 from models.loss import fused_linear_cross_entropy, linear_cross_entropy_reference
@@ -77,6 +79,8 @@ SEVERITY_WEIGHTS = {
     "steep": (1.0, 2.0, 4.0),
     "balanced": None,  # computed: alpha_c = N / (3 * sum_i p_ic), inverse soft class frequency
 }                      # anything else: a custom "a,b,c", e.g. --weights 1,1.2,3
+# what a run folder written before the project marked its folders may hold (it may be resumed into)
+RUN_FILES = {"last", "best", "metrics.jsonl", ".crashed", "last.old", "best.old", ".last.tmp", ".best.tmp"}
 
 DEMO_TOKENIZER = REPO / "data" / "demo_tokenizer"
 DEMO_GPT2 = dict(model_type="gpt2", n_positions=256, n_embd=128, n_layer=4, n_head=4,
@@ -87,13 +91,13 @@ BUCKET_WINDOW = 100  # length bucketing sorts windows of this many micro-batches
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description="Severity-weighted fine-tuning of a causal LM (see the module docstring).")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # data and model
     p.add_argument("--data", default=str(DEMO_DATA), help="input JSONL with question, answer, split, severity_probs")
     p.add_argument("--out", default=None, help="run folder (default out/lm-<weights>)")
     p.add_argument("--model", default=None, help="Hugging Face GPT-2 / Qwen2 folder to fine-tune (default: a small "
                                                  "GPT-2 from scratch with data/demo_tokenizer)")
-    p.add_argument("--weights", default="balanced", help=f"class weights: {', '.join(SEVERITY_WEIGHTS)} or 'a,b,c'")
+    p.add_argument("--weights", default="balanced", type=weights_arg, help=f"class weights: {', '.join(SEVERITY_WEIGHTS)} or 'a,b,c'")
     p.add_argument("--denominator", default="tokens", choices=["tokens", "weights"],
                    help="tokens: divide by the answer-token count (uniform == plain CE; weights scale each "
                         "example's gradient); weights: divide by the weight mass sum m*w (a weighted mean)")
@@ -202,6 +206,29 @@ def read_rows(path, need_probs):
     return splits["train"], splits["val"]
 
 
+def weights_arg(text):
+    """argparse type of --weights: a preset name or three finite non-negative numbers, not all 0."""
+    if text in SEVERITY_WEIGHTS:
+        return text
+    try:
+        raw = [float(x) for x in text.split(",")]
+    except ValueError:
+        raw = []
+    if len(raw) != 3 or not all(math.isfinite(x) and x >= 0 for x in raw) or sum(raw) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected one of {', '.join(SEVERITY_WEIGHTS)} or three "
+                                         f"finite non-negative numbers 'mild,moderate,critical', not all 0")
+    return text
+
+
+def classifier_warnings(data):
+    """The severity classifier's warnings (train_classifier.py's metrics.json "warnings"), as
+    score_severity.py recorded them beside the scored file (<data>.meta.json); [] if none."""
+    try:
+        return list(json.loads(Path(f"{data}.meta.json").read_text(encoding="utf-8")).get("warnings") or [])
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
 def severity_alpha(preset, probs, n_answer):
     """Class weights for a preset: (raw alpha, alpha rescaled so the token-mean weight is 1).
 
@@ -213,7 +240,7 @@ def severity_alpha(preset, probs, n_answer):
     if preset == "balanced":
         mass = probs.sum(axis=0)
         if (mass <= 0).any():
-            raise ValueError(f"--weights balanced: no training probability mass on {SEVERITIES[int(np.argmin(mass))]}")
+            raise UsageError(f"--weights balanced: no training probability mass on {SEVERITIES[int(np.argmin(mass))]}")
         raw = len(probs) / (3 * mass)
     elif preset in SEVERITY_WEIGHTS:
         raw = np.array(SEVERITY_WEIGHTS[preset], dtype=np.float64)
@@ -223,9 +250,12 @@ def severity_alpha(preset, probs, n_answer):
         except ValueError:
             raw = np.array([])
         if len(raw) != 3 or not np.isfinite(raw).all() or (raw < 0).any() or raw.sum() <= 0:
-            raise ValueError(f"--weights {preset!r}: expected one of {', '.join(SEVERITY_WEIGHTS)} or three "
+            raise UsageError(f"--weights {preset!r}: expected one of {', '.join(SEVERITY_WEIGHTS)} or three "
                              f"non-negative numbers 'mild,moderate,critical'")
     token_mean = float((n_answer * (probs @ raw)).sum() / n_answer.sum())
+    if not token_mean > 0:
+        raise UsageError(f"--weights {preset}: every training example would weigh 0 (no probability mass on the "
+                         f"classes with a non-zero weight)")
     return raw, raw / token_mean
 
 
@@ -233,7 +263,7 @@ def example_weights(preset, probs, alpha):
     """w_i = p_i . alpha; exactly 1 under uniform (rows may lack probabilities there)."""
     if preset == "uniform":
         return np.ones(len(probs))
-    probs = np.asarray(probs, dtype=np.float64)
+    probs = np.asarray(probs, dtype=np.float64).reshape(-1, len(SEVERITIES))  # also for no rows
     return (probs / probs.sum(axis=1, keepdims=True)) @ alpha
 
 
@@ -343,13 +373,36 @@ def matmul_params(model):
 def main(argv=None):
     args = get_args(argv)
     rank, world, device = setup_dist(args.device)
+    progress = {"step": None}  # the loop's step, for the message when the run is stopped
     try:
-        train(args, rank, world, device)
+        if rank == 0:
+            check_out_dir(args.out, RUN_FILES)  # before any work: a folder of the user's is never written into
+        with output_lock(args.out) if rank == 0 else nullcontext():  # two runs cannot share an --out
+            return train(args, rank, world, device, progress)
+    except KeyboardInterrupt:
+        raise SystemExit(f"interrupted{stopped_at(args, progress)}") from None
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        raise SystemExit(f"disk full ({e.filename or args.out}){stopped_at(args, progress)}; free some space "
+                         f"first") from None
     finally:
         cleanup_dist()
 
 
-def train(args, rank, world, device):
+def stopped_at(args, progress):
+    """' at step N; the last checkpoint is step M; ...': what a stopped run tells the user."""
+    try:
+        saved = json.loads((Path(args.out) / "last" / "meta.json").read_text(encoding="utf-8"))["step"]
+    except (OSError, ValueError, KeyError):
+        saved = None
+    where = f" at step {progress['step']}" if progress["step"] is not None else ""
+    if saved is None:
+        return f"{where}; no checkpoint was written yet: run the same command to start again"
+    return f"{where}; the last checkpoint is step {saved} in {Path(args.out) / 'last'}: run the same command to resume"
+
+
+def train(args, rank, world, device, progress):
     # ---- setup: seed, precision, output folder
     out = Path(args.out)
     last_dir, best_dir = out / "last", out / "best"
@@ -358,8 +411,10 @@ def train(args, rank, world, device):
     loss_fn = fused_linear_cross_entropy if args.fused_loss else linear_cross_entropy_reference
     acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
     if rank == 0:
+        mark_dir(out)  # a run folder: the project may write into it again (resume)
+        remove_stale_temps(out / "metrics.jsonl")  # left by a run killed while rewriting it
         for folder in (last_dir, best_dir):
-            recover_dir(folder)  # a kill inside replace_dir left the previous checkpoint in <folder>.old
+            recover_dir(folder)  # a kill inside replace_dir left the previous checkpoint in .<folder>.old
     if world > 1:
         dist.barrier()  # every rank decides about resuming after the recovery
     resume = args.resume == "auto" and (last_dir / "trainer_state.pt").is_file()
@@ -377,7 +432,7 @@ def train(args, rank, world, device):
                                  "eos_token_id": eos, "pad_token_id": eos}).to(device)
     raw_model.train()
     if tokenizer.eos_id is None:
-        raise ValueError("the tokenizer declares no EOS token (tokenizer_config.json eos_token): the model "
+        raise UsageError("the tokenizer declares no EOS token (tokenizer_config.json eos_token): the model "
                          "could not learn where an answer ends")
     pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id  # never a target: see labels
     cfg = raw_model.config
@@ -386,12 +441,17 @@ def train(args, rank, world, device):
         print0(f"--max-len {args.max_len} > the model's {n_positions} positions: using {n_positions}")
         args.max_len = n_positions
     if args.max_len < 16:
-        raise ValueError(f"--max-len {args.max_len} is too short for a question and an answer")
+        raise UsageError(f"--max-len {args.max_len} is too short for a question and an answer")
 
     # ---- data: read, tokenize once, weigh
     train_rows, val_rows = read_rows(args.data, need_probs=args.weights != "uniform")
     if not train_rows:
         raise DataError(args.data, None, "split", "no rows with split 'train'")
+    if not val_rows:
+        print0(f"note: {args.data} has no 'val' rows: training without validation, so no best/ checkpoint is written")
+    if args.weights != "uniform":
+        for warning in classifier_warnings(args.data):
+            print0(f"WARNING (severity classifier): {warning}")
     examples = {}
     for name, rows in (("train", train_rows), ("val", val_rows)):
         examples[name] = []
@@ -425,7 +485,7 @@ def train(args, rank, world, device):
            f"{np.round(alpha, 4).tolist()} (mean weight over train answer tokens = 1)")
     steps_batches = args.grad_accum * world  # micro-batches per optimizer step, over all ranks
     if len(make_batches(train_lengths, args.batch_size, args.seed, 0)) < steps_batches:
-        raise ValueError(f"{len(train_ex)} training examples make fewer than grad_accum * world_size = "
+        raise UsageError(f"{len(train_ex)} training examples make fewer than grad_accum * world_size = "
                          f"{steps_batches} micro-batches of {args.batch_size}: lower --batch-size or --grad-accum")
 
     # validation batches, fixed: a seeded sample of at most eval_batches * batch_size rows,
@@ -452,12 +512,17 @@ def train(args, rank, world, device):
     if resume:
         state = torch.load(last_dir / "trainer_state.pt", map_location="cpu", weights_only=True)
         meta = json.loads((last_dir / "meta.json").read_text(encoding="utf-8"))
-        for key in ("data", "weights", "denominator", "batch_size", "grad_accum", "seed", "max_len", "model"):
+        for key in ("data", "weights", "denominator", "batch_size", "grad_accum", "seed", "max_len", "model", "lr",
+                    "min_lr", "warmup_steps", "weight_decay"):
             if meta["args"].get(key) != getattr(args, key):
-                raise ValueError(f"{last_dir} was trained with --{key.replace('_', '-')} {meta['args'].get(key)}, "
+                raise UsageError(f"{last_dir} was trained with --{key.replace('_', '-')} {meta['args'].get(key)}, "
                                  f"not {getattr(args, key)}: use another --out, or --resume never to start over")
+        if meta.get("world_size", world) != world:  # another global batch: the data order would differ
+            raise UsageError(f"{last_dir} was trained on {meta['world_size']} processes, not {world} (the global batch "
+                             f"is batch_size * grad_accum * processes): resume with the same number of processes, "
+                             f"use another --out, or --resume never to start over")
         if meta["data"]["fingerprint"] != data_info["fingerprint"]:  # same file name, other rows or weights
-            raise ValueError(f"{last_dir} was trained on other training rows (or severity weights) than {args.data} "
+            raise UsageError(f"{last_dir} was trained on other training rows (or severity weights) than {args.data} "
                              f"holds now: use another --out, or --resume never to start over")
         optimizer.load_state_dict(state["optimizer"])
         step, epoch, data_pos, best_val = state["step"], state["epoch"], state["data_pos"], state["best_val"]
@@ -478,7 +543,7 @@ def train(args, rank, world, device):
     def log(record):
         if rank == 0:
             with open(metrics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                f.write(dumps(record))
 
     if rank == 0:
         if resume and metrics_path.is_file():  # drop lines of steps after the checkpoint: they are redone
@@ -596,6 +661,7 @@ def train(args, rank, world, device):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        progress["step"] = step
         pbar.update(1)
 
         if step % args.log_every == 0 or step == args.max_steps:
@@ -613,12 +679,15 @@ def train(args, rank, world, device):
             say(f"step {step}: loss {loss:.4f} lr {lr:.2e} grad norm {gnorm:.3f} "
                 f"{record['tokens_per_s']:.0f} tok/s {mfu}mem {peak_mem:.2f} GB")
     pbar.close()
-    print0(f"done: {step} steps, best val loss {best_val:.4f}; checkpoints in {last_dir} and {best_dir}")
+    if val_batches:
+        print0(f"done: {step} steps, best val loss {best_val:.4f}; checkpoints in {last_dir} and {best_dir}")
+    else:
+        print0(f"done: {step} steps without validation (no val rows); checkpoint in {last_dir}, no best/")
     return {"step": step, "best_val": best_val}
 
 
 if __name__ == "__main__":
     try:
         main()
-    except DataError as e:  # bad input: the message names file, line and field; no traceback
+    except USER_ERRORS as e:  # bad input: the message names file, line and field; no traceback
         raise SystemExit(f"error: {e}")

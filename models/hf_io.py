@@ -36,7 +36,7 @@ from tokenizers import AddedToken, decoders, normalizers, pre_tokenizers, proces
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.models import BPE, WordPiece
 
-from common import staged_dir
+from common import staged_dir, usual_permissions
 
 SUPPORTED = ("bert", "gpt2", "llama", "qwen2")
 SPECIAL = ("bos", "eos", "pad", "unk", "cls", "sep", "mask")  # tokenizer_config names are f"{s}_token"
@@ -172,6 +172,7 @@ def write_pretrained(model, tokenizer, folder):
         seen.add(t.untyped_storage().data_ptr())
         tensors[k] = t
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    usual_permissions(folder / "model.safetensors")  # safetensors writes 0600
     if tokenizer is not None:
         tokenizer.save(folder)
 

@@ -24,7 +24,7 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--runslow"):
         return
-    skip = pytest.mark.skip(reason="slow: run with --runslow (make test-all)")
+    skip = pytest.mark.skip(reason="slow: run with --runslow (make test runs them)")
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)

@@ -226,3 +226,52 @@ def test_wordpiece_vocabulary_is_deterministic():
     # specials, then the 5 characters, their ## forms, then words seen twice by frequency
     assert [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])][-2:] == ["صداع", "خفيف"]
     assert "شديد" not in vocab and tok.encode("شديد").tokens[1:-1] == ["ش", "##د", "##ي", "##د"]
+
+
+# ----------------------------------------------------------------------------- honest warnings
+
+
+def fake_metrics(temperature, val_support, test_support, train_loss):
+    def split(support):
+        return {"n": sum(support), "macro_f1_present": 0.5,
+                "per_class": {c: {"support": n} for c, n in zip(("mild", "moderate", "critical"), support)}}
+    return ({"temperature": temperature, "val": split(val_support), "test": split(test_support)},
+            [{"train_loss": train_loss}])
+
+
+@pytest.mark.parametrize("case,expect", [
+    ((1.3, (40, 20, 10), (40, 20, 10), 0.4), []),
+    ((20.0, (40, 20, 10), (40, 20, 10), 0.4), ["temperature"]),
+    ((0.05, (40, 20, 10), (40, 20, 10), 0.4), ["temperature"]),
+    ((1.3, (40, 20, 10), (40, 20, 10), 1.09), ["chance"]),
+    ((1.3, (40, 20, 0), (40, 0, 10), 0.4), ["val split has no critical", "test split has no moderate"]),
+    ((1.3, (10, 5, 5), (40, 20, 10), 0.4), ["only 20 val rows"]),
+])
+def test_run_warnings(case, expect):
+    run_warnings = tc.run_warnings
+    warnings = run_warnings(*fake_metrics(*case))
+    assert len(warnings) == len(expect) and all(e in w for e, w in zip(expect, warnings)), warnings
+
+
+def test_small_val_without_a_class_warns_everywhere(tmp_path, capsys):
+    """A real run: 12 val rows and no critical one in val -> warnings in metrics.json and on
+    stdout, macro-F1 over the classes present beside the 3-class one; score_severity repeats them."""
+    import score_severity
+    rows = make_rows(60, seed=3)
+    for r in rows:
+        if r["split"] == "val" and r["severity"] == "critical":
+            r["split"] = "train"
+    data = write_rows(tmp_path / "rows.jsonl", rows)
+    out = tmp_path / "clf"
+    tc.main(["--data", str(data), "--out", str(out), "--epochs", "1", "--device", "cpu"])
+    m = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert any("val split has no critical" in w for w in m["warnings"])
+    assert any("val rows (< 30)" in w for w in m["warnings"])
+    present = [c for c in ("mild", "moderate", "critical") if m["val"]["per_class"][c]["support"]]
+    assert m["val"]["macro_f1_present"] == pytest.approx(
+        sum(m["val"]["per_class"][c]["f1"] for c in present) / len(present))
+    assert "WARNING: the val split has no critical" in capsys.readouterr().out
+    score_severity.main(["--data", str(data), "--model", str(out), "--out", str(tmp_path / "scored.jsonl")])
+    assert "WARNING (from" in capsys.readouterr().out
+    side = json.loads((tmp_path / "scored.jsonl.meta.json").read_text(encoding="utf-8"))
+    assert side["warnings"] == m["warnings"] and side["rows"] == len(rows)

@@ -323,3 +323,59 @@ def test_shipped_demo_raw_csv(tmp_path):
 
     make_demo_data.main(["--out", str(tmp_path / "again.csv")])
     assert (tmp_path / "again.csv").read_bytes() == shipped.read_bytes()
+
+
+# ----------------------------------------------------------------------------- the first hour with real files
+
+
+def test_own_row_format_needs_no_column_flags(tmp_path):
+    src = tmp_path / "rows.jsonl"
+    src.write_text(json.dumps({"id": "a1", "question": "عندي ألم في الصدر مع ضيق نفس", "answer": "اذهب الى الطوارئ الان",
+                               "split": "val"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    run("--data", src, "--out", tmp_path / "out.jsonl")
+    [row] = read_out(tmp_path / "out.jsonl")
+    assert (row["id"], row["question"], row["split"], row["severity"]) == ("a1", "عندي ألم في الصدر مع ضيق نفس", "val",
+                                                                           "critical")
+    assert "q_body" not in row and "a_body" not in row
+
+
+def test_spreadsheet_header_with_trailing_empty_columns(tmp_path):
+    src = tmp_path / "export.csv"
+    src.write_text("q,a,,,\nعندي صداع خفيف منذ الصباح,اشرب الماء وارتح قليلا,,,\n", encoding="utf-8")
+    run("--data", src, "--out", tmp_path / "out.jsonl", "--question-col", "q", "--answer-col", "a")
+    [row] = read_out(tmp_path / "out.jsonl")
+    assert row["question"] == "عندي صداع خفيف منذ الصباح" and "" not in row
+
+
+def test_other_encodings_get_a_hint_and_read_with_encoding(tmp_path):
+    src = tmp_path / "win.csv"
+    src.write_bytes("q,a\nعندي سعال منذ أسبوع,خذ شراب السعال وراجع الطبيب\n".encode("cp1256"))
+    with pytest.raises(DataError, match="pass --encoding"):
+        run("--data", src, "--out", tmp_path / "out.jsonl", "--question-col", "q", "--answer-col", "a")
+    run("--data", src, "--out", tmp_path / "out.jsonl", "--question-col", "q", "--answer-col", "a",
+        "--encoding", "cp1256")
+    assert read_out(tmp_path / "out.jsonl")[0]["question"] == "عندي سعال منذ أسبوع"
+    with pytest.raises(SystemExit):
+        run("--data", src, "--out", tmp_path / "o.jsonl", "--encoding", "klingon")
+
+
+@pytest.mark.parametrize("value,ok", [(7, True), ("7", True), (3.5, False), ([1], False), (True, False),
+                                      ({"a": 1}, False)])
+def test_id_types(tmp_path, value, ok):
+    src = tmp_path / "rows.jsonl"
+    src.write_text(json.dumps({"id": value, "question": "سؤال عن الصداع اليومي", "answer": "جواب الطبيب هنا"}) + "\n",
+                   encoding="utf-8")
+    if ok:
+        run("--data", src, "--out", tmp_path / "out.jsonl")
+        assert read_out(tmp_path / "out.jsonl")[0]["id"] == "7"
+    else:
+        with pytest.raises(DataError, match="expected a string or an integer"):
+            run("--data", src, "--out", tmp_path / "out.jsonl")
+
+
+def test_probs_as_a_string_in_jsonl_is_an_error(tmp_path):
+    src = tmp_path / "rows.jsonl"
+    src.write_text(json.dumps({"question": "سؤال عن الصداع اليومي", "answer": "جواب الطبيب هنا",
+                               "severity_probs": "[0.5, 0.3, 0.2]"}) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match="severity_probs.*a string"):
+        run("--data", src, "--out", tmp_path / "out.jsonl")

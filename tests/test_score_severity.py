@@ -107,7 +107,8 @@ def test_torchrun_two_ranks_same_output(classifier, tmp_path):
     assert [r["id"] for r in b] == [r["id"] for r in rows]
     torch.testing.assert_close(torch.tensor([r["severity_probs"] for r in b]),
                                torch.tensor([r["severity_probs"] for r in a]), atol=5e-6, rtol=0)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "one.jsonl", "two.jsonl"]  # shards removed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "one.jsonl", "one.jsonl.meta.json", "two.jsonl",
+                                                          "two.jsonl.meta.json"]  # shards and locks removed
 
 
 @pytest.mark.parametrize("bad, line, field", [

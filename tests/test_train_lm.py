@@ -3,6 +3,7 @@ references: F.cross_entropy in float64 on the model's own logits, per-example fo
 without padding, hand-computed class weights, transformers' GPT2LMHeadModel, and runs that are
 split differently (micro-batches, ranks, a crash and a resume) but must end with the same weights.
 """
+import errno
 import importlib
 import json
 import math
@@ -323,7 +324,7 @@ def test_resume_is_exact(setup, tmp_path, tok):
 
 
 def test_resume_after_kill_inside_checkpoint_write(setup, tmp_path):
-    """Killed between replace_dir's two renames (last -> last.old, new -> last) and in the middle of
+    """Killed between replace_dir's two renames (last -> .last.old, new -> last) and in the middle of
     a metrics.jsonl line: the run still resumes from its previous checkpoint (not from scratch, which
     would also wipe its metrics) and ends as an uninterrupted run does."""
     common = ("--max-steps", "4", "--save-every", "2", "--eval-every", "2")
@@ -331,12 +332,12 @@ def test_resume_after_kill_inside_checkpoint_write(setup, tmp_path):
     run = tmp_path / "killed"
     with pytest.raises(SystemExit, match="crash"):
         train_lm.main(args_for(setup, run, *common, "--crash-at-step", "3"))
-    os.replace(run / "last", run / "last.old")  # the state between the two renames
+    os.replace(run / "last", run / ".last.old")  # the state between the two renames
     with open(run / "metrics.jsonl", "a", encoding="utf-8") as f:
         f.write('{"step": 4, "loss": 2.71')  # a torn last line
     train_lm.main(args_for(setup, run, *common, "--crash-at-step", "3"))
     resumed = [m for m in metrics(run) if "resumed_at" in m]
-    assert [m["resumed_at"] for m in resumed] == [2] and not (run / "last.old").exists()
+    assert [m["resumed_at"] for m in resumed] == [2] and not (run / ".last.old").exists()
     a, b = tensors(tmp_path / "straight" / "last"), tensors(run / "last")
     assert all(torch.equal(a[k], b[k]) for k in a)
     la = [(m["step"], m["loss"]) for m in metrics(tmp_path / "straight") if "loss" in m]
@@ -439,3 +440,89 @@ def test_rows_are_grouped_by_label_first_as_in_evaluate(tmp_path):
     rows[0]["severity"] = "severe"
     with pytest.raises(DataError, match="line 1, field 'severity'"):
         train_lm.read_rows(write_rows(tmp_path / "bad.jsonl", rows), need_probs=False)
+
+
+# ----------------------------------------------------------------------------- the first hour: fail early, clearly
+
+
+@pytest.mark.parametrize("weights", ["1,2", "0,0,0", "nan,1,1", "1,-1,1", "inf,1,1", "heavy"])
+def test_bad_weights_are_a_usage_error(weights, capsys):
+    with pytest.raises(SystemExit) as e:
+        train_lm.get_args(["--weights", weights])
+    assert e.value.code == 2 and "--weights" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("weights", ["uniform", "balanced", "ramp", "1,2,3"])
+def test_no_val_rows_trains_without_validation(setup, tmp_path, weights, capsys):
+    data = write_rows(tmp_path / "train_only.jsonl", [{**r, "split": "train"} for r in make_rows()])
+    out = tmp_path / "run"
+    res = train_lm.main(["--data", str(data), "--model", str(setup["model"]), "--out", str(out), "--device", "cpu",
+                         "--batch-size", "4", "--grad-accum", "1", "--max-steps", "3", "--eval-every", "1",
+                         "--weights", weights])
+    printed = capsys.readouterr().out
+    assert res["step"] == 3 and "no 'val' rows" in printed and "no best/" in printed
+    assert (out / "last" / "model.safetensors").is_file() and not (out / "best").exists()
+    assert not any("val_loss" in m for m in metrics(out))
+
+
+def test_resume_refuses_another_lr_or_world_size(setup, tmp_path):
+    out = tmp_path / "run"
+    train_lm.main(args_for(setup, out, "--max-steps", "2", "--save-every", "2"))
+    with pytest.raises(ValueError, match="--lr 0.003, not 0.001"):
+        train_lm.main(args_for(setup, out, "--max-steps", "4", "--lr", "1e-3"))
+    meta = json.loads((out / "last" / "meta.json").read_text(encoding="utf-8"))
+    (out / "last" / "meta.json").write_text(json.dumps({**meta, "world_size": 2}), encoding="utf-8")
+    with pytest.raises(ValueError, match="trained on 2 processes, not 1"):
+        train_lm.main(args_for(setup, out, "--max-steps", "4"))
+
+
+def test_ctrl_c_names_the_step_and_the_checkpoint(setup, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    real = train_lm.lr_at
+
+    def interrupt_at_4(step, args):
+        if step == 4:
+            raise KeyboardInterrupt
+        return real(step, args)
+    monkeypatch.setattr(train_lm, "lr_at", interrupt_at_4)
+    with pytest.raises(SystemExit) as e:
+        train_lm.main(args_for(setup, out, "--save-every", "3"))
+    assert str(e.value) == (f"interrupted at step 4; the last checkpoint is step 3 in {out / 'last'}: run the same "
+                            f"command to resume")
+    assert not (tmp_path / ".run.lock").exists()  # the lock went with the run
+
+
+def test_disk_full_in_a_checkpoint_keeps_the_previous_one(setup, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    calls = []
+    real = train_lm.write_pretrained
+
+    def full_on_second(model, tok, folder):
+        calls.append(folder)
+        if len(calls) == 3:  # best/ at step 0, last/ at step 2, then last/ at step 4: the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device", str(folder / "model.safetensors"))
+        return real(model, tok, folder)
+    monkeypatch.setattr(train_lm, "write_pretrained", full_on_second)
+    with pytest.raises(SystemExit, match=r"disk full .*; the last checkpoint is step 2 in .*run.last"):
+        train_lm.main(args_for(setup, out, "--save-every", "2", "--eval-every", "100"))
+    assert json.loads((out / "last" / "meta.json").read_text(encoding="utf-8"))["step"] == 2
+    assert sorted(p.name for p in out.iterdir()) == sorted([".written-by-severity-ft", "best", "last", "metrics.jsonl"])
+
+
+def test_out_holding_a_users_files_is_refused(setup, tmp_path, monkeypatch):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "paper.tex").write_text("x", encoding="utf-8")
+    monkeypatch.setattr(train_lm, "train", lambda *a: pytest.fail("trained into a user's folder"))
+    with pytest.raises(ValueError, match="did not write"):
+        train_lm.main(args_for(setup, out))
+    assert [p.name for p in out.iterdir()] == ["paper.tex"]
+
+
+def test_classifier_warnings_are_repeated(setup, tmp_path, capsys):
+    data = write_rows(tmp_path / "scored.jsonl", make_rows())
+    (tmp_path / "scored.jsonl.meta.json").write_text(json.dumps(
+        {"written_by": "score_severity.py", "warnings": ["the training loss stayed at chance"]}), encoding="utf-8")
+    train_lm.main(["--data", str(data), "--model", str(setup["model"]), "--out", str(tmp_path / "run"),
+                   "--device", "cpu", "--batch-size", "4", "--grad-accum", "1", "--max-steps", "1"])
+    assert "WARNING (severity classifier): the training loss stayed at chance" in capsys.readouterr().out

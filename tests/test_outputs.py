@@ -1,0 +1,269 @@
+"""A user's files are sacred: every --out is checked before the work, replaced only when the
+project wrote it, locked against a second run, written staged, and cleaned of killed runs'
+leftovers. Each test puts a user's file where a careless script would destroy it and checks that
+it is still there, byte for byte, after the run (or the refusal)."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+import evaluate
+import prepare_data
+import train_classifier
+from common import (MARKER, DataError, OutputError, dumps, output_lock, recover_dir, remove_stale_temps, staged_dir,
+                    write_json)
+from conftest import write_rows
+
+ROWS = [{"id": f"r{i}", "question": q, "answer": a, "split": s, "severity": c}
+        for i, (q, a, s, c) in enumerate([
+            ("عندي ألم شديد في الصدر منذ ساعة", "اذهب الى الطوارئ فورا ولا تتأخر", "train", "critical"),
+            ("عندي حرارة وسعال منذ ثلاثة أيام", "اشرب السوائل وراجع الطبيب اذا استمرت", "train", "moderate"),
+            ("عندي حبوب في الوجه", "استعمل غسول لطيف ولا تعصر الحبوب", "val", "mild"),
+            ("صداع خفيف بعد العمل", "ارتح واشرب الماء ونم جيدا", "test", "mild")])]
+
+
+def snapshot(folder):
+    """{relative path: bytes} of every file under folder."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------------------- staged folders
+
+
+def test_staged_dir_refuses_a_users_folder_and_keeps_it(tmp_path):
+    user = tmp_path / "results"
+    user.mkdir()
+    (user / "thesis.tex").write_text("months of work", encoding="utf-8")
+    before = snapshot(tmp_path)
+    with pytest.raises(OutputError, match="did not write"):
+        with staged_dir(user):
+            raise AssertionError("the block must not run")
+    assert snapshot(tmp_path) == before  # nothing deleted, renamed or added
+
+
+def test_staged_dir_refuses_a_regular_file(tmp_path):
+    (tmp_path / "out").write_text("a user's file", encoding="utf-8")
+    with pytest.raises(OutputError, match="is a file"):
+        with staged_dir(tmp_path / "out"):
+            pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no out.old, no temp folder
+    assert (tmp_path / "out").read_text(encoding="utf-8") == "a user's file"
+
+
+def test_staged_dir_replaces_its_own_folder_and_old_style_folders(tmp_path):
+    out = tmp_path / "run"
+    with staged_dir(out) as tmp:
+        (tmp / "a.txt").write_text("1", encoding="utf-8")
+    assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, "a.txt"])
+    with staged_dir(out) as tmp:  # ours (marker): replaced whole, a.txt gone
+        (tmp / "b.txt").write_text("2", encoding="utf-8")
+    assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, "b.txt"])
+    old_style = tmp_path / "old"  # written before the marker existed: only expected names inside
+    old_style.mkdir()
+    (old_style / "metrics.json").write_text("{}", encoding="utf-8")
+    with staged_dir(old_style, expected={"metrics.json", "config.json"}) as tmp:
+        (tmp / "config.json").write_text("{}", encoding="utf-8")
+    assert (old_style / "config.json").is_file() and not (old_style / "metrics.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old", "run"]  # no temp or .old folders left
+
+
+def test_staged_dir_never_deletes_a_foreign_temp_or_old_name(tmp_path):
+    out = tmp_path / "run"
+    (tmp_path / ".run.tmp").mkdir()
+    (tmp_path / ".run.tmp" / "mine.txt").write_text("x", encoding="utf-8")
+    with pytest.raises(OutputError, match="in the way"):
+        with staged_dir(out):
+            pass
+    assert (tmp_path / ".run.tmp" / "mine.txt").is_file()
+    # a user's folder that happens to be called like our old one is never moved back or deleted
+    (tmp_path / ".other.old").mkdir()
+    (tmp_path / ".other.old" / "keep.txt").write_text("y", encoding="utf-8")
+    assert recover_dir(tmp_path / "other") is False and (tmp_path / ".other.old" / "keep.txt").is_file()
+
+
+# ---------------------------------------------------------------------------- locks and leftovers
+
+
+def test_lock_refuses_a_second_run_and_takes_over_a_dead_ones(tmp_path):
+    out = tmp_path / "data.jsonl"
+    with output_lock(out):
+        lock = json.loads((tmp_path / ".data.jsonl.lock").read_text(encoding="utf-8"))
+        assert lock["pid"] == os.getpid()
+        with pytest.raises(OutputError, match=f"pid {os.getpid()}"):
+            with output_lock(out):
+                pass
+        # a second script run on the same --out is refused clearly, and writes nothing
+        write_rows(tmp_path / "in.jsonl", ROWS)
+        with pytest.raises(OutputError, match="another run"):
+            prepare_data.main(["--data", str(tmp_path / "in.jsonl"), "--out", str(out)])
+        assert not out.exists()
+    assert not (tmp_path / ".data.jsonl.lock").exists()  # released
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    import socket
+    (tmp_path / ".data.jsonl.lock").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}),
+                                               encoding="utf-8")
+    with output_lock(out):  # the holder is dead: its lock is taken over
+        assert json.loads((tmp_path / ".data.jsonl.lock").read_text(encoding="utf-8"))["pid"] == os.getpid()
+
+
+def test_two_processes_cannot_share_an_out(tmp_path):
+    """A real second process, started while the first holds the lock."""
+    write_rows(tmp_path / "in.jsonl", ROWS)
+    out = tmp_path / "out.jsonl"
+    code = ("import sys; sys.path.insert(0, {root!r}); import prepare_data; "
+            "prepare_data.main(['--data', {src!r}, '--out', {out!r}])")
+    root = str(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with output_lock(out):
+        proc = subprocess.run([sys.executable, "-c", code.format(root=root, src=str(tmp_path / "in.jsonl"),
+                                                                 out=str(out))], capture_output=True, text=True)
+    assert proc.returncode != 0 and "being written by another run" in proc.stderr
+    assert not out.exists()
+
+
+def test_leftovers_of_killed_runs_are_removed_and_nothing_else(tmp_path):
+    out = tmp_path / "scored.jsonl"
+    leftovers = [".scored.jsonl.k3j2h1.tmp", ".scored.jsonl.rank1-of-2", "..scored.jsonl.rank0-of-2.x8.tmp"]
+    keep = ["scored.jsonl.notes", ".scored.jsonl.mine", "other.tmp", ".other.jsonl.a1.tmp"]
+    for name in leftovers + keep:
+        (tmp_path / name).write_text("x", encoding="utf-8")
+    (tmp_path / ".scored.jsonl.tmp").mkdir()  # a folder holding a file without our marker: not ours, kept
+    (tmp_path / ".scored.jsonl.tmp" / "f").write_text("x", encoding="utf-8")
+    assert remove_stale_temps(out) == len(leftovers)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep + [".scored.jsonl.tmp"])
+
+
+def test_prepare_data_cleans_its_own_leftovers(tmp_path):
+    write_rows(tmp_path / "in.jsonl", ROWS)
+    (tmp_path / ".out.jsonl.abc123.tmp").write_text("half a file", encoding="utf-8")
+    prepare_data.main(["--data", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "out.jsonl")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]
+
+
+# ---------------------------------------------------------------------------- no rows, wrong kinds of --out
+
+
+@pytest.mark.parametrize("content,name", [("", "empty.jsonl"), ("\n\n", "blank.jsonl"), ("q_body,a_body\n", "h.csv"),
+                                          ("q,a,,,\n", "trailing.csv")])
+def test_no_rows_is_an_error_and_keeps_the_old_output(tmp_path, content, name):
+    (tmp_path / name).write_text(content, encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    out.write_text("a good earlier output\n", encoding="utf-8")
+    flags = ["--question-col", "q", "--answer-col", "a"] if name == "trailing.csv" else []
+    with pytest.raises(DataError, match="no data rows"):
+        prepare_data.main(["--data", str(tmp_path / name), "--out", str(out), *flags])
+    assert out.read_text(encoding="utf-8") == "a good earlier output\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "out.jsonl"])
+
+
+def test_out_of_the_wrong_kind_is_refused_before_work(tmp_path, monkeypatch):
+    write_rows(tmp_path / "in.jsonl", ROWS)
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(OutputError, match="is a folder"):
+        prepare_data.main(["--data", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "folder")])
+    (tmp_path / "afile").write_text("x", encoding="utf-8")
+    with pytest.raises(OutputError, match="not a writable folder"):  # its parent is a file
+        prepare_data.main(["--data", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "afile" / "o.jsonl")])
+    # train_classifier: refused before the data is even read
+    monkeypatch.setattr(train_classifier, "train", lambda args: pytest.fail("trained into a file"))
+    with pytest.raises(OutputError, match="is a file"):
+        train_classifier.main(["--data", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "afile")])
+    assert (tmp_path / "afile").read_text(encoding="utf-8") == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "folder", "in.jsonl"]  # no afile.old
+
+
+def test_classifier_never_replaces_a_users_folder(tmp_path, monkeypatch):
+    user = tmp_path / "classifier"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine", encoding="utf-8")
+    (tmp_path / ".classifier.old").mkdir()  # the name of our swap folder, holding a user's file
+    (tmp_path / ".classifier.old" / "x").write_text("mine too", encoding="utf-8")
+    before = snapshot(tmp_path)
+    monkeypatch.setattr(train_classifier, "train", lambda args: pytest.fail("trained before refusing"))
+    with pytest.raises(OutputError, match="did not write"):
+        train_classifier.main(["--out", str(user)])
+    assert snapshot(tmp_path) == before
+
+
+# ---------------------------------------------------------------------------- evaluate: one folder, swapped whole
+
+
+def test_evaluate_swaps_the_run_folder_whole(tmp_path, monkeypatch):
+    rows = [{**r, "generated": r["answer"] if i % 2 else "جواب اخر تماما"} for i, r in enumerate(ROWS)]
+    gens = write_rows(tmp_path / "gens.jsonl", rows)
+    out = tmp_path / "eval"
+    args = ["--generations", str(gens), "--out", str(out), "--bootstrap", "20"]
+    evaluate.main(args + ["--plot"])
+    assert (out / "metrics_by_severity.png").is_file() and (out / MARKER).is_file()
+    first = snapshot(out)
+    # a run that fails while writing leaves the previous folder exactly as it was
+    real = evaluate.write_json
+
+    def fail_on_metrics(path, obj):
+        real(path, obj)
+        raise OSError("killed between two files")
+    monkeypatch.setattr(evaluate, "write_json", fail_on_metrics)
+    with pytest.raises(OSError, match="killed"):
+        evaluate.main(args)
+    assert snapshot(out) == first
+    monkeypatch.undo()
+    evaluate.main(args)  # without --plot: the first run's PNGs do not survive beside new numbers
+    assert not (out / "metrics_by_severity.png").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval", "gens.jsonl"]
+
+
+def test_evaluate_loads_the_bertscore_model_before_generating(tmp_path, monkeypatch):
+    write_rows(tmp_path / "rows.jsonl", ROWS)
+    (tmp_path / "bert").mkdir()  # not a model folder
+    monkeypatch.setattr(evaluate, "run_generation", lambda args: pytest.fail("generated before checking BERTScore"))
+    with pytest.raises(Exception, match="bert"):
+        evaluate.main(["--model", str(tmp_path), "--data", str(tmp_path / "rows.jsonl"),
+                       "--bertscore-model", str(tmp_path / "bert"), "--out", str(tmp_path / "eval")])
+    assert not (tmp_path / "eval").exists()
+
+
+def test_evaluate_plot_without_matplotlib_is_a_usage_error(tmp_path, monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    with pytest.raises(SystemExit) as e:
+        evaluate.get_args(["--generations", "x.jsonl", "--plot"])
+    assert e.value.code == 2
+
+
+# ---------------------------------------------------------------------------- JSON other tools can open
+
+
+def test_no_nan_in_written_json(tmp_path):
+    write_json(tmp_path / "m.json", {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": -float("inf")}})
+    text = (tmp_path / "m.json").read_text(encoding="utf-8")
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"a": None, "b": [1.0, None], "c": {"d": None}}
+    line = dumps({"x": float("nan"), "q": "سؤال"})
+    assert json.loads(line) == {"x": None, "q": "سؤال"} and "سؤال" in line
+    assert not math.isnan(json.loads(dumps({"y": 1.5}))["y"])
+
+
+def test_saved_weights_are_readable_like_other_outputs(tmp_path):
+    import torch
+    from common import _UMASK
+    from models import build_model, save_pretrained
+    model = build_model(dict(model_type="gpt2", vocab_size=16, n_positions=8, n_embd=8, n_layer=1, n_head=2))
+    save_pretrained(model, None, tmp_path / "m")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "m").iterdir()}
+    assert modes["model.safetensors"] == modes["config.json"] == 0o666 & ~_UMASK
+    assert torch.equal(load_weights(tmp_path / "m")["transformer.wte.weight"], model.transformer.wte.weight)
+
+
+def load_weights(folder):
+    from safetensors.torch import load_file
+    return load_file(folder / "model.safetensors")
+
+
+def test_dtype_names_are_the_same_in_every_script():
+    import train_lm
+    assert evaluate.get_args(["--generations", "g", "--dtype", "bf16"]).dtype == "bf16"
+    assert evaluate.get_args(["--generations", "g", "--dtype", "float32"]).dtype == "fp32"  # the old name still works
+    assert train_lm.get_args(["--dtype", "bf16"]).dtype == "bf16"
