@@ -358,7 +358,7 @@ def build_classifier(model_folder, vocab_size, max_len, pad_id):
                                            max_position_embeddings=max(SMALL_BERT["max_position_embeddings"], max_len),
                                            **labels))
         return BertForSequenceClassification(config), None
-    encoder, tokenizer = load_pretrained(model_folder)
+    encoder, tokenizer = load_pretrained(model_folder, expect="bert")
     if not isinstance(encoder.config, BertConfig):
         raise ValueError(f"{model_folder}: not a BERT model folder (model_type must be 'bert')")
     encoder = getattr(encoder, "bert", encoder)  # a BertModel, or the encoder of a classifier folder

@@ -16,7 +16,9 @@ the safetensors header (read as JSON from the file's first bytes, no tensor data
 config's layer count against the highest layer index among the checkpoint keys (so a million
 blocks are never built, even on the meta device), then the model, built on the meta device,
 runs its own strict loader on meta tensors shaped like the checkpoint's, which names any missing,
-unexpected or mis-shaped key with both shapes; only then is memory allocated.
+unexpected or mis-shaped key with both shapes; only then is memory allocated. (A size so large
+that even the meta build overflows, a hidden size of 10**9 in a fused qkv matrix, is named by its
+config field instead.)
 """
 import json
 import math
@@ -187,6 +189,22 @@ def check_layers(cfg, cfg_path, shapes, weights_path):
         if isinstance(n, int) and n > bound:
             raise ModelFolderError(cfg_path, f"{n} layers, but {weights_path} holds tensors for at most {bound}",
                                    name)
+
+
+def build_on_meta(build, cfg, cfg_path, shapes, weights_path):
+    """build(cfg) on the meta device (shapes only, nothing allocated). A size so large that even
+    a meta tensor's byte count overflows is refused naming the config field that exceeds every
+    tensor dimension of the checkpoint."""
+    try:
+        with torch.device("meta"):
+            return build(cfg)
+    except (RuntimeError, OverflowError) as e:
+        biggest = max((max(s, default=0) for s in shapes.values()), default=0)
+        big = [k for k, v in cfg.items() if type(v) is int and v > biggest]
+        field = max(big, key=cfg.get) if big else None
+        what = f"{cfg[field]} is larger than" if field else "sizes that do not fit"
+        raise ModelFolderError(cfg_path, f"{what} any tensor dimension in {weights_path} (at most {biggest}): the "
+                               f"model cannot be built ({str(e).splitlines()[0]})", field) from None
 
 
 def check_shapes(model, shapes, weights_path):

@@ -37,7 +37,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.models import BPE, WordPiece
 
 from common import staged_dir
-from models.checks import (ModelFolderError, check_config_fields, check_kind, check_layers, check_shapes, read_json,
+from models.checks import (ModelFolderError, build_on_meta, check_config_fields, check_kind, check_layers, check_shapes, read_json,
                            read_safetensors_header, shard_files)
 
 SUPPORTED = ("bert", "gpt2", "llama", "qwen2")
@@ -160,8 +160,8 @@ def load_pretrained(folder, dtype=torch.float32, device="cpu", tokenizer=True, e
 
     _, where, shapes = _weight_headers(folder)
     check_layers(cfg, cfg_path, shapes, where)  # n_layer: 10**6 is refused before a module is built
-    with torch.device("meta"):  # shapes only: no memory, no random init (13 s for 0.5B on a CPU)
-        model = build_model(cfg)
+    # shapes only: no memory, no random init (13 s for 0.5B on a CPU)
+    model = build_on_meta(build_model, cfg, cfg_path, shapes, where)
     check_shapes(model, shapes, where)  # absurd sizes are refused here, before any allocation
     sd = _read_weights(folder)
     if next(model.buffers(), None) is None:
@@ -354,6 +354,8 @@ class Tokenizer:
         else:
             raise ModelFolderError(folder, "no tokenizer (tokenizer.json, vocab.json + merges.txt, or vocab.txt)")
 
+        if tok.get_vocab_size(with_added_tokens=True) == 0:
+            raise ModelFolderError(folder, "the tokenizer has no tokens (an empty vocabulary)")
         # special tokens must stay whole (never split by the pre-tokenizer); those tokenizer.json
         # already adds keep its lstrip/rstrip/single_word flags (re-adding them would reset them)
         vocab = tok.get_vocab(with_added_tokens=True)
