@@ -314,7 +314,10 @@ class Tokenizer:
     def from_folder(cls, folder):
         """From tokenizer.json, else vocab.json + merges.txt (GPT-2 byte-level BPE), else
         vocab.txt (BERT WordPiece). Special tokens from tokenizer_config.json, then
-        special_tokens_map.json, then config.json's *_token_id."""
+        special_tokens_map.json, then config.json's *_token_id. As transformers' AutoTokenizer:
+        BERT's and GPT-2's tokenizer classes take their normalizer / pre-tokenizer settings from
+        tokenizer_config.json (see _bert_pipeline, _gpt2_pipeline), and added tokens keep
+        tokenizer.json's flags. A corrupt file raises ModelFolderError naming it."""
         folder = Path(folder)
         tcfg = _read_json(folder / "tokenizer_config.json")
         smap = _read_json(folder / "special_tokens_map.json")
