@@ -140,7 +140,7 @@ def read_safetensors_header(path):
         if key == "__metadata__":
             continue
         try:
-            shape, (start, end), width = info["shape"], info["data_offsets"], ST_DTYPE_BYTES[info["dtype"]]
+            shape, (start, end), width = info["shape"], info["data_offsets"], ST_DTYPE_BYTES.get(info["dtype"])
             if not all(isinstance(x, int) and x >= 0 for x in [*shape, start, end]):
                 raise ValueError
         except (TypeError, KeyError, ValueError):
@@ -148,7 +148,7 @@ def read_safetensors_header(path):
         if end > data:
             raise ModelFolderError(path, f"truncated: tensor {key!r} ends at byte {end} of the data, "
                                    f"but the file holds {data}")
-        if end - start != math.prod(shape) * width:
+        if width is not None and end - start != math.prod(shape) * width:  # (a newer dtype: left to safetensors)
             raise ModelFolderError(path, f"corrupt header entry for tensor {key!r}: shape {shape} "
                                    f"does not fit its {end - start} bytes")
         shapes[key] = tuple(shape)

@@ -37,8 +37,8 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.models import BPE, WordPiece
 
 from common import staged_dir
-from models.checks import (ModelFolderError, build_on_meta, check_config_fields, check_kind, check_layers, check_shapes, read_json,
-                           read_safetensors_header, shard_files)
+from models.checks import (ModelFolderError, build_on_meta, check_config_fields, check_kind, check_layers,
+                           check_shapes, read_json, read_safetensors_header, shard_files)
 
 SUPPORTED = ("bert", "gpt2", "llama", "qwen2")
 SPECIAL = ("bos", "eos", "pad", "unk", "cls", "sep", "mask")  # tokenizer_config names are f"{s}_token"
@@ -80,19 +80,18 @@ def _weight_headers(folder):
     if single.is_file():
         return [single], single, read_safetensors_header(single)
     if index.is_file():
-        shapes = {}
-        for shard, keys in sorted(shard_files(index).items()):
+        shapes, shards = {}, shard_files(index)
+        for shard, keys in sorted(shards.items()):
             if not shard.is_file():
                 raise ModelFolderError(index, f"shard {shard.relative_to(folder)} is missing", "weight_map")
             shapes.update(read_safetensors_header(shard))
             missing = [k for k in keys if k not in shapes]
             if missing:
                 raise ModelFolderError(index, f"key {missing[0]!r} is not in its shard {shard.name}", "weight_map")
-        return sorted(shard_files(index)), index, shapes
+        return sorted(shards), index, shapes
     if (folder / "pytorch_model.bin").is_file() or (folder / "pytorch_model.bin.index.json").is_file():
-        raise ModelFolderError(folder,
-            "has only pytorch_model.bin (a pickle, which this project never loads "
-            f"implicitly); convert it once to safetensors with:  {CONVERTER} {folder}")
+        raise ModelFolderError(folder, "has only pytorch_model.bin (a pickle, which this project never loads "
+                               f"implicitly); convert it once to safetensors with:  {CONVERTER} {folder}")
     raise ModelFolderError(folder, "no model.safetensors or model.safetensors.index.json "
                            f"(found: {', '.join(sorted(p.name for p in folder.iterdir())) or 'nothing'})")
 
@@ -155,8 +154,8 @@ def load_pretrained(folder, dtype=torch.float32, device="cpu", tokenizer=True, e
         rows = cfg.get("vocab_size")
         if rows is not None and tok.vocab_size > rows:
             raise ModelFolderError(folder, f"the tokenizer has {tok.vocab_size} tokens but the model's "
-                             f"embedding matrix has only {rows} rows (config vocab_size): they do not "
-                             "belong together")
+                                   f"embedding matrix has only {rows} rows (config vocab_size): they do not "
+                                   "belong together")
 
     _, where, shapes = _weight_headers(folder)
     check_layers(cfg, cfg_path, shapes, where)  # n_layer: 10**6 is refused before a module is built
@@ -288,7 +287,8 @@ def _wordpiece_from_vocab(folder, tcfg, special):
     try:
         tok = HFTokenizer(WordPiece.from_file(str(folder / "vocab.txt"), unk_token=unk))
     except Exception as e:  # the tokenizers library raises plain Exceptions on bad files
-        raise ModelFolderError(folder / "vocab.txt", f"not a valid WordPiece vocabulary ({str(e).splitlines()[0]})") from None
+        raise ModelFolderError(folder / "vocab.txt",
+                               f"not a valid WordPiece vocabulary ({str(e).splitlines()[0]})") from None
     _bert_pipeline(tok, tcfg, special)
     return tok
 
@@ -365,7 +365,8 @@ class Tokenizer:
         special = {n: s for n, s in special.items() if s in vocab}
         added = {t.content: t for t in tok.get_added_tokens_decoder().values()}
         new = {}
-        for entry in (tcfg.get("added_tokens_decoder") or {}).values():  # transformers lets these win
+        decoder = tcfg.get("added_tokens_decoder")
+        for entry in (decoder.values() if isinstance(decoder, dict) else ()):  # transformers lets these win
             if isinstance(entry, dict) and isinstance(entry.get("content"), str) and entry["content"] in vocab:
                 t = _added_token(entry, special=False)
                 if entry["content"] not in added or _flags(added[t.content]) != _flags(t):

@@ -27,7 +27,8 @@ from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers
 
 EOS = "<|endoftext|>"
 TEXTS = ["The Patient has a FEVER", "Café crème, naïve résumé", "أَلَمٌ شديدٌ في الصَّدْرِ", "ألم في الصدر",
-         "إسهال وقيء منذ يومين", "Ärger ÜBER Öl", "ضيق التنفس Shortness of Breath!", "مستشفى ١٢٣ hospital 42"]
+         "إسهال وقيء منذ يومين", "Ärger ÜBER Öl", "ضيق التنفس Shortness of Breath!",
+         "مستشفى ١٢٣ hospital 42"]
 
 
 def ids_of(auto, texts, special=True):
@@ -127,7 +128,8 @@ GPT2_TEXTS = TEXTS + [" leading space", f"سؤال{EOS}جواب", f"a {EOS} b", 
 
 @pytest.mark.parametrize("files", ["vocab_merges", "tokenizer_json"])
 def test_gpt2_add_prefix_space_and_add_bos_token_like_transformers(files, tmp_path):
-    classes = [None, "GPT2Tokenizer", "GPT2TokenizerFast"] + (["PreTrainedTokenizerFast"] if files != "vocab_merges" else [])
+    classes = [None, "GPT2Tokenizer", "GPT2TokenizerFast"]
+    classes += ["PreTrainedTokenizerFast"] if files == "tokenizer_json" else []  # it needs a tokenizer.json
     for i, (prefix, bos, cls) in enumerate(product([None, True, False], [None, True], classes)):
         tcfg = {k: v for k, v in (("add_prefix_space", prefix), ("add_bos_token", bos), ("tokenizer_class", cls))
                 if v is not None}
