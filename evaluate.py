@@ -215,7 +215,7 @@ def run_generation(args):
         if args.dtype == "bf16" or (args.dtype == "auto" and bf16_supported(device)):
             dtype = torch.bfloat16
         torch.manual_seed(args.seed)
-        model, tokenizer = load_pretrained(args.model, dtype=dtype, device=device)
+        model, tokenizer = load_pretrained(args.model, dtype=dtype, device=device, expect="lm")
         mine = list(range(rank, len(rows), world))
         t0 = time.time()
         answers, n_trunc = generate_answers(model, tokenizer, [rows[i]["question"] for i in mine], args, rank == 0)

@@ -317,7 +317,7 @@ def load_bertscore_model(folder, device="cpu", layer=None):
     """Our BertModel (the encoder of a classifier folder too) and tokenizer from a local folder,
     in fp32, eval mode, keeping only the layers up to `layer` (as bert-score drops the unused
     ones; default: default_bertscore_layer). Returns (model, tokenizer, max_length, layer)."""
-    model, tokenizer = load_pretrained(folder, dtype=torch.float32, device=device)
+    model, tokenizer = load_pretrained(folder, dtype=torch.float32, device=device, expect="bert")
     model = getattr(model, "bert", model)  # BertForSequenceClassification -> its encoder
     n_layers = model.config.num_hidden_layers
     layer = default_bertscore_layer(folder, model.config) if layer is None else layer

@@ -60,7 +60,7 @@ def load_classifier(folder, device):
     from models import load_pretrained
 
     folder = Path(folder)
-    model, tokenizer = load_pretrained(folder, device=device)
+    model, tokenizer = load_pretrained(folder, device=device, expect="bert")
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)] if hasattr(model, "classifier") else None
     if labels != list(SEVERITIES):
         raise ValueError(f"{folder}: not a severity classifier (need a BertForSequenceClassification "

@@ -69,7 +69,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (DEMO_DATA, SEVERITIES, SPLITS, DataError, OutputError, bf16_supported, check_out_dir, output_lock,
+from common import (DEMO_DATA, SEVERITIES, SPLITS, USER_ERRORS, DataError, bf16_supported, check_out_dir, output_lock,
                     pad_batch, pick_device, print0, read_jsonl, staged_dir, write_json)
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -364,7 +364,7 @@ def build_classifier(model_folder, vocab_size, max_len, pad_id):
                                            max_position_embeddings=max(SMALL_BERT["max_position_embeddings"], max_len),
                                            **labels))
         return BertForSequenceClassification(config), None
-    encoder, tokenizer = load_pretrained(model_folder)
+    encoder, tokenizer = load_pretrained(model_folder, expect="bert")
     if not isinstance(encoder.config, BertConfig):
         raise ValueError(f"{model_folder}: not a BERT model folder (model_type must be 'bert')")
     encoder = getattr(encoder, "bert", encoder)  # a BertModel, or the encoder of a classifier folder
@@ -592,5 +592,5 @@ def save_classifier(model, tokenizer, out, metrics, extra_config):
 if __name__ == "__main__":
     try:
         main()
-    except (DataError, OutputError) as e:
+    except USER_ERRORS as e:
         raise SystemExit(f"error: {e}")

@@ -422,9 +422,9 @@ def train(args, rank, world, device, progress):
 
     # ---- model and tokenizer: the last checkpoint, --model, or a small GPT-2 from scratch
     if resume:
-        raw_model, tokenizer = load_pretrained(last_dir, device=device)
+        raw_model, tokenizer = load_pretrained(last_dir, device=device, expect="lm")
     elif args.model:
-        raw_model, tokenizer = load_pretrained(args.model, device=device)
+        raw_model, tokenizer = load_pretrained(args.model, device=device, expect="lm")
     else:
         tokenizer = Tokenizer.from_folder(DEMO_TOKENIZER)
         eos = tokenizer.eos_id

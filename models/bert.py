@@ -46,8 +46,14 @@ class BertConfig:
     id2label: dict = None  # {int id: str label} (or a list of names); None -> HF's 2 default labels
     label2id: dict = None  # {str label: int id}; derived from id2label when None
     architectures: list = None  # ["BertModel"] or ["BertForSequenceClassification"]
+    is_decoder: bool = False  # transformers then runs BERT with a causal mask: refused, not ignored
+    add_cross_attention: bool = False
 
     def __post_init__(self):
+        for name in ("is_decoder", "add_cross_attention"):
+            if getattr(self, name):
+                raise ValueError(f"BERT {name}=true (a causal or cross-attending decoder in transformers) is not "
+                                 "implemented: this BERT is a bidirectional encoder")
         if self.position_embedding_type != "absolute":
             raise ValueError(f"BERT position_embedding_type {self.position_embedding_type!r} is not "
                              "supported (only 'absolute')")

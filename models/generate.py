@@ -136,9 +136,10 @@ def generate(model, prompts, max_new_tokens, eos_id, pad_id, temperature=0.0, to
     B, L = len(prompts), max(len(p) for p in prompts)
     cfg = model.config  # GPT-2 names its context n_positions, Qwen2 / Llama max_position_embeddings
     n_positions = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
-    if n_positions is not None and L + max_new_tokens > n_positions:
+    # the model reads L + max_new_tokens - 1 positions: the last new token is never fed back
+    if n_positions is not None and L + max_new_tokens - 1 > n_positions:
         raise ValueError(f"prompt ({L} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
-                         f"{n_positions} positions")
+                         f"{n_positions} positions + 1")
     device = next(model.parameters()).device
     V = model.lm_head.weight.shape[0]
 

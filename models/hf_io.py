@@ -37,6 +37,8 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.models import BPE, WordPiece
 
 from common import staged_dir, usual_permissions
+from models.checks import (ModelFolderError, build_on_meta, check_config_fields, check_kind, check_layers,
+                           check_shapes, read_json, read_safetensors_header, shard_files)
 
 SUPPORTED = ("bert", "gpt2", "llama", "qwen2")
 SPECIAL = ("bos", "eos", "pad", "unk", "cls", "sep", "mask")  # tokenizer_config names are f"{s}_token"
@@ -71,28 +73,38 @@ def build_model(config_dict):
     return model_cls(config_cls.from_dict(config_dict))
 
 
-def _read_weights(folder):
-    """{key: tensor} from model.safetensors or a sharded model.safetensors.index.json."""
+def _weight_headers(folder):
+    """(safetensors files, the file to name in errors, {key: shape}) from model.safetensors or a
+    sharded model.safetensors.index.json, read from the headers only (no tensor data)."""
     single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
     if single.is_file():
-        return load_file(single)
+        return [single], single, read_safetensors_header(single)
     if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        sd = {}
-        for shard in sorted(set(weight_map.values())):
-            if not (folder / shard).is_file():
-                raise FileNotFoundError(f"{index}: shard {shard} is missing")
-            sd.update(load_file(folder / shard))
-        missing = sorted(set(weight_map) - set(sd))
-        if missing:
-            raise ValueError(f"{index}: key {missing[0]!r} is not in its shard")
-        return sd
+        shapes, shards = {}, shard_files(index)
+        for shard, keys in sorted(shards.items()):
+            if not shard.is_file():
+                raise ModelFolderError(index, f"shard {shard.relative_to(folder)} is missing", "weight_map")
+            shapes.update(read_safetensors_header(shard))
+            missing = [k for k in keys if k not in shapes]
+            if missing:
+                raise ModelFolderError(index, f"key {missing[0]!r} is not in its shard {shard.name}", "weight_map")
+        return sorted(shards), index, shapes
     if (folder / "pytorch_model.bin").is_file() or (folder / "pytorch_model.bin.index.json").is_file():
-        raise FileNotFoundError(
-            f"{folder} has only pytorch_model.bin (a pickle, which this project never loads "
-            f"implicitly); convert it once to safetensors with:  {CONVERTER} {folder}")
-    raise FileNotFoundError(f"{folder}: no model.safetensors or model.safetensors.index.json "
-                            f"(found: {', '.join(sorted(p.name for p in folder.iterdir())) or 'nothing'})")
+        raise ModelFolderError(folder, "has only pytorch_model.bin (a pickle, which this project never loads "
+                               f"implicitly); convert it once to safetensors with:  {CONVERTER} {folder}")
+    raise ModelFolderError(folder, "no model.safetensors or model.safetensors.index.json "
+                           f"(found: {', '.join(sorted(p.name for p in folder.iterdir())) or 'nothing'})")
+
+
+def _read_weights(folder):
+    """{key: tensor} from model.safetensors or a sharded model.safetensors.index.json."""
+    sd = {}
+    for path in _weight_headers(folder)[0]:
+        try:
+            sd.update(load_file(path))
+        except Exception as e:  # the header was checked; this is damage inside the data
+            raise ModelFolderError(path, f"cannot be read ({str(e).splitlines()[0]})") from None
+    return sd
 
 
 def _materialize(model, device, dtype):
@@ -108,34 +120,49 @@ def _materialize(model, device, dtype):
             setattr(module, name, new[id(p)][1])
 
 
-def load_pretrained(folder, dtype=torch.float32, device="cpu", tokenizer=True):
+def load_pretrained(folder, dtype=torch.float32, device="cpu", tokenizer=True, expect=None):
     """Load a Hugging Face model folder -> (model in eval mode, Tokenizer or None).
+    expect: "lm" (refuse a BERT folder), "bert" (refuse a language model) or None.
 
-    Errors (FileNotFoundError / ValueError) name the folder and the problem: missing folder or
-    config.json, unsupported model_type, only pytorch_model.bin, a tokenizer larger than the
-    embedding matrix, and (from the model's load_hf_state_dict) unexpected, missing or
-    mis-shaped tensors."""
+    Every problem with the folder raises models.checks.ModelFolderError (a common.DataError),
+    one line naming the file and key or field: missing folder or config.json, malformed or
+    mistyped config (n_head: 0, n_layer: "4"), unsupported model_type, only pytorch_model.bin, a
+    truncated or garbage safetensors file, a shard outside the folder, a corrupt tokenizer, a
+    tokenizer larger than the embedding matrix, and unexpected, missing or mis-shaped tensors.
+    The config is compared with the safetensors headers before anything is allocated."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"model folder not found: {folder}")
+        raise ModelFolderError(folder, "model folder not found")
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
-        raise FileNotFoundError(f"{folder}: no config.json (not a Hugging Face model folder?)")
-    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    _model_class(cfg, where=str(cfg_path))  # fail on an unknown model_type before reading weights
+        raise ModelFolderError(folder, "no config.json (not a Hugging Face model folder?)")
+    cfg = read_json(cfg_path)
+    try:  # fail on an unknown model_type before reading weights
+        config_cls, _ = _model_class(cfg, where=str(cfg_path))
+    except ValueError as e:
+        raise ModelFolderError(cfg_path, str(e).removeprefix(f"{cfg_path}: "), "model_type") from None
+    check_kind(cfg, cfg_path, expect)
+    check_config_fields(config_cls, cfg, cfg_path)
+    try:
+        config_cls.from_dict(cfg)  # the class's own checks: divisibility, features not implemented
+    except (ValueError, TypeError) as e:
+        raise ModelFolderError(cfg_path, str(e)) from None
 
     tok = None
     if tokenizer:
         tok = Tokenizer.from_folder(folder)
         rows = cfg.get("vocab_size")
         if rows is not None and tok.vocab_size > rows:
-            raise ValueError(f"{folder}: the tokenizer has {tok.vocab_size} tokens but the model's "
-                             f"embedding matrix has only {rows} rows (config vocab_size): they do not "
-                             "belong together")
+            raise ModelFolderError(folder, f"the tokenizer has {tok.vocab_size} tokens but the model's "
+                                   f"embedding matrix has only {rows} rows (config vocab_size): they do not "
+                                   "belong together")
 
+    _, where, shapes = _weight_headers(folder)
+    check_layers(cfg, cfg_path, shapes, where)  # n_layer: 10**6 is refused before a module is built
+    # shapes only: no memory, no random init (13 s for 0.5B on a CPU)
+    model = build_on_meta(build_model, cfg, cfg_path, shapes, where)
+    check_shapes(model, shapes, where)  # absurd sizes are refused here, before any allocation
     sd = _read_weights(folder)
-    with torch.device("meta"):  # shapes only: no memory, no random init (13 s for 0.5B on a CPU)
-        model = build_model(cfg)
     if next(model.buffers(), None) is None:
         _materialize(model, device, dtype)  # uninitialized: the strict load fills every parameter
     else:  # buffers are computed in __init__, which a meta build skips: build for real
@@ -144,7 +171,7 @@ def load_pretrained(folder, dtype=torch.float32, device="cpu", tokenizer=True):
     try:
         model.load_hf_state_dict(sd)
     except ValueError as e:
-        raise ValueError(f"{folder}: {e}") from None
+        raise ModelFolderError(where, str(e)) from None
     return model.eval(), tok
 
 
@@ -182,7 +209,7 @@ def write_pretrained(model, tokenizer, folder):
 
 
 def _read_json(path):
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return read_json(path)  # {} when absent; malformed -> ModelFolderError naming the file
 
 
 def _token_str(value):
@@ -192,29 +219,78 @@ def _token_str(value):
     return value if isinstance(value, str) else None
 
 
-def _bpe_from_vocab_merges(folder):
-    """GPT-2 byte-level BPE from vocab.json + merges.txt."""
-    tok = HFTokenizer(BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt")))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+def _added_token(value, special=True):
+    """A token from tokenizer_config.json as an AddedToken: a string, or an AddedToken dict whose
+    lstrip / rstrip / single_word / normalized (and special) flags are kept, as transformers does."""
+    if isinstance(value, str):
+        return AddedToken(value, special=special, normalized=False)
+    flags = {k: bool(value[k]) for k in ("single_word", "lstrip", "rstrip", "normalized", "special") if k in value}
+    return AddedToken(value["content"], **{"normalized": False, "special": special, **flags})
+
+
+def _flags(t):
+    return (t.content, t.single_word, t.lstrip, t.rstrip, t.normalized, t.special)
+
+
+def _tokenizer_class(tcfg, mcfg):
+    """The tokenizer class transformers' AutoTokenizer picks: tokenizer_config's tokenizer_class,
+    else the one for config.json's model_type ("Fast" suffix dropped; None: use the file as is)."""
+    name = tcfg.get("tokenizer_class")
+    if isinstance(name, str):
+        return name.removesuffix("Fast")
+    return {"bert": "BertTokenizer", "gpt2": "GPT2Tokenizer"}.get(mcfg.get("model_type"))
+
+
+def _gpt2_pipeline(tok, tcfg):
+    """What transformers' GPT2Tokenizer sets on any vocabulary: byte-level pre-tokenizer and
+    decoder, with tokenizer_config's add_prefix_space (default false)."""
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=bool(tcfg.get("add_prefix_space", False)))
     tok.decoder = decoders.ByteLevel()
+
+
+def _bpe_from_vocab_merges(folder, tcfg, special):
+    """GPT-2 byte-level BPE from vocab.json + merges.txt, with tokenizer_config's add_prefix_space
+    and add_bos_token (transformers honours add_bos_token here, not on a tokenizer.json)."""
+    try:
+        tok = HFTokenizer(BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt")))
+    except Exception as e:  # the tokenizers library raises plain Exceptions on bad files
+        raise ModelFolderError(folder / "vocab.json", f"with merges.txt: not a valid BPE vocabulary "
+                               f"({str(e).splitlines()[0]})") from None
+    _gpt2_pipeline(tok, tcfg)
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    bos = special.get("bos")
+    if tcfg.get("add_bos_token") and bos is not None and tok.token_to_id(bos) is not None:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1", special_tokens=[(bos, tok.token_to_id(bos))])
     return tok
+
+
+def _bert_pipeline(tok, tcfg, special):
+    """What transformers' BertTokenizer sets on any WordPiece vocabulary (a vocab.txt, or a
+    tokenizer.json whose own normalizer it ignores): BertNormalizer from tokenizer_config's
+    do_lower_case (default true), strip_accents (default: follow lower-casing) and
+    tokenize_chinese_chars, BERT pre-tokenizer and decoder, [CLS] $A [SEP] template."""
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=tcfg.get("tokenize_chinese_chars", True),
+        strip_accents=tcfg.get("strip_accents"), lowercase=tcfg.get("do_lower_case", True))
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    cls, sep = special.get("cls", "[CLS]"), special.get("sep", "[SEP]")
+    if tok.token_to_id(cls) is not None and tok.token_to_id(sep) is not None:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
+            special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))])
 
 
 def _wordpiece_from_vocab(folder, tcfg, special):
     """BERT WordPiece from vocab.txt; lower-casing per tokenizer_config's do_lower_case."""
     unk = special.get("unk", "[UNK]")
-    tok = HFTokenizer(WordPiece.from_file(str(folder / "vocab.txt"), unk_token=unk))
-    lower = tcfg.get("do_lower_case", True)
-    tok.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=tcfg.get("tokenize_chinese_chars", True),
-        strip_accents=tcfg.get("strip_accents"), lowercase=lower)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece(prefix="##")
-    cls, sep = special.get("cls", "[CLS]"), special.get("sep", "[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
-        special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))])
+    try:
+        tok = HFTokenizer(WordPiece.from_file(str(folder / "vocab.txt"), unk_token=unk))
+    except Exception as e:  # the tokenizers library raises plain Exceptions on bad files
+        raise ModelFolderError(folder / "vocab.txt",
+                               f"not a valid WordPiece vocabulary ({str(e).splitlines()[0]})") from None
+    _bert_pipeline(tok, tcfg, special)
     return tok
 
 
@@ -239,38 +315,73 @@ class Tokenizer:
     def from_folder(cls, folder):
         """From tokenizer.json, else vocab.json + merges.txt (GPT-2 byte-level BPE), else
         vocab.txt (BERT WordPiece). Special tokens from tokenizer_config.json, then
-        special_tokens_map.json, then config.json's *_token_id."""
+        special_tokens_map.json, then config.json's *_token_id. As transformers' AutoTokenizer:
+        BERT's and GPT-2's tokenizer classes take their normalizer / pre-tokenizer settings from
+        tokenizer_config.json (see _bert_pipeline, _gpt2_pipeline), and added tokens keep
+        tokenizer.json's flags. A corrupt file raises ModelFolderError naming it."""
         folder = Path(folder)
         tcfg = _read_json(folder / "tokenizer_config.json")
         smap = _read_json(folder / "special_tokens_map.json")
         mcfg = _read_json(folder / "config.json")
-        special = {}
+        special, raw = {}, {}  # raw: the config's value (a string or an AddedToken dict)
         for name in SPECIAL:
-            s = _token_str(tcfg.get(f"{name}_token")) or _token_str(smap.get(f"{name}_token"))
-            if s is not None:
-                special[name] = s
+            for value in (tcfg.get(f"{name}_token"), smap.get(f"{name}_token")):
+                if _token_str(value) is not None:
+                    special[name], raw[name] = _token_str(value), value
+                    break
+        kind = _tokenizer_class(tcfg, mcfg)
 
         if (folder / "tokenizer.json").is_file():
-            tok = HFTokenizer.from_file(str(folder / "tokenizer.json"))
+            try:
+                tok = HFTokenizer.from_file(str(folder / "tokenizer.json"))
+            except Exception as e:  # the tokenizers library raises plain Exceptions on bad files
+                raise ModelFolderError(folder / "tokenizer.json", f"not a valid tokenizer file "
+                                       f"({str(e).splitlines()[0]})") from None
             tok.no_padding()  # never pad or truncate silently: callers decide
             tok.no_truncation()
+            if kind == "GPT2Tokenizer":  # transformers rebuilds these from tokenizer_config, as here
+                _gpt2_pipeline(tok, tcfg)
+            elif kind == "BertTokenizer":
+                for name, s in (("unk", "[UNK]"), ("cls", "[CLS]"), ("sep", "[SEP]"), ("pad", "[PAD]"),
+                                ("mask", "[MASK]")):  # BERT's defaults
+                    special.setdefault(name, s)
+                _bert_pipeline(tok, tcfg, special)
         elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-            tok = _bpe_from_vocab_merges(folder)
             for name in ("bos", "eos", "unk"):  # GPT-2's defaults
                 special.setdefault(name, "<|endoftext|>")
+            tok = _bpe_from_vocab_merges(folder, tcfg, special)
         elif (folder / "vocab.txt").is_file():
             for name, s in (("unk", "[UNK]"), ("cls", "[CLS]"), ("sep", "[SEP]"), ("pad", "[PAD]"),
                             ("mask", "[MASK]")):  # BERT's defaults
                 special.setdefault(name, s)
             tok = _wordpiece_from_vocab(folder, tcfg, special)
         else:
-            raise FileNotFoundError(f"{folder}: no tokenizer (tokenizer.json, vocab.json + merges.txt, "
-                                    "or vocab.txt)")
+            raise ModelFolderError(folder, "no tokenizer (tokenizer.json, vocab.json + merges.txt, or vocab.txt)")
 
-        # special tokens must stay whole (never split by the pre-tokenizer)
+        if tok.get_vocab_size(with_added_tokens=True) == 0:
+            raise ModelFolderError(folder, "the tokenizer has no tokens (an empty vocabulary)")
+        # special tokens must stay whole (never split by the pre-tokenizer); those tokenizer.json
+        # already adds keep its lstrip/rstrip/single_word flags (re-adding them would reset them)
         vocab = tok.get_vocab(with_added_tokens=True)
         special = {n: s for n, s in special.items() if s in vocab}
-        tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in sorted(set(special.values()))])
+        added = {t.content: t for t in tok.get_added_tokens_decoder().values()}
+        new = {}
+        decoder = tcfg.get("added_tokens_decoder")
+        for entry in (decoder.values() if isinstance(decoder, dict) else ()):  # transformers lets these win
+            if isinstance(entry, dict) and isinstance(entry.get("content"), str) and entry["content"] in vocab:
+                t = _added_token(entry, special=False)
+                if entry["content"] not in added or _flags(added[t.content]) != _flags(t):
+                    new[t.content] = t
+        for name, s in sorted(special.items()):
+            if s in new or (s in added and added[s].special):
+                continue
+            if s in added:  # a named special token keeps its flags and becomes special (skipped in decode)
+                a = added[s]
+                new[s] = AddedToken(s, single_word=a.single_word, lstrip=a.lstrip, rstrip=a.rstrip,
+                                    normalized=a.normalized, special=True)
+            else:
+                new[s] = _added_token(raw.get(name, s))
+        tok.add_special_tokens([new[s] for s in sorted(new)])
         for name in SPECIAL:  # fallback: config.json's ids
             i = mcfg.get(f"{name}_token_id")
             if name not in special and isinstance(i, int) and tok.id_to_token(i) is not None:

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from models import Tokenizer, load_pretrained, save_pretrained
 from models.bert import BertForSequenceClassification
+from models.checks import ModelFolderError
 from models.gpt2 import GPT2LMHeadModel
 from models.qwen2 import Qwen2ForCausalLM
 
@@ -171,7 +172,7 @@ def test_bf16_load_and_save(tmp_path):
     assert json.loads((tmp_path / "bf16" / "config.json").read_text())["torch_dtype"] == "bfloat16"
     assert {t.dtype for t in load_file(tmp_path / "bf16" / "model.safetensors").values()} == {torch.bfloat16}
     assert not (tmp_path / "bf16" / "tokenizer.json").exists()
-    with pytest.raises(FileNotFoundError, match="no tokenizer"):
+    with pytest.raises(ModelFolderError, match="no tokenizer"):
         load_pretrained(tmp_path / "bf16")
     model2, tok = load_pretrained(tmp_path / "bf16", tokenizer=False)
     assert tok is None and model2.model.embed_tokens.weight.dtype == torch.float32
@@ -214,7 +215,7 @@ def test_sharded_checkpoint(tmp_path):
                                real(logits_of(hf, x, mask, False), mask), atol=1e-4, rtol=1e-4)
     shard = sorted(set(index["weight_map"].values()))[1]
     (tmp_path / shard).unlink()
-    with pytest.raises(FileNotFoundError, match=f"shard {shard} is missing"):
+    with pytest.raises(ModelFolderError, match=f"shard {shard} is missing"):
         load_pretrained(tmp_path)
 
 
@@ -222,7 +223,7 @@ def test_bin_only_folder_names_the_converter_which_works(tmp_path):
     hf = hf_lm("gpt2")
     hf.config.save_pretrained(tmp_path)
     torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")  # tied lm_head shares wte's storage
-    with pytest.raises(FileNotFoundError, match=r"python tools/convert_bin_to_safetensors\.py " + str(tmp_path)):
+    with pytest.raises(ModelFolderError, match=r"python tools/convert_bin_to_safetensors\.py " + str(tmp_path)):
         load_pretrained(tmp_path, tokenizer=False)
     out = subprocess.run([sys.executable, "tools/convert_bin_to_safetensors.py", str(tmp_path)], cwd=ROOT,
                          capture_output=True, text=True)
@@ -248,7 +249,7 @@ def test_converter_sharded_bin(tmp_path):
         torch.save({k: sd[k] for k in ks}, tmp_path / name)
     weight_map = {k: name for name, ks in shards.items() for k in ks}
     (tmp_path / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    with pytest.raises(FileNotFoundError, match="convert_bin_to_safetensors"):
+    with pytest.raises(ModelFolderError, match="convert_bin_to_safetensors"):
         load_pretrained(tmp_path, tokenizer=False)
     convert([str(tmp_path)])
     assert json.loads((tmp_path / "model.safetensors.index.json").read_text())["weight_map"] == {
@@ -275,10 +276,10 @@ def copy_folder(src, dst, skip=()):
 
 
 def test_missing_folder_and_config(gpt2_folder, tmp_path):
-    with pytest.raises(FileNotFoundError, match="model folder not found: .*nope"):
+    with pytest.raises(ModelFolderError, match="nope: model folder not found"):
         load_pretrained(tmp_path / "nope")
     folder = copy_folder(gpt2_folder, tmp_path / "m", skip=("config.json",))
-    with pytest.raises(FileNotFoundError, match="no config.json"):
+    with pytest.raises(ModelFolderError, match="no config.json"):
         load_pretrained(folder)
 
 
@@ -292,7 +293,7 @@ def test_unknown_model_type(gpt2_folder, tmp_path):
 
 def test_no_weights(gpt2_folder, tmp_path):
     folder = copy_folder(gpt2_folder, tmp_path / "m", skip=("model.safetensors",))
-    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+    with pytest.raises(ModelFolderError, match="no model.safetensors"):
         load_pretrained(folder)
 
 

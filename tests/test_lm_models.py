@@ -329,16 +329,23 @@ def test_logits_processors_match_transformers():
 
 @pytest.mark.parametrize("kind", ["gpt2", "qwen2"])
 def test_generate_refuses_more_than_the_context(kind):
-    """prompt + max_new_tokens beyond the model's positions is an error for both families
+    """prompt + max_new_tokens beyond the model's positions + 1 is an error for both families
     (GPT-2: n_positions; Qwen2: max_position_embeddings)."""
     if kind == "gpt2":
         model = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_positions=16, n_embd=16, n_layer=1, n_head=2))
     else:
         model = Qwen2ForCausalLM(Qwen2Config(vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                              num_attention_heads=2, max_position_embeddings=16))
-    assert len(generate(model, [[5] * 10], 6, eos_id=None, pad_id=1)) == 1  # 16 positions: fits exactly
+    torch.manual_seed(0)
+    model.apply(lambda m: torch.nn.init.normal_(m.weight, std=0.5) if isinstance(m, torch.nn.Embedding) else None)
+    # 10 + 7 = n_positions + 1 fits: the 7th new token is never fed back, so 16 positions are read
+    out = generate(model, [[5, 6, 7, 8, 9] * 2], 7, eos_id=None, pad_id=1)[0]
+    assert len(out) == 7 and out == generate(model, [[5, 6, 7, 8, 9] * 2], 7, eos_id=None, pad_id=1, use_cache=False)[0]
+    assert out[:6] == generate(model, [[5, 6, 7, 8, 9] * 2], 6, eos_id=None, pad_id=1)[0]
+    with torch.no_grad():  # the 7th token is the argmax after the full 16-position context
+        assert out[6] == model(torch.tensor([[5, 6, 7, 8, 9] * 2 + out[:6]]))[0, -1].argmax().item()
     with pytest.raises(ValueError, match="16 positions"):
-        generate(model, [[5] * 10], 7, eos_id=None, pad_id=1)
+        generate(model, [[5] * 10], 8, eos_id=None, pad_id=1)
 
 
 @torch.no_grad()
