@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from common import MARKER, OutputError
 from models import Tokenizer, load_pretrained, save_pretrained
 from models.bert import BertForSequenceClassification
 from models.checks import ModelFolderError
@@ -340,10 +341,16 @@ def test_save_replaces_folder_atomically(gpt2_folder, tmp_path):
     model, tok = load_pretrained(gpt2_folder)
     out = tmp_path / "out"
     out.mkdir()
-    (out / "stale.txt").write_text("old")
+    (out / "notes.txt").write_text("a user's file")
+    with pytest.raises(OutputError, match="did not write"):  # a folder of the user's is never replaced
+        save_pretrained(model, tok, out)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    (out / "notes.txt").unlink()
     save_pretrained(model, tok, out)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "special_tokens_map.json",
-                                                     "tokenizer.json", "tokenizer_config.json"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "config.json", "model.safetensors",
+                                                     "special_tokens_map.json", "tokenizer.json",
+                                                     "tokenizer_config.json"]
+    save_pretrained(model, tok, out)  # a folder the project wrote is replaced
 
     class Broken:  # fails half-way: the previous folder must survive untouched
         config = model.config
