@@ -38,7 +38,7 @@ from tokenizers.models import BPE, WordPiece
 
 from common import staged_dir
 
-SUPPORTED = ("bert", "gpt2", "llama", "qwen2")
+SUPPORTED = ("bert", "gpt2", "llama", "qwen2", "qwen3")
 SPECIAL = ("bos", "eos", "pad", "unk", "cls", "sep", "mask")  # tokenizer_config names are f"{s}_token"
 CONVERTER = "python tools/convert_bin_to_safetensors.py"
 
@@ -55,6 +55,9 @@ def _model_class(config_dict, where="config"):
     if mt in ("qwen2", "llama"):
         from models.qwen2 import Qwen2Config, Qwen2ForCausalLM
         return Qwen2Config, Qwen2ForCausalLM
+    if mt == "qwen3":
+        from models.qwen3 import Qwen3Config, Qwen3ForCausalLM
+        return Qwen3Config, Qwen3ForCausalLM
     if mt == "bert":
         from models.bert import BertConfig, BertForSequenceClassification, BertModel
         if "BertForSequenceClassification" in (config_dict.get("architectures") or []):
