@@ -37,8 +37,9 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.models import BPE, WordPiece
 
 from common import staged_dir
+from models.aragpt2 import is_grover_state_dict
 
-SUPPORTED = ("bert", "gpt2", "llama", "qwen2", "qwen3")
+SUPPORTED = ("aragpt2", "bert", "gpt2", "llama", "qwen2", "qwen3")
 SPECIAL = ("bos", "eos", "pad", "unk", "cls", "sep", "mask")  # tokenizer_config names are f"{s}_token"
 CONVERTER = "python tools/convert_bin_to_safetensors.py"
 
@@ -52,6 +53,9 @@ def _model_class(config_dict, where="config"):
     if mt == "gpt2":
         from models.gpt2 import GPT2Config, GPT2LMHeadModel
         return GPT2Config, GPT2LMHeadModel
+    if mt == "aragpt2":
+        from models.aragpt2 import AraGPT2Config, AraGPT2LMHeadModel
+        return AraGPT2Config, AraGPT2LMHeadModel
     if mt in ("qwen2", "llama"):
         from models.qwen2 import Qwen2Config, Qwen2ForCausalLM
         return Qwen2Config, Qwen2ForCausalLM
@@ -137,6 +141,8 @@ def load_pretrained(folder, dtype=torch.float32, device="cpu", tokenizer=True):
                              "belong together")
 
     sd = _read_weights(folder)
+    if cfg.get("model_type") == "gpt2" and is_grover_state_dict(sd):
+        cfg = {**cfg, "model_type": "aragpt2"}  # an older AraGPT2-large/-mega copy: Grover weights, gpt2 config
     with torch.device("meta"):  # shapes only: no memory, no random init (13 s for 0.5B on a CPU)
         model = build_model(cfg)
     if next(model.buffers(), None) is None:
