@@ -39,7 +39,7 @@ from tokenizers.models import BPE, WordPiece
 from common import staged_dir
 from models.aragpt2 import is_grover_state_dict
 
-SUPPORTED = ("aragpt2", "bert", "gpt2", "llama", "qwen2", "qwen3")
+SUPPORTED = ("aragpt2", "bert", "gpt2", "llama", "qwen2", "qwen3", "gemma3_text")
 SPECIAL = ("bos", "eos", "pad", "unk", "cls", "sep", "mask")  # tokenizer_config names are f"{s}_token"
 CONVERTER = "python tools/convert_bin_to_safetensors.py"
 
@@ -62,6 +62,12 @@ def _model_class(config_dict, where="config"):
     if mt == "qwen3":
         from models.qwen3 import Qwen3Config, Qwen3ForCausalLM
         return Qwen3Config, Qwen3ForCausalLM
+    if mt == "gemma3_text":
+        from models.gemma3 import Gemma3ForCausalLM, Gemma3TextConfig
+        return Gemma3TextConfig, Gemma3ForCausalLM
+    if mt in ("gemma3", "gemma2", "gemma"):
+        from models.gemma3 import REFUSED_TYPES
+        raise ValueError(f"{where}: model_type {mt!r}: {REFUSED_TYPES[mt]}")
     if mt == "bert":
         from models.bert import BertConfig, BertForSequenceClassification, BertModel
         if "BertForSequenceClassification" in (config_dict.get("architectures") or []):

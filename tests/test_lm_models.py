@@ -15,11 +15,12 @@ from models.generate import KVCache, generate, n_layers_of, process_logits
 from models.gpt2 import GPT2Config, GPT2LMHeadModel
 from models.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from models.qwen3 import Qwen3Config, Qwen3ForCausalLM
+from models.gemma3 import Gemma3ForCausalLM, Gemma3TextConfig
 
 transformers = pytest.importorskip("transformers")
 
 V = 256
-KINDS = ["gpt2", "qwen2_tied_gqa", "qwen2_untied", "llama", "llama3_rope", "qwen3"]
+KINDS = ["gpt2", "qwen2_tied_gqa", "qwen2_untied", "llama", "llama3_rope", "qwen3", "gemma3"]
 
 
 def hf_model(kind):
@@ -54,6 +55,18 @@ def hf_model(kind):
                 layer.self_attn.q_norm.weight.uniform_(0.5, 1.5)
                 layer.self_attn.k_norm.weight.uniform_(0.5, 1.5)
         return hf
+    if kind == "gemma3":  # window 4 < the test sequences; full layers with linear RoPE scaling (as 4B+)
+        cfg = transformers.Gemma3TextConfig(
+            **{**common, "num_hidden_layers": 3}, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24, sliding_window=4,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"], max_position_embeddings=64,
+            rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
+                             "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})
+        hf = transformers.Gemma3ForCausalLM(cfg).eval()
+        with torch.no_grad():  # the (1 + w) norms start at w = 0: make every one of them count
+            for name, p in hf.named_parameters():
+                if name.endswith("norm.weight"):
+                    p.uniform_(-0.5, 0.5)
+        return hf
     cfg = transformers.LlamaConfig(**common, num_key_value_heads=2, head_dim=16, attention_bias=False,
                                    tie_word_embeddings=False)  # head_dim 16 != 48 / 4
     return transformers.LlamaForCausalLM(cfg).eval()
@@ -64,6 +77,8 @@ def load_ours(folder):
     cfg = json.loads((folder / "config.json").read_text())
     if cfg["model_type"] == "gpt2":
         model = GPT2LMHeadModel(GPT2Config.from_dict(cfg))
+    elif cfg["model_type"] == "gemma3_text":
+        model = Gemma3ForCausalLM(Gemma3TextConfig.from_dict(cfg))
     elif cfg["model_type"] == "qwen3":
         model = Qwen3ForCausalLM(Qwen3Config.from_dict(cfg))
     else:

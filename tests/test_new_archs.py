@@ -2,6 +2,8 @@
 models/aragpt2.py): RoPE scaling against transformers' own frequency functions, and every
 unsupported field refused by name. Forward/generation parity lives in tests/test_lm_models.py."""
 
+import json
+
 import pytest
 import torch
 
@@ -70,3 +72,56 @@ def test_qwen3_config():
         Qwen3Config.from_dict({"model_type": "qwen2"})
     with pytest.raises(ValueError, match="Qwen2Config opens model_type qwen2 or llama, not 'qwen3'"):
         Qwen2Config.from_dict({"model_type": "qwen3"})
+
+
+GEMMA3_1B = {  # google/gemma-3-1b-pt's config.json (transformers 4.50 layout), sizes shrunk
+    "model_type": "gemma3_text", "architectures": ["Gemma3ForCausalLM"], "vocab_size": 300, "hidden_size": 32,
+    "intermediate_size": 64, "num_hidden_layers": 7, "num_attention_heads": 4, "num_key_value_heads": 1,
+    "head_dim": 16, "hidden_activation": "gelu_pytorch_tanh", "query_pre_attn_scalar": 16, "rope_theta": 1000000,
+    "rope_local_base_freq": 10000, "rope_scaling": None, "sliding_window": 512, "sliding_window_pattern": 6,
+    "final_logit_softcapping": None, "attn_logit_softcapping": None, "cache_implementation": "hybrid",
+    "rms_norm_eps": 1e-6, "max_position_embeddings": 32768}
+
+
+def test_gemma3_config_forms():
+    from models.gemma3 import Gemma3TextConfig
+    cfg = Gemma3TextConfig.from_dict(GEMMA3_1B)
+    assert cfg.layer_types == ["sliding_attention"] * 5 + ["full_attention"] + ["sliding_attention"]
+    assert cfg.rope == {"full_attention": (1e6, {"rope_type": "default"}),
+                        "sliding_attention": (1e4, {"rope_type": "default"})}
+    # the same config as transformers 5.x writes it reads the same
+    hf = transformers.Gemma3TextConfig(**{k: v for k, v in GEMMA3_1B.items() if k not in ("architectures", "model_type")})
+    again = Gemma3TextConfig.from_dict(hf.to_dict())
+    kinds = lambda c: {t: (theta, spec["rope_type"]) for t, (theta, spec) in c.rope.items()}
+    assert again.layer_types == cfg.layer_types and kinds(again) == kinds(cfg)
+    # 4B+: linear RoPE scaling on the full-attention layers only
+    big = Gemma3TextConfig.from_dict(dict(GEMMA3_1B, rope_scaling={"rope_type": "linear", "factor": 8.0}))
+    assert big.rope["full_attention"][1]["factor"] == 8.0 and big.rope["sliding_attention"][1]["rope_type"] == "default"
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"final_logit_softcapping": 30.0}, "final_logit_softcapping=30.0"),
+    ({"attn_logit_softcapping": 50.0}, "attn_logit_softcapping=50.0"),
+    ({"use_bidirectional_attention": True}, "use_bidirectional_attention"),
+    ({"hidden_activation": "swiglu"}, "hidden_activation 'swiglu'"),
+    ({"layer_types": ["sliding_attention", "chunked_attention"]}, "layer_types"),
+    ({"sliding_window": None}, "sliding_window None"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 8.0}}, "rope_scaling: RoPE scaling type 'yarn'"),
+    ({"rope_parameters": {"full_attention": {"rope_type": "dynamic", "factor": 2.0}}},
+     r"rope_parameters\.full_attention: RoPE scaling type 'dynamic'"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": 1e4}}, "rope_parameters: Gemma-3 expects"),
+    ({"model_type": "gemma2"}, "Gemma-2 is not implemented"),
+])
+def test_gemma3_refuses_by_name(change, match):
+    from models.gemma3 import Gemma3TextConfig
+    with pytest.raises(ValueError, match=match):
+        Gemma3TextConfig.from_dict({**GEMMA3_1B, **change})
+
+
+@pytest.mark.parametrize("model_type, match", [("gemma2", "soft-capping"), ("gemma3", "vision-language"),
+                                               ("gemma", "Gemma-1")])
+def test_other_gemmas_refused_before_reading_weights(tmp_path, model_type, match):
+    from models import load_pretrained
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))  # no weights at all
+    with pytest.raises(ValueError, match=f"config.json: model_type '{model_type}'.*{match}"):
+        load_pretrained(tmp_path, tokenizer=False)
