@@ -125,3 +125,23 @@ def test_other_gemmas_refused_before_reading_weights(tmp_path, model_type, match
     (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))  # no weights at all
     with pytest.raises(ValueError, match=f"config.json: model_type '{model_type}'.*{match}"):
         load_pretrained(tmp_path, tokenizer=False)
+
+
+@pytest.mark.slow  # builds six 0.6B-1.7B models twice on the meta device: seconds each, plus transformers' imports
+def test_bench_shapes_are_the_real_models():
+    """bench/train.py's real-size shapes (the README table's parameter counts) build in our code and
+    in transformers with the same parameter count (meta device: no memory). AraGPT2's Grover layout,
+    which transformers lacks, has GPT-2's count (emb_norm replaces ln_f)."""
+    import importlib.util
+    from pathlib import Path
+    from models import build_model
+    spec = importlib.util.spec_from_file_location("bench_train", Path(__file__).resolve().parents[1] / "bench/train.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    count = lambda m: sum(p.numel() for p in {id(p): p for p in m.parameters()}.values())  # tied: once
+    for name in ("aragpt2-mega", "qwen2.5-1.5b", "qwen3-0.6b", "qwen3-1.7b", "llama-3.2-1b", "gemma-3-1b"):
+        cfg = bench.SHAPES[name]
+        with torch.device("meta"):
+            ours = build_model(cfg)
+            ref = bench.hf_model(cfg if cfg["model_type"] != "aragpt2" else dict(cfg, model_type="gpt2"))
+        assert count(ours) == count(ref), name
