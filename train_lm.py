@@ -95,9 +95,10 @@ def get_args(argv=None):
     # data and model
     p.add_argument("--data", default=str(DEMO_DATA), help="input JSONL with question, answer, split, severity_probs")
     p.add_argument("--out", default=None, help="run folder (default out/lm-<weights>)")
-    p.add_argument("--model", default=None, help="Hugging Face GPT-2 / Qwen2 folder to fine-tune (default: a small "
-                                                 "GPT-2 from scratch with data/demo_tokenizer)")
-    p.add_argument("--weights", default="balanced", type=weights_arg, help=f"class weights: {', '.join(SEVERITY_WEIGHTS)} or 'a,b,c'")
+    p.add_argument("--model", default=None, help="Hugging Face causal LM folder to fine-tune (README: supported "
+                                                 "architectures; default: a small GPT-2 from scratch with data/demo_tokenizer)")
+    p.add_argument("--weights", default="balanced", type=weights_arg,
+                   help=f"class weights: {', '.join(SEVERITY_WEIGHTS)} or 'a,b,c'")
     p.add_argument("--denominator", default="tokens", choices=["tokens", "weights"],
                    help="tokens: divide by the answer-token count (uniform == plain CE; weights scale each "
                         "example's gradient); weights: divide by the weight mass sum m*w (a weighted mean)")

@@ -2,13 +2,15 @@
 
     python bench/train.py                                  # CPU: tiny + small shapes, ~2-3 minutes
     python bench/train.py --shapes aragpt2-base,qwen2.5-0.5b --seq 512,1024 --batch 8   # one GPU
+    python bench/train.py --shapes small-aragpt2,small-qwen3,small-llama3,small-gemma3   # CPU, new families
+    python bench/train.py --shapes aragpt2-mega,qwen3-0.6b,gemma-3-1b,llama-3.2-1b --seq 1024   # GPU, real sizes
 
 One step = forward to the final hidden states, the fused weighted cross-entropy
 (models/loss.py), backward, AdamW step: exactly train_lm.forward_backward on one micro-batch
 with random weights (no checkpoint needed), random token ids, the first quarter of every row
 masked as prompt (-100) and a random weight per row. Beside it, when transformers is installed,
-the same architecture and the same weights in transformers (GPT2LMHeadModel / Qwen2ForCausalLM,
-SDPA attention) with the usual loss: logits.float(), F.cross_entropy(reduction="none") times the
+the same architecture and the same weights in transformers (GPT2LMHeadModel, Qwen2/Qwen3/Llama/
+Gemma3ForCausalLM, SDPA attention; none for AraGPT2-large/-mega, which transformers lacks) with the usual loss: logits.float(), F.cross_entropy(reduction="none") times the
 weights. Both run in the same process on the same inputs; the first step's losses are reported
 so the comparison is visibly like for like.
 
@@ -37,6 +39,8 @@ from models import build_model
 from models.loss import fused_linear_cross_entropy
 
 NO_DROPOUT = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+LLAMA3_ROPE = dict(rope_type="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                   original_max_position_embeddings=8192)  # Llama-3.2-1B/3B
 SHAPES = {
     "tiny": dict(model_type="gpt2", n_embd=128, n_layer=2, n_head=4, vocab_size=4000, n_positions=1024, **NO_DROPOUT),
     "small": dict(model_type="gpt2", n_embd=256, n_layer=4, n_head=4, vocab_size=16000, n_positions=1024, **NO_DROPOUT),
@@ -47,6 +51,42 @@ SHAPES = {
     "qwen2.5-0.5b": dict(model_type="qwen2", hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
                          num_key_value_heads=2, intermediate_size=4864, vocab_size=151936, rope_theta=1e6,
                          rms_norm_eps=1e-6, tie_word_embeddings=True, max_position_embeddings=32768),
+    # the second wave (models/aragpt2.py, qwen3.py, gemma3.py; Llama-3 RoPE in models/rope.py)
+    "aragpt2-large": dict(model_type="aragpt2", n_embd=1280, n_layer=36, n_head=20, vocab_size=64000,
+                          n_positions=1024, **NO_DROPOUT),
+    "aragpt2-mega": dict(model_type="aragpt2", n_embd=1536, n_layer=48, n_head=24, vocab_size=64000,
+                         n_positions=1024, **NO_DROPOUT),
+    "qwen2.5-1.5b": dict(model_type="qwen2", hidden_size=1536, num_hidden_layers=28, num_attention_heads=12,
+                         num_key_value_heads=2, intermediate_size=8960, vocab_size=151936, rope_theta=1e6,
+                         rms_norm_eps=1e-6, tie_word_embeddings=True, max_position_embeddings=32768),
+    "qwen3-0.6b": dict(model_type="qwen3", hidden_size=1024, num_hidden_layers=28, num_attention_heads=16,
+                       num_key_value_heads=8, head_dim=128, intermediate_size=3072, vocab_size=151936,
+                       rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True, max_position_embeddings=40960),
+    "qwen3-1.7b": dict(model_type="qwen3", hidden_size=2048, num_hidden_layers=28, num_attention_heads=16,
+                       num_key_value_heads=8, head_dim=128, intermediate_size=6144, vocab_size=151936,
+                       rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True, max_position_embeddings=40960),
+    "llama-3.2-1b": dict(model_type="llama", hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
+                         num_key_value_heads=8, head_dim=64, intermediate_size=8192, vocab_size=128256,
+                         rms_norm_eps=1e-5, tie_word_embeddings=True, max_position_embeddings=131072,
+                         rope_parameters=dict(LLAMA3_ROPE, rope_theta=5e5)),
+    "gemma-3-1b": dict(model_type="gemma3_text", hidden_size=1152, num_hidden_layers=26, num_attention_heads=4,
+                       num_key_value_heads=1, head_dim=256, intermediate_size=6912, vocab_size=262144,
+                       sliding_window=512, query_pre_attn_scalar=256, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                       max_position_embeddings=32768, pad_token_id=0),
+    # CPU-sized versions of the same architectures (d 256, 4 layers, V 16000 like "small"); gemma's window
+    # 64 < seq, so its sliding layers are exercised
+    "small-aragpt2": dict(model_type="aragpt2", n_embd=256, n_layer=4, n_head=4, vocab_size=16000, n_positions=1024,
+                          **NO_DROPOUT),
+    "small-qwen3": dict(model_type="qwen3", hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                        num_key_value_heads=2, head_dim=64, intermediate_size=768, vocab_size=16000,
+                        tie_word_embeddings=True, max_position_embeddings=1024),
+    "small-llama3": dict(model_type="llama", hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=768, vocab_size=16000, tie_word_embeddings=True,
+                         max_position_embeddings=1024, rope_parameters=dict(LLAMA3_ROPE, rope_theta=5e5)),
+    "small-gemma3": dict(model_type="gemma3_text", hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                         num_key_value_heads=1, head_dim=64, intermediate_size=768, vocab_size=16000,
+                         sliding_window=64, sliding_window_pattern=2, query_pre_attn_scalar=64,
+                         max_position_embeddings=1024, pad_token_id=0),
 }
 
 
@@ -68,12 +108,17 @@ def get_args(argv=None):
 
 
 def hf_model(cfg):
-    """The same architecture in transformers (random init; weights are copied in afterwards)."""
+    """The same architecture in transformers (random init; weights are copied in afterwards), or
+    None where transformers has no class for it (AraGPT2's Grover layout)."""
     import transformers
     hf_cfg = {k: v for k, v in cfg.items() if k != "model_type"}
-    if cfg["model_type"] == "gpt2":
-        return transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_cfg))
-    return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**hf_cfg))
+    classes = {"gpt2": ("GPT2Config", "GPT2LMHeadModel"), "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+               "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"), "llama": ("LlamaConfig", "LlamaForCausalLM"),
+               "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM")}
+    if cfg["model_type"] not in classes:
+        return None
+    config_cls, model_cls = (getattr(transformers, n) for n in classes[cfg["model_type"]])
+    return model_cls(config_cls(**hf_cfg))
 
 
 def make_batch(B, T, V, device, seed=0):
@@ -147,8 +192,8 @@ def main(argv=None):
             mb = make_batch(args.batch, T, cfg["vocab_size"], device)
             flops = 6 * n_matmul * args.batch * T + 12 * L * d * T * T * args.batch
             impls = [("ours", ours, ours_step)]
-            if have_hf:
-                theirs = hf_model(cfg)
+            theirs = hf_model(cfg) if have_hf else None
+            if theirs is not None:
                 missing, unexpected = theirs.load_state_dict(ours.hf_state_dict(), strict=False)
                 assert not unexpected and all("lm_head" in k for k in missing), (missing, unexpected)
                 theirs.tie_weights()
@@ -167,12 +212,12 @@ def main(argv=None):
                 row[impl] = {**best, "first_loss": rs[0]["first_loss"],  # loss of the untrained weights
                              "tokens_per_s": args.batch * T / (best["step_ms"] / 1000),
                              "mfu": flops / (best["step_ms"] / 1000) / args.peak_flops if device.type == "cuda" else None}
-            if have_hf:
+            if theirs is not None:
                 row["speedup"] = row["ours"]["tokens_per_s"] / row["transformers"]["tokens_per_s"]
                 if device.type == "cuda":
                     row["memory_ratio"] = row["ours"]["peak_mem_gb"] / row["transformers"]["peak_mem_gb"]
             results.append(row)
-            del ours, impls
+            del ours, impls, theirs
 
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
     print(f"\ndevice: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else platform.processor() or 'cpu'}), "

@@ -10,7 +10,8 @@ back in `hf_state_dict()`. Keys may carry the `transformer.` prefix (GPT2LMHeadM
 bare GPT2Model). The `attn.bias` / `attn.masked_bias` buffers of old checkpoints are ignored.
 
 AraGPT2-large/-mega use the Grover layout (a LayerNorm `emb_norm` after the embeddings, ln_1
-before the MLP, ln_2 after each block, no final ln_f): they are refused, not silently mis-loaded.
+before the MLP, ln_2 after each block, no final ln_f): models/aragpt2.py; this class refuses
+their weights rather than silently mis-loading them.
 
 This file also holds two helpers shared with models/qwen2.py: `copy_hf_tensors` (strict loading)
 and `attention_mask_4d` (causal + padding mask for SDPA).
@@ -259,8 +260,8 @@ class GPT2LMHeadModel(nn.Module):
         if any(k.endswith("emb_norm.weight") for k in sd):
             raise ValueError("this checkpoint uses the Grover layout (AraGPT2-large/-mega): its LayerNorm "
                              "placement differs from GPT-2 (emb_norm after the embeddings, ln_1 before the MLP, "
-                             "ln_2 after each block, no ln_f); the Grover variant is not implemented, "
-                             "use AraGPT2-base or -medium")
+                             "ln_2 after each block, no ln_f): load it with models/aragpt2.py "
+                             "(models.load_pretrained does so by itself)")
         clean = {}
         for k, t in sd.items():
             if k.endswith((".attn.bias", ".attn.masked_bias")):

@@ -37,10 +37,11 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.models import BPE, WordPiece
 
 from common import staged_dir, usual_permissions
+from models.aragpt2 import is_grover_state_dict
 from models.checks import (ModelFolderError, build_on_meta, check_config_fields, check_kind, check_layers,
                            check_shapes, read_json, read_safetensors_header, shard_files)
 
-SUPPORTED = ("bert", "gpt2", "llama", "qwen2")
+SUPPORTED = ("aragpt2", "bert", "gpt2", "llama", "qwen2", "qwen3", "gemma3_text")
 SPECIAL = ("bos", "eos", "pad", "unk", "cls", "sep", "mask")  # tokenizer_config names are f"{s}_token"
 CONVERTER = "python tools/convert_bin_to_safetensors.py"
 
@@ -54,9 +55,21 @@ def _model_class(config_dict, where="config"):
     if mt == "gpt2":
         from models.gpt2 import GPT2Config, GPT2LMHeadModel
         return GPT2Config, GPT2LMHeadModel
+    if mt == "aragpt2":
+        from models.aragpt2 import AraGPT2Config, AraGPT2LMHeadModel
+        return AraGPT2Config, AraGPT2LMHeadModel
     if mt in ("qwen2", "llama"):
         from models.qwen2 import Qwen2Config, Qwen2ForCausalLM
         return Qwen2Config, Qwen2ForCausalLM
+    if mt == "qwen3":
+        from models.qwen3 import Qwen3Config, Qwen3ForCausalLM
+        return Qwen3Config, Qwen3ForCausalLM
+    if mt == "gemma3_text":
+        from models.gemma3 import Gemma3ForCausalLM, Gemma3TextConfig
+        return Gemma3TextConfig, Gemma3ForCausalLM
+    if mt in ("gemma3", "gemma2", "gemma"):
+        from models.gemma3 import REFUSED_TYPES
+        raise ValueError(f"{where}: model_type {mt!r}: {REFUSED_TYPES[mt]}")
     if mt == "bert":
         from models.bert import BertConfig, BertForSequenceClassification, BertModel
         if "BertForSequenceClassification" in (config_dict.get("architectures") or []):
@@ -158,6 +171,8 @@ def load_pretrained(folder, dtype=torch.float32, device="cpu", tokenizer=True, e
                                    "belong together")
 
     _, where, shapes = _weight_headers(folder)
+    if cfg.get("model_type") == "gpt2" and is_grover_state_dict(shapes):
+        cfg = {**cfg, "model_type": "aragpt2"}  # an older AraGPT2-large/-mega copy: Grover weights, gpt2 config
     check_layers(cfg, cfg_path, shapes, where)  # n_layer: 10**6 is refused before a module is built
     # shapes only: no memory, no random init (13 s for 0.5B on a CPU)
     model = build_on_meta(build_model, cfg, cfg_path, shapes, where)

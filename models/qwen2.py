@@ -11,21 +11,25 @@ by config flags: `attention_bias` (on q/k/v/o together) and `mlp_bias`. Qwen2.5-
 
 Checkpoint keys are the module names (`model.layers.0.self_attn.q_proj.weight`, ...), no
 transposes; a bare Qwen2Model checkpoint without the `model.` prefix also loads, and the
-`rotary_emb.inv_freq` buffers of old checkpoints are ignored. Not implemented (refused with an
-error): RoPE scaling variants (yarn, dynamic, llama3, ...) and sliding-window attention.
+`rotary_emb.inv_freq` buffers of old checkpoints are ignored. RoPE scaling "linear" and "llama3"
+(Llama-3.1/3.2) come from models/rope.py. Not implemented (refused with an error): the other RoPE
+scalings (yarn, dynamic, ...) and sliding-window attention. Qwen3 is models/qwen3.py.
 """
 from dataclasses import asdict, dataclass, fields
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from models.gpt2 import attention_mask_4d, copy_hf_tensors, default_position_ids
+from models.rope import merged_rope_spec, rope_inv_freq
 
 
 @dataclass
 class Qwen2Config:
     """Qwen2 / Llama hyper-parameters under their config.json names (defaults = HF's Qwen2Config)."""
+    MODEL_TYPES: ClassVar[tuple] = ("qwen2", "llama")  # the model_type values this class opens
     model_type: str = "qwen2"  # "qwen2" or "llama"
     vocab_size: int = 151936
     hidden_size: int = 4096
@@ -53,8 +57,9 @@ class Qwen2Config:
     pad_token_id: int | None = None
 
     def __post_init__(self):
-        if self.model_type not in ("qwen2", "llama"):
-            raise ValueError(f"models/qwen2.py opens model_type 'qwen2' or 'llama', not {self.model_type!r}")
+        if self.model_type not in self.MODEL_TYPES:
+            raise ValueError(f"{type(self).__name__} opens model_type {' or '.join(self.MODEL_TYPES)}, "
+                             f"not {self.model_type!r}")
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:
@@ -62,10 +67,7 @@ class Qwen2Config:
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(f"num_attention_heads {self.num_attention_heads} is not a multiple of "
                              f"num_key_value_heads {self.num_key_value_heads}")
-        for rope in (self.rope_scaling, self.rope_parameters):
-            kind = (rope or {}).get("rope_type", (rope or {}).get("type", "default"))
-            if kind != "default":
-                raise ValueError(f"RoPE scaling {rope} is not implemented (only plain RoPE: rope_scaling null)")
+        self.rope = merged_rope_spec(self.rope_scaling, self.rope_parameters)  # refuses other types by name
         if self.rope_parameters and "rope_theta" in self.rope_parameters:
             self.rope_theta = float(self.rope_parameters["rope_theta"])
         if self.use_sliding_window:
@@ -93,10 +95,10 @@ class Qwen2Config:
         return {**d, "architectures": [arch]}
 
 
-def rope_cos_sin(position_ids, head_dim, theta, dtype):
-    """cos, sin [B, T, hs] for rotate-half RoPE, computed in fp32 then cast (as HF does)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32,
-                                             device=position_ids.device) / head_dim))  # (hs/2,)
+def rope_cos_sin(position_ids, head_dim, theta, dtype, rope=None):
+    """cos, sin [B, T, hs] for rotate-half RoPE, computed in fp32 then cast (as HF does); `rope`:
+    a models/rope.py scaling spec (None: plain)."""
+    inv_freq = rope_inv_freq(head_dim, theta, rope, position_ids.device)  # (hs/2,)
     freqs = position_ids[..., None].float() * inv_freq  # (B, T, hs/2)
     emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, hs)
     return emb.cos().to(dtype), emb.sin().to(dtype)
@@ -177,13 +179,14 @@ class Qwen2DecoderLayer(nn.Module):
 
 class Qwen2ForCausalLM(nn.Module):
     """Qwen2 / Llama with a language-model head; attribute names mirror the HF checkpoint keys."""
+    layer_cls = Qwen2DecoderLayer  # Qwen3 swaps in its block (models/qwen3.py)
 
     def __init__(self, config):
         super().__init__()
         self.config = config
         self.model = nn.ModuleDict(dict(
             embed_tokens=nn.Embedding(config.vocab_size, config.hidden_size),
-            layers=nn.ModuleList([Qwen2DecoderLayer(config, i) for i in range(config.num_hidden_layers)]),
+            layers=nn.ModuleList([self.layer_cls(config, i) for i in range(config.num_hidden_layers)]),
             norm=Qwen2RMSNorm(config.hidden_size, config.rms_norm_eps),
         ))
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
@@ -206,7 +209,7 @@ class Qwen2ForCausalLM(nn.Module):
             position_ids = default_position_ids(attention_mask, past, T, B, input_ids.device)
         attn_mask, is_causal = attention_mask_4d(attention_mask, past, T)
         x = self.model.embed_tokens(input_ids)  # (B, T, C)
-        cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
+        cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype, self.config.rope)
         for layer in self.model.layers:
             x = layer(x, cos, sin, attn_mask, is_causal, cache)
         x = self.model.norm(x)

@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
-# The real experiment: MAQA, AraBERT severity classifier, three language models, uniform vs
+# The real experiment: MAQA, AraBERT severity classifier, ten language models, uniform vs
 # balanced severity weights, evaluated overall and per severity class.
 #
 # Nothing is downloaded: put these local folders (Hugging Face layout, safetensors) under $MODELS
 # first, and MAQA's ds5b.csv under $DATA:
 #   $MODELS/bert-base-arabertv02            the classifier's encoder
 #   $MODELS/bert-base-multilingual-cased    the BERTScore backbone (layer 9, bert-score's Arabic default)
-#   $MODELS/aragpt2-base  $MODELS/aragpt2-medium  $MODELS/qwen2.5-0.5b
+#   the ten language models (LMS; README "Supported architectures" gives sizes and memory):
+#   $MODELS/aragpt2-base    aubmindlab/aragpt2-base        GPT-2, 135M (the paper's)
+#   $MODELS/aragpt2-medium  aubmindlab/aragpt2-medium      GPT-2, 369M (the paper's)
+#   $MODELS/aragpt2-large   aubmindlab/aragpt2-large       Grover, 792M
+#   $MODELS/aragpt2-mega    aubmindlab/aragpt2-mega        Grover, 1.46B
+#   $MODELS/qwen2.5-0.5b    Qwen/Qwen2.5-0.5B              Qwen2, 494M (the paper's)
+#   $MODELS/qwen2.5-1.5b    Qwen/Qwen2.5-1.5B              Qwen2, 1.54B
+#   $MODELS/qwen3-0.6b      Qwen/Qwen3-0.6B-Base           Qwen3, 596M
+#   $MODELS/qwen3-1.7b      Qwen/Qwen3-1.7B-Base           Qwen3, 1.72B
+#   $MODELS/llama-3.2-1b    meta-llama/Llama-3.2-1B        Llama-3 RoPE, 1.24B
+#   $MODELS/gemma-3-1b      google/gemma-3-1b-pt           Gemma-3 text, 1.00B
+#   LMS="aragpt2-base qwen3-0.6b" bash runs/maqa.sh runs a subset.
 # A folder with only pytorch_model.bin: python tools/convert_bin_to_safetensors.py FOLDER (once).
 #
 # Usage:  NGPU=8 bash runs/maqa.sh            (NGPU=1 for one GPU)
@@ -19,6 +30,7 @@ OUT=${OUT:-out/maqa}
 NGPU=${NGPU:-1}
 STEPS=${STEPS:-10000}
 PY=${PY:-.venv/bin/python}
+LMS=${LMS:-"aragpt2-base aragpt2-medium aragpt2-large aragpt2-mega qwen2.5-0.5b qwen2.5-1.5b qwen3-0.6b qwen3-1.7b llama-3.2-1b gemma-3-1b"}
 # torch >= 2.5 reuses the rendezvous store across restarts, and restarted workers can read stale
 # addresses (pytorch/pytorch#135712); this keeps --max-restarts reliable
 export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
@@ -37,7 +49,7 @@ mkdir -p "$OUT"
     --model "$OUT/classifier" --out "$OUT/scored.jsonl" --batch-size 256
 
 # 4-5. each language model with uniform (plain cross-entropy) and balanced severity weights
-for lm in aragpt2-base aragpt2-medium qwen2.5-0.5b; do
+for lm in $LMS; do
   for weights in uniform balanced; do
     run="$OUT/$lm-$weights"
     $TORCHRUN train_lm.py --model "$MODELS/$lm" --data "$OUT/scored.jsonl" --weights "$weights" \

@@ -14,11 +14,13 @@ from safetensors.torch import load_file, save_file
 from models.generate import KVCache, generate, n_layers_of, process_logits
 from models.gpt2 import GPT2Config, GPT2LMHeadModel
 from models.qwen2 import Qwen2Config, Qwen2ForCausalLM
+from models.qwen3 import Qwen3Config, Qwen3ForCausalLM
+from models.gemma3 import Gemma3ForCausalLM, Gemma3TextConfig
 
 transformers = pytest.importorskip("transformers")
 
 V = 256
-KINDS = ["gpt2", "qwen2_tied_gqa", "qwen2_untied", "llama"]
+KINDS = ["gpt2", "qwen2_tied_gqa", "qwen2_untied", "llama", "llama3_rope", "qwen3", "gemma3"]
 
 
 def hf_model(kind):
@@ -37,6 +39,34 @@ def hf_model(kind):
     if kind == "qwen2_untied":
         cfg = transformers.Qwen2Config(**common, num_key_value_heads=1, tie_word_embeddings=False)
         return transformers.Qwen2ForCausalLM(cfg).eval()
+    if kind == "llama3_rope":  # Llama-3.2's RoPE scaling; a short original context puts the head's
+        # 8 frequencies in all three bands (kept, smoothed, divided by factor)
+        rope = {"rope_type": "llama3", "rope_theta": 5e5, "factor": 32.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+        cfg = transformers.LlamaConfig(**common, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True,
+                                       rope_parameters=rope)
+        return transformers.LlamaForCausalLM(cfg).eval()
+    if kind == "qwen3":  # head_dim 16 != 48 / 4; q/k norm weights made non-trivial
+        cfg = transformers.Qwen3Config(**common, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True,
+                                       rope_parameters={"rope_type": "default", "rope_theta": 1e6})
+        hf = transformers.Qwen3ForCausalLM(cfg).eval()
+        with torch.no_grad():
+            for layer in hf.model.layers:
+                layer.self_attn.q_norm.weight.uniform_(0.5, 1.5)
+                layer.self_attn.k_norm.weight.uniform_(0.5, 1.5)
+        return hf
+    if kind == "gemma3":  # window 4 < the test sequences; full layers with linear RoPE scaling (as 4B+)
+        cfg = transformers.Gemma3TextConfig(
+            **{**common, "num_hidden_layers": 3}, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24, sliding_window=4,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"], max_position_embeddings=64,
+            rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
+                             "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})
+        hf = transformers.Gemma3ForCausalLM(cfg).eval()
+        with torch.no_grad():  # the (1 + w) norms start at w = 0: make every one of them count
+            for name, p in hf.named_parameters():
+                if name.endswith("norm.weight"):
+                    p.uniform_(-0.5, 0.5)
+        return hf
     cfg = transformers.LlamaConfig(**common, num_key_value_heads=2, head_dim=16, attention_bias=False,
                                    tie_word_embeddings=False)  # head_dim 16 != 48 / 4
     return transformers.LlamaForCausalLM(cfg).eval()
@@ -47,6 +77,10 @@ def load_ours(folder):
     cfg = json.loads((folder / "config.json").read_text())
     if cfg["model_type"] == "gpt2":
         model = GPT2LMHeadModel(GPT2Config.from_dict(cfg))
+    elif cfg["model_type"] == "gemma3_text":
+        model = Gemma3ForCausalLM(Gemma3TextConfig.from_dict(cfg))
+    elif cfg["model_type"] == "qwen3":
+        model = Qwen3ForCausalLM(Qwen3Config.from_dict(cfg))
     else:
         model = Qwen2ForCausalLM(Qwen2Config.from_dict(cfg))
     model.load_hf_state_dict(load_file(folder / "model.safetensors"))
@@ -130,7 +164,7 @@ def test_hf_state_dict_round_trip(pair):
     kind, _, ours, folder = pair
     saved = load_file(folder / "model.safetensors")
     mine = ours.hf_state_dict()
-    tied = kind in ("gpt2", "qwen2_tied_gqa")
+    tied = ours.config.tie_word_embeddings
     assert set(mine) == set(saved) - ({"lm_head.weight"} if tied else set())
     for k in mine:
         assert torch.equal(mine[k], saved[k]), k
@@ -204,6 +238,7 @@ def test_qwen2_loading_errors_and_config(pair):
     if kind == "gpt2":
         pytest.skip("GPT-2 has its own error test")
     sd = load_file(folder / "model.safetensors")
+    Qwen2Config, Qwen2ForCausalLM = type(ours.config), type(ours)  # Qwen3 has the same layout and errors
     cfg = Qwen2Config.from_dict(json.loads((folder / "config.json").read_text()))
     bad = dict(sd, **{"model.layers.1.mlp.up_proj.weight": torch.zeros(95, 48)})
     with pytest.raises(ValueError, match=r"model\.layers\.1\.mlp\.up_proj\.weight.*\(95, 48\).*\(96, 48\)"):
@@ -227,10 +262,10 @@ def test_qwen2_config_variants():
                                  "tie_word_embeddings": True, "sliding_window": 32768, "use_sliding_window": False,
                                  "torch_dtype": "bfloat16"})
     assert cfg.rope_theta == 1e6 and cfg.head_dim == 64 and cfg.qkv_bias and not cfg.o_bias
-    for rope in ({"type": "yarn", "factor": 4.0}, {"rope_type": "llama3", "factor": 8.0}):
-        with pytest.raises(ValueError, match="RoPE scaling"):
+    for rope in ({"type": "yarn", "factor": 4.0}, {"rope_type": "longrope", "factor": 8.0}):
+        with pytest.raises(ValueError, match="rope_scaling: RoPE scaling type"):
             Qwen2Config.from_dict({"rope_scaling": rope})
-    with pytest.raises(ValueError, match="RoPE scaling"):
+    with pytest.raises(ValueError, match="rope_parameters: RoPE scaling type 'dynamic'"):
         Qwen2Config.from_dict({"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}})
     assert Qwen2Config.from_dict({"rope_scaling": {"rope_type": "default"}}).rope_theta == 10000.0
     with pytest.raises(ValueError, match="sliding"):
