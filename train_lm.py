@@ -254,19 +254,34 @@ def make_batches(lengths, batch_size, seed, epoch):
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def collate(examples, indices, pad_id, device):
-    """A right-padded micro-batch: input_ids [B, T], labels [B, T] (-100 = no loss), weights [B]."""
+def collate(examples, indices, pad_id, device, rows=None):
+    """A right-padded micro-batch: input_ids [B, T], labels [B, T] (-100 = no loss), weights [B],
+    label_pos [K]: the flat (B * T) positions that carry a label, found here on the host so the
+    device can gather them without a sync. rows: pad to this many rows (all padding, no labels)."""
     T = max(len(examples[i]["input_ids"]) for i in indices)
-    x = torch.full((len(indices), T), pad_id, dtype=torch.long)
-    y = torch.full((len(indices), T), -100, dtype=torch.long)
+    B = max(rows or 0, len(indices))
+    pin = torch.device(device).type == "cuda"  # page-locked host memory: the copies run asynchronously
+    x = torch.full((B, T), pad_id, dtype=torch.long, pin_memory=pin)
+    y = torch.full((B, T), -100, dtype=torch.long, pin_memory=pin)
     for r, i in enumerate(indices):
         n = len(examples[i]["input_ids"])
         x[r, :n] = torch.from_numpy(examples[i]["input_ids"])
         y[r, :n] = torch.from_numpy(examples[i]["labels"])
-    w = torch.tensor([examples[i]["weight"] for i in indices], dtype=torch.float32)
-    return {"input_ids": x.to(device), "labels": y.to(device), "weights": w.to(device),
+    w = torch.tensor([examples[i]["weight"] for i in indices] + [0.0] * (B - len(indices)), dtype=torch.float32)
+    pos = (y.view(-1) != -100).nonzero().view(-1)
+    to_dev = lambda t: (t.pin_memory() if pin and not t.is_pinned() else t).to(device, non_blocking=pin)  # noqa: E731
+    return {"input_ids": to_dev(x), "labels": to_dev(y), "weights": to_dev(w), "label_pos": to_dev(pos),
             "n_tokens": sum(examples[i]["n_answer"] for i in indices),
             "weight_mass": sum(examples[i]["n_answer"] * examples[i]["weight"] for i in indices)}
+
+
+def step_denominator(examples, step_batches, denominator):
+    """The loss denominator of one optimizer step, on the host: the answer tokens ("tokens") or
+    their weight mass ("weights") of every micro-batch of the step, all ranks' included. Every
+    rank knows every micro-batch of the step, so no device copy and no all-reduce are needed."""
+    if denominator == "tokens":
+        return float(sum(examples[i]["n_answer"] for b in step_batches for i in b))
+    return float(sum(examples[i]["n_answer"] * examples[i]["weight"] for b in step_batches for i in b))
 
 
 # -----------------------------------------------------------------------------
@@ -289,8 +304,10 @@ def forward_backward(model, lm_head_weight, micro_batches, denom, world_size, lo
                 # attention mask is needed (SDPA keeps its fastest is_causal kernel)
                 hidden = model(mb["input_ids"], return_hidden=True)  # (B, T, C)
                 token_weights = mb["weights"][:, None].expand_as(mb["labels"])  # (B, T)
-                loss_sum = loss_fn(hidden.flatten(0, 1), lm_head_weight, mb["labels"].flatten(),
-                                   token_weights.flatten())
+                h, y, w = hidden.flatten(0, 1), mb["labels"].flatten(), token_weights.flatten()
+                if loss_fn is fused_linear_cross_entropy:  # the output layer only where there is loss
+                    h, y, w = (t.index_select(0, mb["label_pos"]) for t in (h, y, w))
+                loss_sum = loss_fn(h, lm_head_weight, y, w)
             (loss_sum / denom * world_size).backward()
         sums.append(loss_sum.detach())
     return torch.stack(sums)
@@ -569,12 +586,9 @@ def train(args, rank, world, device):
         data_pos += steps_batches
         micro_batches = [collate(train_ex, idx, pad_id, device) for idx in step_batches[rank::world]]
         # THE DENOMINATOR: answer tokens (or their weight mass) of the whole optimizer step,
-        # summed over this rank's micro-batches and all-reduced over ranks before any backward,
+        # summed over every micro-batch of every rank before any backward (on the host: step_denominator),
         # so every token weighs the same however the batch is split into micro-batches and ranks
-        key = "n_tokens" if args.denominator == "tokens" else "weight_mass"
-        denom = torch.tensor(float(sum(mb[key] for mb in micro_batches)), device=device)
-        if world > 1:
-            dist.all_reduce(denom)
+        denom = step_denominator(train_ex, step_batches, args.denominator)  # a float: no copy, no all-reduce
         lr = lr_at(step, args)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -584,8 +598,8 @@ def train(args, rank, world, device):
             gathered = [torch.empty_like(sums) for _ in range(world)]
             dist.all_gather(gathered, sums)
             sums = torch.stack(gathered, dim=1).flatten()  # back to step_batches order: [k, r] -> k * world + r
-        stats = torch.cat([sums, denom.view(1), grad_norm.float().view(1)]).tolist()  # the step's one host sync
-        mb_sums, denom_value, gnorm = stats[:-2], stats[-2], stats[-1]
+        stats = torch.cat([sums, grad_norm.float().view(1)]).tolist()  # the step's one host sync
+        mb_sums, denom_value, gnorm = stats[:-1], denom, stats[-1]
         loss = sum(mb_sums) / denom_value
         if not (math.isfinite(loss) and math.isfinite(gnorm)):
             bad = [j for j, s in enumerate(mb_sums) if not math.isfinite(s)] or range(len(step_batches))
