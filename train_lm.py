@@ -298,7 +298,7 @@ def forward_backward(model, lm_head_weight, micro_batches, denom, world_size, lo
     sums = []
     for k, mb in enumerate(micro_batches):
         last = k == len(micro_batches) - 1
-        with model.no_sync() if isinstance(model, DDP) and not last else nullcontext():
+        with model.no_sync() if isinstance(getattr(model, "_orig_mod", model), DDP) and not last else nullcontext():
             with autocast():
                 # right padding under a causal mask: real tokens never see the padding, so no
                 # attention mask is needed (SDPA keeps its fastest is_causal kernel)
@@ -393,6 +393,7 @@ def train(args, rank, world, device):
         raw_model = build_model({**DEMO_GPT2, "vocab_size": tokenizer.vocab_size, "bos_token_id": eos,
                                  "eos_token_id": eos, "pad_token_id": eos}).to(device)
     raw_model.train()
+    torch.manual_seed(args.seed + rank)  # initialization was the same on every rank; dropout masks must not be
     if tokenizer.eos_id is None:
         raise ValueError("the tokenizer declares no EOS token (tokenizer_config.json eos_token): the model "
                          "could not learn where an answer ends")
@@ -483,9 +484,11 @@ def train(args, rank, world, device):
     elif rank == 0:
         out.mkdir(parents=True, exist_ok=True)
 
-    model = torch.compile(raw_model) if args.compile else raw_model
+    model = raw_model
     if world > 1:
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if args.compile:  # compile the DDP module (PyTorch's guidance): its all-reduce still overlaps the backward
+        model = torch.compile(model)
     n_matmul = matmul_params(raw_model)
     n_layer = getattr(cfg, "n_layer", None) or getattr(cfg, "num_hidden_layers")
     d_model = getattr(cfg, "n_embd", None) or getattr(cfg, "hidden_size")
@@ -584,7 +587,10 @@ def train(args, rank, world, device):
             batches = make_batches(train_lengths, args.batch_size, args.seed, epoch)
         step_batches = batches[data_pos:data_pos + steps_batches]
         data_pos += steps_batches
-        micro_batches = [collate(train_ex, idx, pad_id, device) for idx in step_batches[rank::world]]
+        micro_batches = [collate(train_ex, idx, pad_id, device, rows=args.batch_size if args.compile else None)
+                         for idx in step_batches[rank::world]]  # --compile: short batches padded, one shape
+        for mb in micro_batches if args.compile else []:  # one graph for every length, from the first step
+            torch._dynamo.mark_dynamic(mb["input_ids"], 1)
         # THE DENOMINATOR: answer tokens (or their weight mass) of the whole optimizer step,
         # summed over every micro-batch of every rank before any backward (on the host: step_denominator),
         # so every token weighs the same however the batch is split into micro-batches and ranks

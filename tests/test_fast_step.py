@@ -112,3 +112,69 @@ def test_host_denominator_equals_all_reduced_one():
             assert host == reduced
         else:
             assert host == pytest.approx(reduced, rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- --compile
+
+
+@pytest.mark.slow
+def test_compile_does_not_recompile(tmp_path):
+    """20 steps of --compile over batches of varied lengths and a short batch: compiled once (the
+    sequence dimension is dynamic from the first step, short batches are padded to batch size),
+    with the same losses as the eager run."""
+    import importlib
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    from conftest import write_rows
+    from test_train_lm import make_rows, metrics, tiny_model_dir
+
+    mk = importlib.import_module("tools.make_demo_tokenizer")
+    tok = mk.train_tokenizer([r["question"] + "\n" + r["answer"] for r in make_rows(200, seed=1)] + ["الجواب:"] * 20,
+                             vocab_size=300)
+    rows = make_rows(40)
+    data = write_rows(tmp_path / "data.jsonl", rows)
+    model = tiny_model_dir(tmp_path / "tiny", tok)
+    args = ["--data", str(data), "--model", str(model), "--device", "cpu", "--batch-size", "5", "--grad-accum", "1",
+            "--max-steps", "20", "--eval-every", "100", "--save-every", "100", "--seed", "0"]
+    train_rows = sum(r["split"] == "train" for r in rows)
+    assert train_rows % 5 != 0  # so one micro-batch of every epoch is short
+    torch._dynamo.reset()
+    counters.clear()
+    train_lm.main(args + ["--out", str(tmp_path / "compiled"), "--compile"])
+    recompiles = counters["frames"]["total"] - 1
+    assert counters["frames"]["ok"] >= 1 and recompiles <= 1, dict(counters["frames"])
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    train_lm.main(args + ["--out", str(tmp_path / "eager")])
+    losses = {run: [m["loss"] for m in metrics(tmp_path / run) if "loss" in m] for run in ("compiled", "eager")}
+    assert len(losses["eager"]) == 20 and losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4)
+    torch._dynamo.reset()
+
+
+# ----------------------------------------------------------------------------- dropout per rank
+
+
+@pytest.mark.slow
+def test_ranks_draw_their_own_dropout_and_resume_exactly(tmp_path):
+    """2 gloo ranks with dropout 0.1: each rank's random stream is its own (seed + rank, after the
+    model is built), and a run killed at step 4 and restarted ends with the same weights and the
+    same logged losses as one that was not."""
+    import importlib
+    from conftest import write_rows
+    from test_train_lm import make_rows, metrics, tensors, tiny_model_dir, torchrun
+
+    mk = importlib.import_module("tools.make_demo_tokenizer")
+    tok = mk.train_tokenizer([r["question"] + "\n" + r["answer"] for r in make_rows(200, seed=1)] + ["الجواب:"] * 20,
+                             vocab_size=300)
+    setup = {"data": write_rows(tmp_path / "data.jsonl", make_rows()),
+             "model": tiny_model_dir(tmp_path / "tiny", tok, resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)}
+    common = ("--max-steps", "6", "--save-every", "3", "--eval-every", "3", "--grad-accum", "2")
+    torchrun(setup, tmp_path / "straight", 2, *common)
+    r = torchrun(setup, tmp_path / "crash", 2, *common, "--crash-at-step", "4", restarts=1)
+    assert (tmp_path / "crash" / ".crashed").exists() and "resumed from" in r.stdout + r.stderr
+    a, b = tensors(tmp_path / "straight" / "last"), tensors(tmp_path / "crash" / "last")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    la = [m["loss"] for m in metrics(tmp_path / "straight") if "loss" in m]
+    lb = [m["loss"] for m in metrics(tmp_path / "crash") if "loss" in m]
+    assert la == lb and len(la) == 6
+    rngs = torch.load(tmp_path / "straight" / "last" / "trainer_state.pt", weights_only=True)["rng"]
+    assert len(rngs) == 2 and not torch.equal(rngs[0]["torch"], rngs[1]["torch"])
