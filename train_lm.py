@@ -547,6 +547,13 @@ def train(args, rank, world, device):
     pbar = tqdm(total=args.max_steps, initial=step, disable=rank != 0, dynamic_ncols=True, desc="train")
     say = pbar.write if rank == 0 else (lambda text: None)  # log lines above the progress bar
     start_step = step
+    ahead = {}  # (epoch, data_pos after a step) -> the next step's micro-batches, collated during the step
+
+    def collate_step(step_batches):
+        """This rank's micro-batches of one step (--compile: short ones padded, so one shape)."""
+        return [collate(train_ex, idx, pad_id, device, rows=args.batch_size if args.compile else None)
+                for idx in step_batches[rank::world]]
+
     while True:
         last_step = step >= args.max_steps  # >=: a run resumed with a lower --max-steps stops at once
         if val_batches and (step > start_step or step == 0) and (step % args.eval_every == 0 or last_step):
@@ -587,8 +594,7 @@ def train(args, rank, world, device):
             batches = make_batches(train_lengths, args.batch_size, args.seed, epoch)
         step_batches = batches[data_pos:data_pos + steps_batches]
         data_pos += steps_batches
-        micro_batches = [collate(train_ex, idx, pad_id, device, rows=args.batch_size if args.compile else None)
-                         for idx in step_batches[rank::world]]  # --compile: short batches padded, one shape
+        micro_batches = ahead.pop((epoch, data_pos), None) or collate_step(step_batches)
         for mb in micro_batches if args.compile else []:  # one graph for every length, from the first step
             torch._dynamo.mark_dynamic(mb["input_ids"], 1)
         # THE DENOMINATOR: answer tokens (or their weight mass) of the whole optimizer step,
@@ -604,6 +610,8 @@ def train(args, rank, world, device):
             gathered = [torch.empty_like(sums) for _ in range(world)]
             dist.all_gather(gathered, sums)
             sums = torch.stack(gathered, dim=1).flatten()  # back to step_batches order: [k, r] -> k * world + r
+        if data_pos + steps_batches <= len(batches):  # the next step's batches, while the device still works
+            ahead = {(epoch, data_pos + steps_batches): collate_step(batches[data_pos:data_pos + steps_batches])}
         stats = torch.cat([sums, grad_norm.float().view(1)]).tolist()  # the step's one host sync
         mb_sums, denom_value, gnorm = stats[:-1], denom, stats[-1]
         loss = sum(mb_sums) / denom_value
