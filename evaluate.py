@@ -114,7 +114,7 @@ def get_args(argv=None):
     p.add_argument("--seed", type=int, default=1337, help="seed for sampling and the bootstrap")
     # decoding
     p.add_argument("--max-new-tokens", type=int, default=128, help="longest generated answer, in tokens")
-    p.add_argument("--batch-size", type=int, default=16, help="prompts generated together")
+    p.add_argument("--batch-size", type=int, default=None, help="prompts generated together (default 64 on CUDA, else 16)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples")
     p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = all)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
@@ -124,7 +124,8 @@ def get_args(argv=None):
     p.add_argument("--bertscore-model", default=None, help="local BERT folder for BERTScore (omitted: BERTScore skipped)")
     p.add_argument("--bertscore-layer", type=int, default=None,
                    help="hidden layer for BERTScore (0 = embeddings); default 9 for multilingual BERT, else the last")
-    p.add_argument("--bertscore-batch-size", type=int, default=64, help="sentences per BERT forward pass")
+    p.add_argument("--bertscore-batch-size", type=int, default=None,
+                   help="sentences per BERT forward pass (default 256 on CUDA, else 64)")
     p.add_argument("--idf", action="store_true", help="BERTScore idf weights from the references")
     p.add_argument("--normalize", action="store_true",
                    help="normalize_arabic generated and reference text before BERTScore, chrF, ROUGE-L")
@@ -209,6 +210,7 @@ def generate_answers(model, tokenizer, questions, args, show_progress=True):
 def run_generation(args):
     """Mode 1: returns (rows with "generated", config additions) on rank 0, (None, None) elsewhere."""
     rank, world, device = setup_dist(args.device)
+    args.batch_size = args.batch_size or (64 if device.type == "cuda" else 16)  # a GPU decodes 64 rows for ~16's time
     try:
         rows = [row for _, row in read_rows(args.data, False, args.split, args.limit)]
         dtype = torch.float32
@@ -380,6 +382,7 @@ def run_scoring(args, rows, lines, path, extra, out, bertscore):
     """Score rows (mode 1 or 2) and write the run files into `out`; returns the metrics dict."""
     classes = [severity_class(r, path, ln) for r, ln in zip(rows, lines)]
     device = pick_device(args.device)
+    args.bertscore_batch_size = args.bertscore_batch_size or (256 if device.type == "cuda" else 64)
     summary, bs_config, per_row = score_rows(rows, classes, args, device, bertscore)
     config = {**extra, "bertscore": bs_config, "normalize": args.normalize,
               "chrf": {"char_order": M.CHRF_CHAR_ORDER, "word_order": args.chrf_word_order, "beta": M.CHRF_BETA,

@@ -285,19 +285,34 @@ def make_batches(lengths, batch_size, seed, epoch):
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def collate(examples, indices, pad_id, device):
-    """A right-padded micro-batch: input_ids [B, T], labels [B, T] (-100 = no loss), weights [B]."""
+def collate(examples, indices, pad_id, device, rows=None):
+    """A right-padded micro-batch: input_ids [B, T], labels [B, T] (-100 = no loss), weights [B],
+    label_pos [K]: the flat (B * T) positions that carry a label, found here on the host so the
+    device can gather them without a sync. rows: pad to this many rows (all padding, no labels)."""
     T = max(len(examples[i]["input_ids"]) for i in indices)
-    x = torch.full((len(indices), T), pad_id, dtype=torch.long)
-    y = torch.full((len(indices), T), -100, dtype=torch.long)
+    B = max(rows or 0, len(indices))
+    pin = torch.device(device).type == "cuda"  # page-locked host memory: the copies run asynchronously
+    x = torch.full((B, T), pad_id, dtype=torch.long, pin_memory=pin)
+    y = torch.full((B, T), -100, dtype=torch.long, pin_memory=pin)
     for r, i in enumerate(indices):
         n = len(examples[i]["input_ids"])
         x[r, :n] = torch.from_numpy(examples[i]["input_ids"])
         y[r, :n] = torch.from_numpy(examples[i]["labels"])
-    w = torch.tensor([examples[i]["weight"] for i in indices], dtype=torch.float32)
-    return {"input_ids": x.to(device), "labels": y.to(device), "weights": w.to(device),
+    w = torch.tensor([examples[i]["weight"] for i in indices] + [0.0] * (B - len(indices)), dtype=torch.float32)
+    pos = (y.view(-1) != -100).nonzero().view(-1)
+    to_dev = lambda t: (t.pin_memory() if pin and not t.is_pinned() else t).to(device, non_blocking=pin)  # noqa: E731
+    return {"input_ids": to_dev(x), "labels": to_dev(y), "weights": to_dev(w), "label_pos": to_dev(pos),
             "n_tokens": sum(examples[i]["n_answer"] for i in indices),
             "weight_mass": sum(examples[i]["n_answer"] * examples[i]["weight"] for i in indices)}
+
+
+def step_denominator(examples, step_batches, denominator):
+    """The loss denominator of one optimizer step, on the host: the answer tokens ("tokens") or
+    their weight mass ("weights") of every micro-batch of the step, all ranks' included. Every
+    rank knows every micro-batch of the step, so no device copy and no all-reduce are needed."""
+    if denominator == "tokens":
+        return float(sum(examples[i]["n_answer"] for b in step_batches for i in b))
+    return float(sum(examples[i]["n_answer"] * examples[i]["weight"] for b in step_batches for i in b))
 
 
 # -----------------------------------------------------------------------------
@@ -314,14 +329,16 @@ def forward_backward(model, lm_head_weight, micro_batches, denom, world_size, lo
     sums = []
     for k, mb in enumerate(micro_batches):
         last = k == len(micro_batches) - 1
-        with model.no_sync() if isinstance(model, DDP) and not last else nullcontext():
+        with model.no_sync() if isinstance(getattr(model, "_orig_mod", model), DDP) and not last else nullcontext():
             with autocast():
                 # right padding under a causal mask: real tokens never see the padding, so no
                 # attention mask is needed (SDPA keeps its fastest is_causal kernel)
                 hidden = model(mb["input_ids"], return_hidden=True)  # (B, T, C)
                 token_weights = mb["weights"][:, None].expand_as(mb["labels"])  # (B, T)
-                loss_sum = loss_fn(hidden.flatten(0, 1), lm_head_weight, mb["labels"].flatten(),
-                                   token_weights.flatten())
+                h, y, w = hidden.flatten(0, 1), mb["labels"].flatten(), token_weights.flatten()
+                if loss_fn is fused_linear_cross_entropy:  # the output layer only where there is loss
+                    h, y, w = (t.index_select(0, mb["label_pos"]) for t in (h, y, w))
+                loss_sum = loss_fn(h, lm_head_weight, y, w)
             (loss_sum / denom * world_size).backward()
         sums.append(loss_sum.detach())
     return torch.stack(sums)
@@ -432,6 +449,7 @@ def train(args, rank, world, device, progress):
         raw_model = build_model({**DEMO_GPT2, "vocab_size": tokenizer.vocab_size, "bos_token_id": eos,
                                  "eos_token_id": eos, "pad_token_id": eos}).to(device)
     raw_model.train()
+    torch.manual_seed(args.seed + rank)  # initialization was the same on every rank; dropout masks must not be
     if tokenizer.eos_id is None:
         raise UsageError("the tokenizer declares no EOS token (tokenizer_config.json eos_token): the model "
                          "could not learn where an answer ends")
@@ -532,9 +550,11 @@ def train(args, rank, world, device, progress):
     elif rank == 0:
         out.mkdir(parents=True, exist_ok=True)
 
-    model = torch.compile(raw_model) if args.compile else raw_model
+    model = raw_model
     if world > 1:
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if args.compile:  # compile the DDP module (PyTorch's guidance): its all-reduce still overlaps the backward
+        model = torch.compile(model)
     n_matmul = matmul_params(raw_model)
     n_layer = getattr(cfg, "n_layer", None) or getattr(cfg, "num_hidden_layers")
     d_model = getattr(cfg, "n_embd", None) or getattr(cfg, "hidden_size")
@@ -593,6 +613,13 @@ def train(args, rank, world, device, progress):
     pbar = tqdm(total=args.max_steps, initial=step, disable=rank != 0, dynamic_ncols=True, desc="train")
     say = pbar.write if rank == 0 else (lambda text: None)  # log lines above the progress bar
     start_step = step
+    ahead = {}  # (epoch, data_pos after a step) -> the next step's micro-batches, collated during the step
+
+    def collate_step(step_batches):
+        """This rank's micro-batches of one step (--compile: short ones padded, so one shape)."""
+        return [collate(train_ex, idx, pad_id, device, rows=args.batch_size if args.compile else None)
+                for idx in step_batches[rank::world]]
+
     while True:
         last_step = step >= args.max_steps  # >=: a run resumed with a lower --max-steps stops at once
         if val_batches and (step > start_step or step == 0) and (step % args.eval_every == 0 or last_step):
@@ -633,14 +660,13 @@ def train(args, rank, world, device, progress):
             batches = make_batches(train_lengths, args.batch_size, args.seed, epoch)
         step_batches = batches[data_pos:data_pos + steps_batches]
         data_pos += steps_batches
-        micro_batches = [collate(train_ex, idx, pad_id, device) for idx in step_batches[rank::world]]
+        micro_batches = ahead.pop((epoch, data_pos), None) or collate_step(step_batches)
+        for mb in micro_batches if args.compile else []:  # one graph for every length, from the first step
+            torch._dynamo.mark_dynamic(mb["input_ids"], 1)
         # THE DENOMINATOR: answer tokens (or their weight mass) of the whole optimizer step,
-        # summed over this rank's micro-batches and all-reduced over ranks before any backward,
+        # summed over every micro-batch of every rank before any backward (on the host: step_denominator),
         # so every token weighs the same however the batch is split into micro-batches and ranks
-        key = "n_tokens" if args.denominator == "tokens" else "weight_mass"
-        denom = torch.tensor(float(sum(mb[key] for mb in micro_batches)), device=device)
-        if world > 1:
-            dist.all_reduce(denom)
+        denom = step_denominator(train_ex, step_batches, args.denominator)  # a float: no copy, no all-reduce
         lr = lr_at(step, args)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -650,8 +676,10 @@ def train(args, rank, world, device, progress):
             gathered = [torch.empty_like(sums) for _ in range(world)]
             dist.all_gather(gathered, sums)
             sums = torch.stack(gathered, dim=1).flatten()  # back to step_batches order: [k, r] -> k * world + r
-        stats = torch.cat([sums, denom.view(1), grad_norm.float().view(1)]).tolist()  # the step's one host sync
-        mb_sums, denom_value, gnorm = stats[:-2], stats[-2], stats[-1]
+        if data_pos + steps_batches <= len(batches):  # the next step's batches, while the device still works
+            ahead = {(epoch, data_pos + steps_batches): collate_step(batches[data_pos:data_pos + steps_batches])}
+        stats = torch.cat([sums, grad_norm.float().view(1)]).tolist()  # the step's one host sync
+        mb_sums, denom_value, gnorm = stats[:-1], denom, stats[-1]
         loss = sum(mb_sums) / denom_value
         if not (math.isfinite(loss) and math.isfinite(gnorm)):
             bad = [j for j, s in enumerate(mb_sums) if not math.isfinite(s)] or range(len(step_batches))

@@ -1,12 +1,15 @@
-"""Generation throughput with and without the KV cache, measured side by side in one run.
+"""Generation throughput: ours with and without the KV cache, and transformers' generate, side by side.
 
     python bench/generate.py                         # the demo's default GPT-2, random weights, CPU
     python bench/generate.py --model out/demo/lm-balanced/best --new-tokens 128
     python bench/generate.py --device cuda --model models/aragpt2-base --batch 32
+    python bench/generate.py --arch qwen2            # a demo-sized Qwen2 (grouped-query attention)
 
 Prompts are questions of the demo sample in the training prompt format. EOS is disabled so
-every row generates exactly --new-tokens tokens (equal work for both variants); greedy decoding,
-so the two variants must produce the same tokens (checked). Prints one table, writes JSON.
+every row generates exactly --new-tokens tokens (equal work for every variant); greedy decoding,
+so the variants must produce the same tokens (checked; in fp32). Beside ours, when transformers is
+installed: the same weights in GPT2LMHeadModel / Qwen2ForCausalLM (SDPA), generate() with
+do_sample=False on the same left-padded prompts. Prints one table, writes JSON.
 """
 import argparse
 import json
@@ -23,6 +26,37 @@ from models.generate import generate  # noqa: E402
 from train_lm import DEMO_GPT2, DEMO_TOKENIZER, format_prompt  # noqa: E402
 
 
+QWEN2_DEMO = dict(model_type="qwen2", hidden_size=128, intermediate_size=512, num_hidden_layers=4,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True)
+
+
+def transformers_twin(model, device):
+    """The same weights in transformers (fp32, SDPA attention), or None when it is not installed."""
+    try:
+        import transformers
+    except ImportError:
+        print("transformers is not installed: measuring ours only")
+        return None
+    cfg = model.config.to_dict()
+    arch = getattr(transformers, cfg["architectures"][0])
+    hf = arch(transformers.AutoConfig.for_model(**cfg))
+    missing, unexpected = hf.load_state_dict(model.hf_state_dict(), strict=False)
+    assert not unexpected and all("lm_head" in k for k in missing), (missing, unexpected)
+    hf.tie_weights()
+    return hf.to(device).eval()
+
+
+@torch.no_grad()
+def hf_generate(hf, prompts, new_tokens, pad, device):
+    """Greedy transformers generate on left-padded prompts; the new tokens of each row."""
+    L = max(len(q) for q in prompts)
+    ids = torch.tensor([[pad] * (L - len(q)) + q for q in prompts], device=device)
+    mask = torch.tensor([[0] * (L - len(q)) + [1] * len(q) for q in prompts], device=device)
+    out = hf.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                      do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=None)
+    return out[:, L:].tolist()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="LM folder (default: the demo's GPT-2 config, random weights)")
@@ -32,6 +66,10 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per variant (the fastest counts)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--seed", type=int, default=0, help="seed for the random weights")
+    p.add_argument("--arch", default="gpt2", choices=["gpt2", "qwen2"], help="without --model: the demo GPT-2, or "
+                                                                            "a Qwen2 of the same size with 2 KV heads")
+    p.add_argument("--no-recompute", action="store_true", help="skip our no-cache variant (quadratic)")
+    p.add_argument("--no-transformers", action="store_true", help="skip transformers' generate")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "generate.json"), help="JSON results file")
     args = p.parse_args(argv)
 
@@ -41,8 +79,12 @@ def main(argv=None):
         model, tok = load_pretrained(args.model, device=device)
     else:
         tok = Tokenizer.from_folder(DEMO_TOKENIZER)
-        model = build_model({**DEMO_GPT2, "vocab_size": tok.vocab_size, "eos_token_id": tok.eos_id}).to(device)
+        cfg = {**DEMO_GPT2, "vocab_size": tok.vocab_size, "eos_token_id": tok.eos_id, "bos_token_id": tok.eos_id}
+        if args.arch == "qwen2":
+            cfg = {**QWEN2_DEMO, "vocab_size": tok.vocab_size, "eos_token_id": tok.eos_id, "bos_token_id": tok.eos_id}
+        model = build_model(cfg).to(device)
     model.eval()
+    hf = None if args.no_transformers else transformers_twin(model, device)
     n_params = sum(t.numel() for t in model.parameters())
     questions = [row["question"] for _, row in read_jsonl(args.data, required=("question",))]
     max_prompt = getattr(model.config, "n_positions", 1024) - args.new_tokens
@@ -52,34 +94,44 @@ def main(argv=None):
         prompts = [tok.encode(format_prompt(q))[:max_prompt] for q in questions[:B]]
         row = {"batch": B, "new_tokens": args.new_tokens, "prompt_tokens": sum(map(len, prompts))}
         outputs = {}
-        for use_cache in (True, False):
-            times = []
-            for _ in range(args.repeats + 1):  # the first call warms up
+        pad = tok.pad_id if tok.pad_id is not None else 0
+        variants = {"kv_cache": lambda: generate(model, prompts, args.new_tokens, eos_id=None, pad_id=pad)}
+        if not args.no_recompute:
+            variants["no_cache"] = lambda: generate(model, prompts, args.new_tokens, eos_id=None, pad_id=pad,
+                                                    use_cache=False)
+        if hf is not None:
+            variants["transformers"] = lambda: hf_generate(hf, prompts, args.new_tokens, pad, device)
+        times = {name: [] for name in variants}
+        for r in range(args.repeats + 1):  # the first round warms up; variants alternate within a round
+            for name, fn in variants.items():
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
-                out = generate(model, prompts, args.new_tokens, eos_id=None, pad_id=tok.pad_id, use_cache=use_cache)
+                outputs[name] = fn()
                 if device.type == "cuda":
                     torch.cuda.synchronize()
-                times.append(time.perf_counter() - t0)
-            outputs[use_cache] = out
-            name = "kv_cache" if use_cache else "no_cache"
-            row[name + "_s"] = min(times[1:])
-            row[name + "_tok_s"] = B * args.new_tokens / min(times[1:])
-        row["same_tokens"] = outputs[True] == outputs[False]
-        row["speedup"] = row["kv_cache_tok_s"] / row["no_cache_tok_s"]
+                times[name].append(time.perf_counter() - t0)
+        for name in variants:
+            row[name + "_s"] = min(times[name][1:])
+            row[name + "_tok_s"] = B * args.new_tokens / row[name + "_s"]
+        row["same_tokens"] = all(out == outputs["kv_cache"] for out in outputs.values())
+        row["speedup"] = row["kv_cache_tok_s"] / row["no_cache_tok_s"] if "no_cache_tok_s" in row else None
+        row["vs_transformers"] = row["kv_cache_tok_s"] / row["transformers_tok_s"] if hf is not None else None
         results.append(row)
 
     print(f"device {device}, model {args.model or 'demo GPT-2 (random weights)'}, {n_params / 1e6:.2f}M parameters, "
           f"torch {torch.__version__}")
-    print(f"{'batch':>5} {'new tok':>7} | {'KV cache tok/s':>14} {'no cache tok/s':>14} | {'speedup':>7} | same tokens")
+    fmt = lambda r, k, f: format(r[k], f) if r.get(k) is not None else "-"  # noqa: E731
+    print(f"{'batch':>5} {'new tok':>7} | {'KV cache tok/s':>14} {'no cache tok/s':>14} {'transformers':>12} | "
+          f"{'cache/no':>8} {'ours/hf':>7} | same tokens")
     for r in results:
-        print(f"{r['batch']:>5} {r['new_tokens']:>7} | {r['kv_cache_tok_s']:>14.1f} {r['no_cache_tok_s']:>14.1f} | "
-              f"{r['speedup']:>6.2f}x | {r['same_tokens']}")
+        print(f"{r['batch']:>5} {r['new_tokens']:>7} | {r['kv_cache_tok_s']:>14.1f} {fmt(r, 'no_cache_tok_s', '.1f'):>14} "
+              f"{fmt(r, 'transformers_tok_s', '.1f'):>12} | {fmt(r, 'speedup', '.2f'):>8} "
+              f"{fmt(r, 'vs_transformers', '.2f'):>7} | {r['same_tokens']}")
     Path(args.out).write_text(json.dumps({"device": str(device), "torch": torch.__version__, "args": vars(args),
                                           "params": n_params, "results": results}, indent=2) + "\n")
     if not all(r["same_tokens"] for r in results):
-        sys.exit("KV-cache generation differs from full recomputation")
+        sys.exit("the variants generated different tokens")
 
 
 if __name__ == "__main__":

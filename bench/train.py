@@ -7,10 +7,13 @@
 
 One step = forward to the final hidden states, the fused weighted cross-entropy
 (models/loss.py), backward, AdamW step: exactly train_lm.forward_backward on one micro-batch
-with random weights (no checkpoint needed), random token ids, the first quarter of every row
-masked as prompt (-100) and a random weight per row. Beside it, when transformers is installed,
-the same architecture and the same weights in transformers (GPT2LMHeadModel, Qwen2/Qwen3/Llama/
-Gemma3ForCausalLM, SDPA attention; none for AraGPT2-large/-mega, which transformers lacks) with the usual loss: logits.float(), F.cross_entropy(reduction="none") times the
+with random weights (no checkpoint needed), random token ids, the first --prompt-share of every
+row masked as prompt (-100; default: the share measured on the demo data, 42%) and a random weight
+per row, collated by train_lm.collate (so the output layer runs on the answer positions only, as in
+training). Tokens/s counts the real tokens of the batch (no padding). Beside it, when transformers
+is installed, the same architecture and the same weights in transformers (GPT2LMHeadModel,
+Qwen2/Qwen3/Llama/Gemma3ForCausalLM, SDPA attention; none for AraGPT2-large/-mega, which
+transformers lacks) with the usual loss: logits.float(), F.cross_entropy(reduction="none") times the
 weights. Both run in the same process on the same inputs; the first step's losses are reported
 so the comparison is visibly like for like.
 
@@ -101,6 +104,10 @@ def get_args(argv=None):
     p.add_argument("--warmup", type=int, default=3 if cuda else 1, help="untimed steps first")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds per implementation; the fastest counts")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.add_argument("--prompt-share", type=float, default=None,
+                   help="share of each row that is prompt (no loss); default: measured on data/demo.jsonl")
+    p.add_argument("--layers", type=int, default=None, help="override every shape's layer count (a quick "
+                                                            "run of a big shape on a CPU; say so with the figures)")
     p.add_argument("--peak-flops", type=float, default=989e12, help="device peak FLOP/s for MFU (CUDA only)")
     p.add_argument("--no-transformers", action="store_true", help="skip the transformers comparison")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "train.json"), help="JSON results file")
@@ -121,17 +128,32 @@ def hf_model(cfg):
     return model_cls(config_cls(**hf_cfg))
 
 
-def make_batch(B, T, V, device, seed=0):
+def demo_prompt_share():
+    """Share of the demo data's tokens that are prompt (question + separator): they carry no loss."""
+    from common import DEMO_DATA, read_jsonl
+    from models import Tokenizer
+    tok = Tokenizer.from_folder(train_lm.DEMO_TOKENIZER)
+    n_all = n_answer = 0
+    for _, row in read_jsonl(DEMO_DATA, required=("question", "answer")):
+        ex = train_lm.build_example(tok, row["question"], row["answer"], 1024)
+        n_all, n_answer = n_all + len(ex["input_ids"]), n_answer + ex["n_answer"]
+    return 1 - n_answer / n_all
+
+
+def make_batch(B, T, V, device, prompt_share, seed=0):
+    """B rows of T random tokens, the first prompt_share of each with no loss, through train_lm.collate."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, V, (B, T), generator=g)
     y = torch.randint(0, V, (B, T), generator=g)
-    y[:, :T // 4] = -100  # the prompt: no loss
-    return {"input_ids": x.to(device), "labels": y.to(device), "weights": (0.5 + torch.rand(B, generator=g)).to(device),
-            "n_tokens": int((y != -100).sum())}
+    y[:, :round(prompt_share * T)] = -100  # the prompt: no loss
+    w = 0.5 + torch.rand(B, generator=g)
+    exs = [{"input_ids": x[r].numpy(), "labels": y[r].numpy(), "weight": float(w[r]),
+            "n_answer": int((y[r] != -100).sum())} for r in range(B)]
+    return train_lm.collate(exs, list(range(B)), 0, device)
 
 
 def ours_step(model, opt, mb, autocast):
-    denom = torch.tensor(float(mb["n_tokens"]), device=mb["input_ids"].device)
+    denom = float(mb["n_tokens"])
     sums = train_lm.forward_backward(model, model.lm_head.weight, [mb], denom, 1, fused_linear_cross_entropy, autocast)
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -180,16 +202,19 @@ def main(argv=None):
             have_hf = True
         except ImportError:
             print("transformers is not installed: measuring ours only")
+    share = demo_prompt_share() if args.prompt_share is None else args.prompt_share
     results = []
     for name in args.shapes.split(","):
         cfg = SHAPES[name]
+        if args.layers:
+            cfg = {**cfg, ("n_layer" if cfg["model_type"] == "gpt2" else "num_hidden_layers"): args.layers}
         for T in [int(s) for s in args.seq.split(",")]:
             torch.manual_seed(0)
             ours = build_model(cfg).train()
             n_matmul = train_lm.matmul_params(ours)
             c = ours.config
             L, d = getattr(c, "n_layer", None) or c.num_hidden_layers, getattr(c, "n_embd", None) or c.hidden_size
-            mb = make_batch(args.batch, T, cfg["vocab_size"], device)
+            mb = make_batch(args.batch, T, cfg["vocab_size"], device, share)
             flops = 6 * n_matmul * args.batch * T + 12 * L * d * T * T * args.batch
             impls = [("ours", ours, ours_step)]
             theirs = hf_model(cfg) if have_hf else None
@@ -198,7 +223,7 @@ def main(argv=None):
                 assert not unexpected and all("lm_head" in k for k in missing), (missing, unexpected)
                 theirs.tie_weights()
                 impls.append(("transformers", theirs.train(), hf_step))
-            row = {"shape": name, "seq": T, "batch": args.batch, "params": sum(p.numel() for p in ours.parameters())}
+            row = {"shape": name, "seq": T, "batch": args.batch, "prompt_share": share, "layers": L, "params": sum(p.numel() for p in ours.parameters())}
             runs = {impl: [] for impl, _, _ in impls}
             for _ in range(args.rounds):  # alternate ours / transformers; each one's fastest round counts
                 for impl, model, fn in impls:
@@ -210,7 +235,7 @@ def main(argv=None):
             for impl, rs in runs.items():
                 best = min(rs, key=lambda r: r["step_ms"])
                 row[impl] = {**best, "first_loss": rs[0]["first_loss"],  # loss of the untrained weights
-                             "tokens_per_s": args.batch * T / (best["step_ms"] / 1000),
+                             "tokens_per_s": args.batch * T / (best["step_ms"] / 1000),  # all real: no padding
                              "mfu": flops / (best["step_ms"] / 1000) / args.peak_flops if device.type == "cuda" else None}
             if theirs is not None:
                 row["speedup"] = row["ours"]["tokens_per_s"] / row["transformers"]["tokens_per_s"]
@@ -221,7 +246,8 @@ def main(argv=None):
 
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
     print(f"\ndevice: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else platform.processor() or 'cpu'}), "
-          f"{'bf16 autocast' if use_bf16 else 'fp32'}, torch {torch.__version__}")
+          f"{'bf16 autocast' if use_bf16 else 'fp32'}, torch {torch.__version__}, prompt share {share:.3f}"
+          f"{f', {args.layers} layers' if args.layers else ''}")
     print(f"{'shape':<15}{'seq':>6}{'batch':>6}  {'impl':<13}{'tok/s':>10}{'ms/step':>10}{'MFU':>7}{'mem GB':>8}"
           f"{'loss@1':>9}{'ours/hf':>9}")
     for row in results:

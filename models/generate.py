@@ -55,9 +55,9 @@ def n_layers_of(model):
     return cfg.n_layer if hasattr(cfg, "n_layer") else cfg.num_hidden_layers
 
 
-def last_logits(model, ids, mask, cache):
+def last_logits(model, ids, mask, cache, positions=None):
     """fp32 logits [B, V] of the last column only: the lm_head never sees the other positions."""
-    hidden = model(ids, attention_mask=mask, cache=cache, return_hidden=True)  # (B, T, C)
+    hidden = model(ids, attention_mask=mask, position_ids=positions, cache=cache, return_hidden=True)  # (B, T, C)
     return model.lm_head(hidden[:, -1]).float()  # (B, V)
 
 
@@ -66,11 +66,12 @@ def prefill(model, ids, mask, cache):
     return last_logits(model, ids, mask, cache)
 
 
-def decode_one(model, ids, mask, cache):
-    """Next-token logits: only the newest token when cached, else the whole context again."""
+def decode_one(model, ids, mask, cache, positions=None):
+    """Next-token logits: only the newest token when cached, else the whole context again.
+    positions: the context's position ids [B, S] (built once per batch), or None (the model's own)."""
     if cache is not None:
-        return last_logits(model, ids[:, -1:], mask, cache)
-    return last_logits(model, ids, mask, None)
+        return last_logits(model, ids[:, -1:], mask, cache, None if positions is None else positions[:, -1:])
+    return last_logits(model, ids, mask, None, positions)
 
 
 def banned_ngram_tokens(seq, n):
@@ -143,46 +144,59 @@ def generate(model, prompts, max_new_tokens, eos_id, pad_id, temperature=0.0, to
     device = next(model.parameters()).device
     V = model.lm_head.weight.shape[0]
 
-    ids = torch.full((B, L), pad, dtype=torch.long, device=device)
-    mask = torch.zeros((B, L), dtype=torch.long, device=device)
+    S = L + max_new_tokens
+    ids = torch.full((B, S), pad, dtype=torch.long, device=device)  # room for every new token: no cat per step
+    mask = torch.ones((B, S), dtype=torch.long, device=device)
     for b, p in enumerate(prompts):  # left padding: the last column is every row's newest token
-        ids[b, L - len(p):] = torch.tensor(p, dtype=torch.long, device=device)
-        mask[b, L - len(p):] = 1
-    rows = [list(p) for p in prompts]  # real tokens of each row (prompt + generated)
-    seen = torch.zeros((B, V), dtype=torch.bool, device=device)  # for the repetition penalty
-    for b, p in enumerate(prompts):
-        seen[b, torch.tensor(p, device=device)] = True
+        ids[b, L - len(p):L] = torch.tensor(p, dtype=torch.long, device=device)
+        mask[b, :L - len(p)] = 0
+    # mask and positions built once per batch, sliced per step; without padding neither is needed
+    padded = any(len(p) < L for p in prompts)
+    mask = mask if padded else None
+    positions = (mask.cumsum(-1) - 1).clamp(min=0) if padded else None  # left padding does not shift them
+    ctx = lambda n: (ids[:, :n], mask[:, :n] if padded else None)  # noqa: E731  (context of n columns)
+    rows = [list(p) for p in prompts] if no_repeat_ngram_size > 0 else None  # the n-gram ban reads host lists
+    seen = None  # tokens present in each row, for the repetition penalty only
+    if repetition_penalty != 1.0:
+        seen = torch.zeros((B, V), dtype=torch.bool, device=device)
+        for b, p in enumerate(prompts):
+            seen[b, torch.tensor(p, device=device)] = True
     generator = None
     if seed is not None:
         generator = torch.Generator(device=device)
         generator.manual_seed(seed)
-    out = [[] for _ in range(B)]
-    done = [False] * B
+    eos_ids = torch.tensor(sorted(eos), dtype=torch.long, device=device)
+    new = torch.full((B, max_new_tokens), -1, dtype=torch.long, device=device)  # -1: the row had finished
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    arange_b = torch.arange(B, device=device)
+    # the host learns the tokens at the end; it asks whether every row is done only every few steps
+    # (on a CPU every step: nothing runs ahead there, so asking costs nothing and saves steps)
+    check_every = 1 if device.type == "cpu" or rows is not None else 8
 
     was_training = model.training
     model.eval()
     try:
-        cache = KVCache(n_layers_of(model), L + max_new_tokens) if use_cache else None
-        logits = prefill(model, ids, mask, cache)
+        cache = KVCache(n_layers_of(model), S) if use_cache else None
+        logits = prefill(model, *ctx(L), cache)
         for step in range(max_new_tokens):
             logits = process_logits(logits, seen, rows, temperature, top_k, top_p, repetition_penalty,
                                     no_repeat_ngram_size, vocab_limit)
-            tok = choose(logits, temperature, generator).tolist()
-            for b in range(B):
-                if done[b]:
-                    tok[b] = pad  # finished rows are fed padding and never extended
-                elif tok[b] in eos:
-                    done[b] = True
-                    tok[b] = pad
-                else:
-                    out[b].append(tok[b])
-                    rows[b].append(tok[b])
-                    seen[b, tok[b]] = True
-            if all(done) or step == max_new_tokens - 1:
+            tok = choose(logits, temperature, generator)  # (B,), stays on the device
+            done = done | torch.isin(tok, eos_ids)
+            new[:, step] = tok.masked_fill(done, -1)
+            tok = tok.masked_fill(done, pad)  # finished rows are fed padding and never extended
+            if seen is not None:
+                seen[arange_b, tok] |= ~done
+            if rows is not None:
+                for b, t in enumerate(new[:, step].tolist()):
+                    if t >= 0:
+                        rows[b].append(t)
+            if step == max_new_tokens - 1 or ((step + 1) % check_every == 0 and bool(done.all())):
                 break
-            ids = torch.cat([ids, torch.tensor(tok, device=device)[:, None]], dim=1)  # (B, L + step + 1)
-            mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
-            logits = decode_one(model, ids, mask, cache)
+            ids[:, L + step] = tok
+            n = L + step + 1  # context columns
+            logits = decode_one(model, *ctx(n), cache, None if positions is None else positions[:, :n])
+        out = [[t for t in row if t >= 0] for row in new.tolist()]  # -1 only after a row's EOS
     finally:
         model.train(was_training)
     return out

@@ -104,21 +104,24 @@ def copy_hf_tensors(params, sd, model_name):
             p.copy_(sd[key].t() if transposed else sd[key])
 
 
-def attention_mask_4d(attention_mask, past, T):
+def attention_mask_4d(attention_mask, past, T, device=None):
     """Mask arguments for F.scaled_dot_product_attention: returns (attn_mask, is_causal).
 
     attention_mask: [B, past + T] (1 = real token, 0 = padding) or None; the T queries sit at
     positions past .. past+T-1 of the key sequence. Without padding no mask is materialized
-    (is_causal for a fresh sequence, nothing for a one-token decode step).
+    (is_causal for a fresh sequence, nothing for a one-token decode step). A one-token decode step
+    with a mask builds it without asking the host whether it has padding (no sync per token).
+    device: where to build masks when attention_mask is None (the inputs' device).
     """
-    if attention_mask is None or bool(attention_mask.all()):
+    device = attention_mask.device if attention_mask is not None else device
+    decode_step = attention_mask is not None and T == 1 and past > 0
+    if not decode_step and (attention_mask is None or bool(attention_mask.all())):
         if past == 0:
             return None, True
         if T == 1:
             return None, False  # one new query sees every cached key
         attention_mask = None
     S = past + T
-    device = attention_mask.device if attention_mask is not None else None
     q_pos = torch.arange(past, S, device=device)[:, None]  # (T, 1)
     k_pos = torch.arange(S, device=device)[None, :]  # (1, S)
     # query i sees key j iff j <= i (causal) and j is a real token; every query also sees itself,
@@ -233,7 +236,7 @@ class GPT2LMHeadModel(nn.Module):
             raise ValueError(f"sequence of {past + T} tokens exceeds GPT-2's n_positions={self.config.n_positions}")
         if position_ids is None:
             position_ids = default_position_ids(attention_mask, past, T, B, input_ids.device)
-        attn_mask, is_causal = attention_mask_4d(attention_mask, past, T)
+        attn_mask, is_causal = attention_mask_4d(attention_mask, past, T, input_ids.device)
         tr = self.transformer
         x = tr.drop(tr.wte(input_ids) + tr.wpe(position_ids))  # (B, T, C)
         for block in tr.h:

@@ -143,11 +143,17 @@ class Qwen2Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, nkv, S, hs) with S = past + T
-        # grouped-query attention: each KV head serves nh // nkv query heads
-        k = k.repeat_interleave(self.nh // self.nkv, dim=1)  # (B, nh, S, hs)
-        v = v.repeat_interleave(self.nh // self.nkv, dim=1)  # (B, nh, S, hs)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
-                                           dropout_p=self.attention_dropout if self.training else 0.0)
+        # grouped-query attention: each KV head serves g = nh // nkv query heads
+        g = self.nh // self.nkv
+        if T == 1 and not is_causal:  # a decode step: the g queries of a KV head become its g rows
+            y = F.scaled_dot_product_attention(q.reshape(B, self.nkv, g, self.hs), k, v, attn_mask=attn_mask,
+                                               dropout_p=self.attention_dropout if self.training else 0.0)
+            y = y.view(B, self.nh, 1, self.hs)  # (B, nh, 1, hs): the cache was never repeated
+        else:
+            k = k.repeat_interleave(g, dim=1)  # (B, nh, S, hs)
+            v = v.repeat_interleave(g, dim=1)  # (B, nh, S, hs)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                                               dropout_p=self.attention_dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, self.nh * self.hs)  # (B, T, nh * hs)
         return self.o_proj(y)
 
@@ -207,7 +213,7 @@ class Qwen2ForCausalLM(nn.Module):
         past = cache.length if cache is not None else 0
         if position_ids is None:
             position_ids = default_position_ids(attention_mask, past, T, B, input_ids.device)
-        attn_mask, is_causal = attention_mask_4d(attention_mask, past, T)
+        attn_mask, is_causal = attention_mask_4d(attention_mask, past, T, input_ids.device)
         x = self.model.embed_tokens(input_ids)  # (B, T, C)
         cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype, self.config.rope)
         for layer in self.model.layers:

@@ -1,0 +1,180 @@
+"""The lean training step (issue 14) against independent references: the output layer on the
+labelled positions only vs the full-position reference loss in float64; the step denominator
+computed on the host vs the one all-reduced over 2 gloo ranks; torch.compile recompiles counted."""
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import train_lm
+from models.loss import fused_linear_cross_entropy, linear_cross_entropy_reference
+
+
+def random_examples(n=12, seed=0, V=50):
+    """Examples as train_lm builds them: a prompt (labels -100) then an answer, various lengths."""
+    rng = np.random.default_rng(seed)
+    exs = []
+    for i in range(n):
+        n_prompt, n_answer = int(rng.integers(2, 15)), int(rng.integers(1, 12))
+        ids = rng.integers(0, V, n_prompt + n_answer)
+        labels = np.concatenate([np.full(n_prompt - 1, -100), ids[n_prompt:]])
+        exs.append({"id": f"ex{i}", "input_ids": ids[:-1].astype(np.int32), "labels": labels.astype(np.int32),
+                    "n_answer": n_answer, "weight": float(rng.uniform(0.2, 2.0))})
+    return exs
+
+
+def test_label_positions_are_the_labelled_ones():
+    exs = random_examples()
+    mb = train_lm.collate(exs, [3, 0, 7, 5], 0, "cpu", rows=6)
+    y = mb["labels"]
+    assert y.shape[0] == 6 and (y[4:] == -100).all() and (mb["weights"][4:] == 0).all()  # padded rows: no loss
+    expected = [r * y.shape[1] + t for r in range(6) for t in range(y.shape[1]) if y[r, t] != -100]
+    assert mb["label_pos"].tolist() == expected and len(expected) == mb["n_tokens"]
+
+
+def test_gathered_loss_equals_full_position_reference():
+    """The fused loss on the gathered labelled positions == the reference on every position of the
+    padded batch (float64 ground truth): the loss and the gradients of hidden and weight."""
+    exs = random_examples(V=300)
+    mb = train_lm.collate(exs, list(range(len(exs))), 0, "cpu")
+    B, T = mb["labels"].shape
+    g = torch.Generator().manual_seed(1)
+    hidden = torch.randn(B, T, 16, generator=g, dtype=torch.float64)
+    weight = torch.randn(300, 16, generator=g, dtype=torch.float64) / 4
+    w = mb["weights"][:, None].expand(B, T).flatten().double()
+    y = mb["labels"].flatten()
+
+    def run(fn, gather, dtype):
+        h, W = hidden.to(dtype).clone().requires_grad_(), weight.to(dtype).clone().requires_grad_()
+        hf, yy, ww = h.flatten(0, 1), y, w.to(dtype)
+        if gather:
+            hf, yy, ww = (t.index_select(0, mb["label_pos"]) for t in (hf, yy, ww))
+        loss = fn(hf, W, yy, ww)
+        loss.backward()
+        return loss.detach().double(), h.grad.double(), W.grad.double()
+
+    ref = run(linear_cross_entropy_reference, False, torch.float64)
+    assert (ref[1].flatten(0, 1)[y == -100] == 0).all() and ref[1].abs().max() > 1e-3
+    # the gather itself is exact: reference on the gathered rows, in float64
+    for a, b in zip(run(linear_cross_entropy_reference, True, torch.float64), ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    # the training path: the fused loss (fp32 inside) on the gathered rows
+    for chunk in (None, 7):
+        fused = lambda *a: fused_linear_cross_entropy(*a, chunk_size=chunk)  # noqa: E731
+        for dtype in (torch.float64, torch.float32):
+            got = run(fused, True, dtype)
+            for a, b in zip(got, ref):
+                assert ((a - b).norm() / b.norm()).item() < 1e-5
+
+
+# ----------------------------------------------------------------------------- the denominator
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _denominator_worker(rank, world, port, results):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        exs = random_examples(40, seed=2)
+        batches = train_lm.make_batches(np.array([len(e["input_ids"]) for e in exs]), 3, 0, 0)
+        grad_accum = 2
+        out = []
+        for s in range(0, len(batches) - grad_accum * world + 1, grad_accum * world):
+            step_batches = batches[s:s + grad_accum * world]
+            mbs = [train_lm.collate(exs, idx, 0, "cpu") for idx in step_batches[rank::world]]
+            for kind, key in (("tokens", "n_tokens"), ("weights", "weight_mass")):
+                # the all-reduced way: this rank's micro-batches, then a sum over ranks (float64)
+                t = torch.tensor(sum(mb[key] for mb in mbs), dtype=torch.float64)
+                dist.all_reduce(t)
+                out.append((kind, t.item(), train_lm.step_denominator(exs, step_batches, kind)))
+        results[rank] = out
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_host_denominator_equals_all_reduced_one():
+    world = 2
+    results = mp.Manager().dict()
+    mp.spawn(_denominator_worker, args=(world, _free_port(), results), nprocs=world)
+    assert len(results[0]) >= 6 and results[0] == results[1]
+    for kind, reduced, host in results[0]:
+        if kind == "tokens":
+            assert host == reduced
+        else:
+            assert host == pytest.approx(reduced, rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- --compile
+
+
+@pytest.mark.slow
+def test_compile_does_not_recompile(tmp_path):
+    """20 steps of --compile over batches of varied lengths and a short batch: compiled once (the
+    sequence dimension is dynamic from the first step, short batches are padded to batch size),
+    with the same losses as the eager run."""
+    import importlib
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    from conftest import write_rows
+    from test_train_lm import make_rows, metrics, tiny_model_dir
+
+    mk = importlib.import_module("tools.make_demo_tokenizer")
+    tok = mk.train_tokenizer([r["question"] + "\n" + r["answer"] for r in make_rows(200, seed=1)] + ["الجواب:"] * 20,
+                             vocab_size=300)
+    rows = make_rows(40)
+    data = write_rows(tmp_path / "data.jsonl", rows)
+    model = tiny_model_dir(tmp_path / "tiny", tok)
+    args = ["--data", str(data), "--model", str(model), "--device", "cpu", "--batch-size", "5", "--grad-accum", "1",
+            "--max-steps", "20", "--eval-every", "100", "--save-every", "100", "--seed", "0"]
+    train_rows = sum(r["split"] == "train" for r in rows)
+    assert train_rows % 5 != 0  # so one micro-batch of every epoch is short
+    torch._dynamo.reset()
+    counters.clear()
+    train_lm.main(args + ["--out", str(tmp_path / "compiled"), "--compile"])
+    recompiles = counters["frames"]["total"] - 1
+    assert counters["frames"]["ok"] >= 1 and recompiles <= 1, dict(counters["frames"])
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    train_lm.main(args + ["--out", str(tmp_path / "eager")])
+    losses = {run: [m["loss"] for m in metrics(tmp_path / run) if "loss" in m] for run in ("compiled", "eager")}
+    assert len(losses["eager"]) == 20 and losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4)
+    torch._dynamo.reset()
+
+
+# ----------------------------------------------------------------------------- dropout per rank
+
+
+@pytest.mark.slow
+def test_ranks_draw_their_own_dropout_and_resume_exactly(tmp_path):
+    """2 gloo ranks with dropout 0.1: each rank's random stream is its own (seed + rank, after the
+    model is built), and a run killed at step 4 and restarted ends with the same weights and the
+    same logged losses as one that was not."""
+    import importlib
+    from conftest import write_rows
+    from test_train_lm import make_rows, metrics, tensors, tiny_model_dir, torchrun
+
+    mk = importlib.import_module("tools.make_demo_tokenizer")
+    tok = mk.train_tokenizer([r["question"] + "\n" + r["answer"] for r in make_rows(200, seed=1)] + ["الجواب:"] * 20,
+                             vocab_size=300)
+    setup = {"data": write_rows(tmp_path / "data.jsonl", make_rows()),
+             "model": tiny_model_dir(tmp_path / "tiny", tok, resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)}
+    common = ("--max-steps", "6", "--save-every", "3", "--eval-every", "3", "--grad-accum", "2")
+    torchrun(setup, tmp_path / "straight", 2, *common)
+    r = torchrun(setup, tmp_path / "crash", 2, *common, "--crash-at-step", "4", restarts=1)
+    assert (tmp_path / "crash" / ".crashed").exists() and "resumed from" in r.stdout + r.stderr
+    a, b = tensors(tmp_path / "straight" / "last"), tensors(tmp_path / "crash" / "last")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    la = [m["loss"] for m in metrics(tmp_path / "straight") if "loss" in m]
+    lb = [m["loss"] for m in metrics(tmp_path / "crash") if "loss" in m]
+    assert la == lb and len(la) == 6
+    rngs = torch.load(tmp_path / "straight" / "last" / "trainer_state.pt", weights_only=True)["rng"]
+    assert len(rngs) == 2 and not torch.equal(rngs[0]["torch"], rngs[1]["torch"])
