@@ -79,9 +79,9 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import metrics as M
-from common import (SEVERITIES, USER_ERRORS, DataError, atomic_open, bf16_supported, check_out_dir, cleanup_dist,
-                    normalize_arabic, output_lock, pick_device, read_jsonl, setup_dist, severity_class, staged_dir,
-                    write_json, write_jsonl)
+from common import (SEVERITIES, USER_ERRORS, DataError, UsageError, atomic_open, bf16_supported, check_out_dir,
+                    cleanup_dist, normalize_arabic, output_lock, pick_device, read_jsonl, setup_dist, severity_class,
+                    staged_dir, write_json, write_jsonl)
 from models import load_pretrained
 from models.generate import generate
 from train_lm import build_example  # the prompt format is defined once, in train_lm.py
@@ -180,7 +180,7 @@ def prompt_ids(tokenizer, question, max_len):
     Returns (ids, truncated)."""
     ex = build_example(tokenizer, question, "", max_len + 1)
     if len(ex["prompt_ids"]) > max_len:  # build_example keeps a quarter of max_len for the question
-        raise ValueError(f"{max_len} prompt tokens leave no room for the separator and a question: "
+        raise UsageError(f"{max_len} prompt tokens leave no room for the separator and a question: "
                          "lower --max-new-tokens")
     return ex["prompt_ids"], ex["truncated"] is not None
 
@@ -190,7 +190,7 @@ def generate_answers(model, tokenizer, questions, args, show_progress=True):
     n_ctx = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
     max_prompt = n_ctx - args.max_new_tokens
     if max_prompt < 8:
-        raise ValueError(f"--max-new-tokens {args.max_new_tokens} leaves no room for a prompt in {n_ctx} positions")
+        raise UsageError(f"--max-new-tokens {args.max_new_tokens} leaves no room for a prompt in {n_ctx} positions")
     encoded = [prompt_ids(tokenizer, q, max_prompt) for q in questions]
     eos_id = tokenizer.eos_id if tokenizer.eos_id is not None else model.config.eos_token_id
     order = sorted(range(len(questions)), key=lambda i: -len(encoded[i][0]))  # similar lengths batch together

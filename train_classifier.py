@@ -69,8 +69,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (DEMO_DATA, SEVERITIES, SPLITS, USER_ERRORS, DataError, bf16_supported, check_out_dir, output_lock,
-                    pad_batch, pick_device, print0, read_jsonl, staged_dir, write_json)
+from common import (DEMO_DATA, SEVERITIES, SPLITS, USER_ERRORS, DataError, UsageError, bf16_supported, check_out_dir,
+                    output_lock, pad_batch, pick_device, print0, read_jsonl, staged_dir, write_json)
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # what an --out folder written before the project marked its folders holds (it may be replaced)
@@ -315,7 +315,7 @@ def train_wordpiece(texts, vocab_size):
 def encode_texts(tokenizer, texts, max_len):
     """[CLS] ids [SEP] for each text, cut to max_len tokens. Returns (id lists, number cut)."""
     if tokenizer.cls_id is None or tokenizer.sep_id is None:
-        raise ValueError("the tokenizer has no [CLS]/[SEP] token: not a BERT tokenizer")
+        raise UsageError("the tokenizer has no [CLS]/[SEP] token: not a BERT tokenizer")
     encodings = tokenizer.tok.encode_batch(list(texts), add_special_tokens=False)
     seqs, cut = [], 0
     for enc in encodings:
@@ -366,7 +366,7 @@ def build_classifier(model_folder, vocab_size, max_len, pad_id):
         return BertForSequenceClassification(config), None
     encoder, tokenizer = load_pretrained(model_folder, expect="bert")
     if not isinstance(encoder.config, BertConfig):
-        raise ValueError(f"{model_folder}: not a BERT model folder (model_type must be 'bert')")
+        raise UsageError(f"{model_folder}: not a BERT model folder (model_type must be 'bert')")
     encoder = getattr(encoder, "bert", encoder)  # a BertModel, or the encoder of a classifier folder
     return BertForSequenceClassification.from_encoder(encoder, labels["id2label"]), tokenizer
 
