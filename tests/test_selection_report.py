@@ -148,14 +148,16 @@ def synthetic_runs(tmp_path, minilm_dir, n=24):
     for j, run in enumerate(runs):
         folder = tmp_path / f"run{j}"
         evaluate.main(["--generations", str(write_rows(tmp_path / f"run{j}.jsonl", run)), "--out", str(folder),
-                       "--bootstrap", "0", "--bertscore-model", str(minilm_dir), "--bertscore-layer", str(LAYER)])
+                       "--bootstrap", "0", "--baseline-pairs", "0", "--bertscore-model", str(minilm_dir),
+                       "--bertscore-layer", str(LAYER)])
         folders.append(folder)
     return rows, runs, kinds, folders
 
 
 def test_select_mbr_and_oracle(tmp_path, minilm_dir):
     rows, runs, kinds, folders = synthetic_runs(tmp_path, minilm_dir)
-    common = ["--bertscore-model", str(minilm_dir), "--bertscore-layer", str(LAYER), "--bootstrap", "100"]
+    common = ["--bertscore-model", str(minilm_dir), "--bertscore-layer", str(LAYER), "--bootstrap", "100",
+              "--baseline-pairs", "0"]
     mbr = evaluate.main(["--select", "mbr", *map(str, folders), "--out", str(tmp_path / "mbr"), *common])
     oracle = evaluate.main(["--select", "oracle", *map(str, folders), "--out", str(tmp_path / "oracle"), *common])
     run_metrics = [json.loads((f / "metrics.json").read_text()) for f in folders]
