@@ -96,7 +96,8 @@ from models import load_pretrained
 from models.generate import generate
 from train_lm import build_example  # the prompt format is defined once, in train_lm.py
 
-METRICS = ("bertscore_p", "bertscore_r", "bertscore_f1", "bertscore_f1_rescaled", "chrf", "rougeL", "urgent_rate", "ref_urgent_rate")
+METRICS = ("bertscore_p", "bertscore_r", "bertscore_f1", "bertscore_f1_rescaled", "chrf", "rougeL", "urgent_rate",
+           "ref_urgent_rate")
 BERTSCORE = ("bertscore_p", "bertscore_r", "bertscore_f1", "bertscore_f1_rescaled")
 NAMES = {"bertscore_p": "BERTScore P", "bertscore_r": "BERTScore R", "bertscore_f1": "BERTScore F1",
          "bertscore_f1_rescaled": "BERTScore F1 rescaled",
@@ -284,12 +285,14 @@ def bertscore_stats(rows, args, device):
     config = {"model": str(args.bertscore_model), "layer": layer, "idf": args.idf, "max_length": max_len,
               "rescaled": False, "config_string": M.bertscore_config_string(name, layer, args.idf)}
     stats = {"bertscore_p": 100 * P, "bertscore_r": 100 * R, "bertscore_f1": 100 * F}
-    base = M.bertscore_baseline(refs, model, tokenizer, layer, idf=args.idf, batch_size=args.bertscore_batch_size,
-                                max_length=max_len, n_pairs=args.baseline_pairs, seed=args.seed) if args.baseline_pairs else None
+    base = None if not args.baseline_pairs else M.bertscore_baseline(
+        refs, model, tokenizer, layer, idf=args.idf, batch_size=args.bertscore_batch_size, max_length=max_len,
+        n_pairs=args.baseline_pairs, seed=args.seed)
     if base is not None:  # raw numbers stay as they are; the rescaled F1 goes beside them
         stats["bertscore_f1_rescaled"] = 100 * M.rescale_with_baseline(F, base[2])
-        config["baseline"] = {"p": base[0], "r": base[1], "f1": base[2], "pairs": len(M.mismatched_pairs(
-            refs, args.baseline_pairs, args.seed)[0]), "from": "mismatched reference pairs of the evaluated set"}
+        n_pairs = len(M.mismatched_pairs(refs, args.baseline_pairs, args.seed)[0])
+        config["baseline"] = {"p": base[0], "r": base[1], "f1": base[2], "pairs": n_pairs,
+                              "from": "mismatched reference pairs of the evaluated set"}
     return stats, config
 
 
@@ -387,7 +390,8 @@ def write_run(out, rows, per_row, summary, config):
     result = {**summary, "config": config}
     write_json(out / "metrics.json", result)
     with atomic_open(out / "report.md") as f:
-        f.write(report_markdown(result, f"Evaluation: {config.get('title') or config.get('model') or config.get('generations')}")
+        title = config.get("title") or config.get("model") or config.get("generations")
+        f.write(report_markdown(result, f"Evaluation: {title}")
                 + R.quality_markdown(result["degeneracy"], rows, [s["severity_class"] for s in per_row]))
     return result
 
