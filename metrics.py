@@ -420,3 +420,67 @@ def urgent_rates(flags, severities, classes=("mild", "moderate", "critical")):
         sel = np.array([s == c for s in severities], dtype=bool)
         out[c] = float(flags[sel].mean()) if sel.any() else None
     return out
+
+
+# -----------------------------------------------------------------------------
+# BERTScore baseline rescaling, estimated on the evaluated set itself
+
+
+def mismatched_pairs(refs, n_pairs=1000, seed=0):
+    """Index pairs (i, j) of two different reference answers of the set, for the baseline.
+
+    The references are shuffled (seeded) and each is paired with the next one in that order
+    (a cycle, so no reference meets itself); pairs whose two texts are equal are dropped; at most
+    n_pairs are kept. Returns two int arrays."""
+    order = np.random.default_rng(seed).permutation(len(refs))
+    i, j = order, np.roll(order, -1)
+    keep = np.array([refs[a].strip() != refs[b].strip() for a, b in zip(i, j)], dtype=bool)
+    return i[keep][:n_pairs], j[keep][:n_pairs]
+
+
+def bertscore_baseline(refs, model, tokenizer, layer, idf=False, batch_size=64, max_length=512, n_pairs=1000,
+                       seed=0):
+    """BERTScore baseline (P, R, F on 0-1) of unrelated answers in this domain and language: the
+    mean BERTScore of mismatched reference pairs (one doctor's answer scored against the answer
+    to another question, mismatched_pairs). It plays the part of bert-score's baseline files,
+    which are estimated from random pairs of Common Crawl sentences and exist for no Arabic
+    model. With fewer than two distinct references there is no baseline: None."""
+    i, j = mismatched_pairs(refs, n_pairs, seed)
+    if len(i) == 0:
+        return None
+    P, R, F = bertscore([refs[a] for a in i], [refs[b] for b in j], model, tokenizer, layer, idf=idf,
+                        batch_size=batch_size, max_length=max_length)
+    return float(P.mean()), float(R.mean()), float(F.mean())
+
+
+def rescale_with_baseline(score, baseline):
+    """bert-score's rescaling: (score - b) / (1 - b), on the 0-1 scale. An unrelated answer lands
+    near 0, a perfect one at 1; the ranking of systems is unchanged."""
+    return (np.asarray(score, dtype=np.float64) - baseline) / (1.0 - baseline)
+
+
+# -----------------------------------------------------------------------------
+# Degeneracy: numbers that look fine can come from garbage output
+
+REPEAT_MIN_TOKENS = 4  # an answer this long or longer ...
+REPEAT_SHARE = 0.5  # ... whose most frequent token makes at least this share of it is "one repeated token"
+
+
+def degeneracy(texts):
+    """Flags of degenerate output over a list of answers (percent, 0-100; None when empty):
+    empty      share of answers with no token at all
+    distinct1  distinct unigrams / all unigrams over the answers (Li et al. 2016's distinct-1)
+    distinct2  the same for bigrams (within an answer)
+    repeated   share of answers of >= REPEAT_MIN_TOKENS tokens whose most frequent token makes
+               >= REPEAT_SHARE of their tokens ("mostly one repeated token")
+    Tokens are arabic_tokens (whitespace, punctuation removed)."""
+    if not texts:
+        return {"empty": None, "distinct1": None, "distinct2": None, "repeated": None}
+    toks = [arabic_tokens(t) for t in texts]
+    uni = [w for t in toks for w in t]
+    bi = [tuple(t[k:k + 2]) for t in toks for k in range(len(t) - 1)]
+    rep = [len(t) >= REPEAT_MIN_TOKENS and Counter(t).most_common(1)[0][1] >= REPEAT_SHARE * len(t) for t in toks]
+    return {"empty": 100 * sum(not t for t in toks) / len(toks),
+            "distinct1": 100 * len(set(uni)) / len(uni) if uni else 0.0,
+            "distinct2": 100 * len(set(bi)) / len(bi) if bi else 0.0,
+            "repeated": 100 * sum(rep) / len(toks)}

@@ -19,6 +19,7 @@ Run it:
     python train_lm.py                                   # CPU demo: data/demo.jsonl, a small GPT-2 from scratch
     python train_lm.py --model models/aragpt2-base --weights balanced --out out/base-balanced
     torchrun --nproc_per_node 8 train_lm.py --model models/qwen2.5-0.5b --weights ramp
+    python train_lm.py --weights balanced --curriculum cumulative   # stages mild, moderate, critical (curriculum.py)
     TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --nproc_per_node 8 --max-restarts 3 train_lm.py ...
                                                          # restarted workers resume from <out>/last by themselves
 (The variable: torchrun >= 2.5 keeps one rendezvous store across restarts, and restarted workers
@@ -64,6 +65,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from curriculum import CURRICULA, curriculum_stages, describe, stage_at
 from common import (DEMO_DATA, REPO, SEVERITIES, USER_ERRORS, DataError, UsageError, bf16_supported, check_out_dir,
                     check_probs, cleanup_dist, dumps, mark_dir, output_lock, print0, read_jsonl, recover_dir,
                     remove_stale_temps, setup_dist, severity_class, staged_dir, write_json, write_jsonl)
@@ -102,6 +104,9 @@ def get_args(argv=None):
     p.add_argument("--denominator", default="tokens", choices=["tokens", "weights"],
                    help="tokens: divide by the answer-token count (uniform == plain CE; weights scale each "
                         "example's gradient); weights: divide by the weight mass sum m*w (a weighted mean)")
+    p.add_argument("--curriculum", default=None, choices=CURRICULA,
+                   help="severity curriculum (curriculum.py): stages mild, moderate, critical; disjoint: stage k "
+                        "trains on class k only, cumulative: on classes up to k; steps split by stage rows")
     p.add_argument("--max-len", type=int, default=512, help="longest example in tokens (question + separator + "
                                                             "answer + EOS); longer ones are truncated and counted")
     # optimization
@@ -283,6 +288,16 @@ def make_batches(lengths, batch_size, seed, epoch):
         chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
         batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
     return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def stage_batches(lengths, batch_size, seed, epoch, stage=None):
+    """One epoch of micro-batches (indices into all training rows): make_batches over every row,
+    or, under --curriculum, over the rows of one stage (its own seed, so stages shuffle independently)."""
+    if stage is None:
+        return make_batches(lengths, batch_size, seed, epoch)
+    rows = stage["rows"]
+    stage_seed = seed + 7919 * (1 + SEVERITIES.index(stage["name"]))
+    return [rows[b] for b in make_batches(lengths[rows], batch_size, stage_seed, epoch)]
 
 
 def collate(examples, indices, pad_id, device, rows=None):
@@ -497,6 +512,10 @@ def train(args, rank, world, device, progress):
     weights_info = {"preset": args.weights, "alpha_raw": alpha_raw.tolist(), "alpha": alpha.tolist(),
                     "classes": list(SEVERITIES), "denominator": args.denominator,
                     "mean_example_weight": float(np.mean([e["weight"] for e in train_ex]))}
+    stages = curriculum_stages([e["cls"] for e in train_ex], args.curriculum, args.max_steps) if args.curriculum else None
+    if stages:
+        data_info["curriculum"] = describe(stages, args.curriculum)
+        print0(f"curriculum {args.curriculum}: " + ", ".join(f"{s['name']} {len(s['rows'])} rows {s['steps']} steps" for s in stages))
     print0(f"data: {len(train_ex)} train / {len(val_ex)} val examples, {data_info['train_answer_tokens']} train "
            f"answer tokens; truncated (question / answer): train {counts['train_question']} / "
            f"{counts['train_answer']}, val {counts['val_question']} / {counts['val_answer']}")
@@ -506,6 +525,10 @@ def train(args, rank, world, device, progress):
     if len(make_batches(train_lengths, args.batch_size, args.seed, 0)) < steps_batches:
         raise UsageError(f"{len(train_ex)} training examples make fewer than grad_accum * world_size = "
                          f"{steps_batches} micro-batches of {args.batch_size}: lower --batch-size or --grad-accum")
+    for st in stages or []:
+        if len(stage_batches(train_lengths, args.batch_size, args.seed, 0, st)) < steps_batches:
+            raise ValueError(f"--curriculum: stage {st['name']} has {len(st['rows'])} training rows, fewer than "
+                             f"grad_accum * world_size = {steps_batches} micro-batches of {args.batch_size}")
 
     # validation batches, fixed: a seeded sample of at most eval_batches * batch_size rows,
     # grouped by severity class so one batch's loss is one class's loss, sorted by length
@@ -532,7 +555,8 @@ def train(args, rank, world, device, progress):
         state = torch.load(last_dir / "trainer_state.pt", map_location="cpu", weights_only=True)
         meta = json.loads((last_dir / "meta.json").read_text(encoding="utf-8"))
         for key in ("data", "weights", "denominator", "batch_size", "grad_accum", "seed", "max_len", "model", "lr",
-                    "min_lr", "warmup_steps", "weight_decay"):
+                    "min_lr", "warmup_steps", "weight_decay", "curriculum") + (
+                ("max_steps",) if args.curriculum else ()):  # the curriculum's stage split depends on max_steps
             if meta["args"].get(key) != getattr(args, key):
                 raise UsageError(f"{last_dir} was trained with --{key.replace('_', '-')} {meta['args'].get(key)}, "
                                  f"not {getattr(args, key)}: use another --out, or --resume never to start over")
@@ -543,6 +567,8 @@ def train(args, rank, world, device, progress):
         if meta["data"]["fingerprint"] != data_info["fingerprint"]:  # same file name, other rows or weights
             raise UsageError(f"{last_dir} was trained on other training rows (or severity weights) than {args.data} "
                              f"holds now: use another --out, or --resume never to start over")
+        if meta["data"].get("curriculum") != data_info.get("curriculum"):
+            raise ValueError(f"{last_dir} was trained with other curriculum stages: use another --out, or --resume never")
         optimizer.load_state_dict(state["optimizer"])
         step, epoch, data_pos, best_val = state["step"], state["epoch"], state["data_pos"], state["best_val"]
         set_rng_state(state["rng"][rank % len(state["rng"])], device)
@@ -609,7 +635,8 @@ def train(args, rank, world, device, progress):
         return res
 
     # ---- the loop: validate / save at the top, then one optimizer step
-    batches = make_batches(train_lengths, args.batch_size, args.seed, epoch)
+    stage = stage_at(stages, max(step - 1, 0)) if stages else None  # the stage of the saved data position
+    batches = stage_batches(train_lengths, args.batch_size, args.seed, epoch, stage)
     pbar = tqdm(total=args.max_steps, initial=step, disable=rank != 0, dynamic_ncols=True, desc="train")
     say = pbar.write if rank == 0 else (lambda text: None)  # log lines above the progress bar
     start_step = step
@@ -655,9 +682,12 @@ def train(args, rank, world, device, progress):
 
         # one optimizer step over grad_accum * world micro-batches; rank r takes every world-th
         t0 = time.time()
+        if stages and stage_at(stages, step) is not stage:  # next curriculum stage: its rows, from the start
+            stage, epoch, data_pos = stage_at(stages, step), 0, 0
+            batches = stage_batches(train_lengths, args.batch_size, args.seed, epoch, stage)
         if data_pos + steps_batches > len(batches):  # epoch over: drop the remainder, reshuffle
             epoch, data_pos = epoch + 1, 0
-            batches = make_batches(train_lengths, args.batch_size, args.seed, epoch)
+            batches = stage_batches(train_lengths, args.batch_size, args.seed, epoch, stage)
         step_batches = batches[data_pos:data_pos + steps_batches]
         data_pos += steps_batches
         micro_batches = ahead.pop((epoch, data_pos), None) or collate_step(step_batches)
@@ -702,7 +732,7 @@ def train(args, rank, world, device, progress):
             record = {"step": step, "loss": loss, "lr": lr, "grad_norm": gnorm, "epoch": epoch,
                       "tokens_per_s": sum(lengths) / dt, "step_ms": 1000 * dt,
                       "mfu": flops / dt / (args.peak_flops * world) if device.type == "cuda" else None,
-                      "peak_mem_gb": peak_mem}
+                      "peak_mem_gb": peak_mem, "stage": stage["name"] if stage else None}
             log(record)
             mfu = f"mfu {100 * record['mfu']:.1f}% " if record["mfu"] is not None else ""
             say(f"step {step}: loss {loss:.4f} lr {lr:.2e} grad norm {gnorm:.3f} "

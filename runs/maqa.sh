@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The real experiment: MAQA, AraBERT severity classifier, ten language models, uniform vs
-# balanced severity weights, evaluated overall and per severity class.
+# The real experiment: MAQA, AraBERT severity classifier, ten language models, each zero-shot,
+# fine-tuned with uniform and balanced severity weights and with the severity curriculum, plus MBR
+# selection over the fine-tuned runs, evaluated overall and per severity class; the paper's
+# model x method table over everything at the end ($OUT/table/table.md).
 #
 # Nothing is downloaded: put these local folders (Hugging Face layout, safetensors) under $MODELS
 # first, and MAQA's ds5b.csv under $DATA:
@@ -30,7 +32,6 @@ OUT=${OUT:-out/maqa}
 NGPU=${NGPU:-1}
 STEPS=${STEPS:-10000}
 PY=${PY:-.venv/bin/python}
-LMS=${LMS:-"aragpt2-base aragpt2-medium aragpt2-large aragpt2-mega qwen2.5-0.5b qwen2.5-1.5b qwen3-0.6b qwen3-1.7b llama-3.2-1b gemma-3-1b"}
 # torch >= 2.5 reuses the rendezvous store across restarts, and restarted workers can read stale
 # addresses (pytorch/pytorch#135712); this keeps --max-restarts reliable
 export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
@@ -49,16 +50,30 @@ mkdir -p "$OUT"
     --model "$OUT/classifier" --out "$OUT/scored.jsonl" --batch-size 256
 
 # 4-5. each language model with uniform (plain cross-entropy) and balanced severity weights
+LMS=${LMS:-"aragpt2-base aragpt2-medium aragpt2-large aragpt2-mega qwen2.5-0.5b qwen2.5-1.5b qwen3-0.6b qwen3-1.7b llama-3.2-1b gemma-3-1b"}
+EVAL_ARGS="--data $OUT/scored.jsonl --split test --bertscore-model $MODELS/bert-base-multilingual-cased --bertscore-layer 9"
 for lm in $LMS; do
-  for weights in uniform balanced; do
+  # zero-shot: the base model as it is, with the same prompt format (the paper's gains start here)
+  [ -f "$OUT/$lm-zeroshot-eval/metrics.json" ] || $TORCHRUN evaluate.py --model "$MODELS/$lm" $EVAL_ARGS \
+      --max-new-tokens 256 --batch-size 64 --out "$OUT/$lm-zeroshot-eval"
+  for weights in uniform balanced curriculum; do
+    # curriculum: stages mild, moderate, critical (cumulative), plain cross-entropy inside each
+    flags="--weights $weights"; [ "$weights" = curriculum ] && flags="--weights uniform --curriculum cumulative"
     run="$OUT/$lm-$weights"
-    $TORCHRUN train_lm.py --model "$MODELS/$lm" --data "$OUT/scored.jsonl" --weights "$weights" \
+    $TORCHRUN train_lm.py --model "$MODELS/$lm" --data "$OUT/scored.jsonl" $flags \
         --out "$run" --max-steps "$STEPS" --batch-size 16 --grad-accum $((32 / NGPU > 0 ? 32 / NGPU : 1)) \
         --max-len 512 --lr 5e-5 --eval-every 500 --save-every 500
     [ -f "$run-eval/metrics.json" ] || $TORCHRUN evaluate.py --model "$run/best" --data "$OUT/scored.jsonl" \
         --split test --bertscore-model "$MODELS/bert-base-multilingual-cased" --bertscore-layer 9 \
         --max-new-tokens 256 --batch-size 64 --out "$run-eval"
   done
-  $PY evaluate.py --compare "$OUT/$lm-uniform-eval" "$OUT/$lm-balanced-eval" --out "$OUT/$lm-compare" --plot
+  # MBR selection over the three fine-tuned runs (no reference used); the oracle is an upper bound
+  [ -f "$OUT/$lm-mbr-eval/metrics.json" ] || $PY evaluate.py --select mbr "$OUT/$lm-uniform-eval" \
+      "$OUT/$lm-balanced-eval" "$OUT/$lm-curriculum-eval" $EVAL_ARGS --out "$OUT/$lm-mbr-eval" --device cuda
+  $PY evaluate.py --compare "$OUT/$lm-uniform-eval" "$OUT/$lm-balanced-eval" "$OUT/$lm-curriculum-eval" \
+      "$OUT/$lm-mbr-eval" "$OUT/$lm-zeroshot-eval" --out "$OUT/$lm-compare" --plot
 done
-echo "comparison tables: $OUT/*-compare/compare.md"
+# the paper's table: one row per model, one column per method (zero-shot, plain, weighted, curriculum, selection)
+$PY evaluate.py --compare "$OUT"/*-uniform-eval "$OUT"/*-balanced-eval "$OUT"/*-curriculum-eval "$OUT"/*-mbr-eval \
+    "$OUT"/*-zeroshot-eval --out "$OUT/table" --plot
+echo "comparison tables: $OUT/*-compare/compare.md; the model x method table: $OUT/table/table.md"

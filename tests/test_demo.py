@@ -32,3 +32,12 @@ def test_demo_fast_runs_the_whole_pipeline(tmp_path):
     balanced = compare["metrics"]["chrf"]["eval-balanced"]["overall"]
     assert 0 < balanced["p_value"] <= 1 and "delta" in balanced
     assert (out / "compare" / "compare.md").read_text(encoding="utf-8").count("eval-balanced") >= 1
+    # the curriculum run, the MBR selection over the three runs, and the model x method table
+    curr = [json.loads(x) for x in (out / "lm-curriculum" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["stage"] for m in curr if "loss" in m][-1] == "critical"
+    mbr = [json.loads(x) for x in (out / "eval-mbr" / "generations.jsonl").read_text().splitlines()]
+    assert len(mbr) == test_rows and {r["selected_from"] for r in mbr} <= {"eval-uniform", "eval-balanced",
+                                                                          "eval-curriculum"}
+    table = json.loads((out / "compare" / "table.json").read_text())
+    assert table["columns"] == ["plain", "weighted", "curriculum", "selection (MBR)"]
+    assert "| demo GPT-2 (from scratch) |" in (out / "compare" / "table.md").read_text(encoding="utf-8")

@@ -1,0 +1,257 @@
+"""Response selection (selection.py, evaluate.py --select), the BERTScore rescaling baseline,
+degeneracy flags and the paper's table (reporting.py), on the real MiniLM BERT and the shipped
+demo answers. References: bert-score itself (raw and rescaled with our baseline written as its
+baseline file), hand counts, and synthetic sets whose right answer is known by construction."""
+import json
+import random
+
+import numpy as np
+import pytest
+
+import evaluate
+import metrics as M
+import reporting as R
+from common import DEMO_DATA
+from conftest import write_rows
+from selection import mbr_select, oracle_select
+from test_metrics import _bert_score_reference
+
+LAYER = 6
+
+
+def demo_rows(n, split="test"):
+    rows = [json.loads(x) for x in DEMO_DATA.read_text(encoding="utf-8").splitlines() if x.strip()]
+    return [r for r in rows if r["split"] == split][:n]
+
+
+@pytest.fixture(scope="module")
+def minilm(minilm_dir):
+    return M.load_bertscore_model(minilm_dir, layer=LAYER)[:3]
+
+
+# ----------------------------------------------------------------------------- rescaling
+
+
+def test_mismatched_pairs_never_pair_a_text_with_itself():
+    refs = ["a", "b", "a", "c", "d", "b", "e"]
+    i, j = M.mismatched_pairs(refs, n_pairs=100, seed=3)
+    assert len(i) > 0 and all(refs[a] != refs[b] for a, b in zip(i, j))
+    assert len(M.mismatched_pairs(refs, n_pairs=2, seed=3)[0]) == 2
+    assert len(M.mismatched_pairs(["x", "x"])[0]) == 0
+
+
+def test_rescaled_unrelated_answers_land_near_zero(minilm):
+    model, tok, max_len = minilm
+    rows = demo_rows(60, "train")
+    refs = [r["answer"] for r in rows]
+    base = M.bertscore_baseline(refs, model, tok, LAYER, max_length=max_len, seed=0)
+    assert 0.3 < base[2] < 0.95  # unrelated Arabic answers share a lot under an English-centric BERT
+    # shuffled references: every answer scored against the answer to another question
+    perm = np.random.default_rng(7).permutation(len(refs))
+    F = M.bertscore([refs[k] for k in perm], refs, model, tok, LAYER, max_length=max_len)[2]
+    assert abs(M.rescale_with_baseline(F, base[2]).mean()) < 0.03 < F.mean()
+    # a constant answer, typical of the domain (from the val split, not among the references): it
+    # sits near the centre of the answers, so a little above the random-pair baseline (0.18 here),
+    # far below its raw score and below a near-copy of the reference
+    constant = demo_rows(1, "val")[0]["answer"]
+    F = M.bertscore([constant] * len(refs), refs, model, tok, LAYER, max_length=max_len)[2]
+    near_copy = M.bertscore([" ".join(r.split()[:-1]) for r in refs], refs, model, tok, LAYER, max_length=max_len)[2]
+    assert abs(M.rescale_with_baseline(F, base[2]).mean()) < 0.25 and F.mean() > 0.5
+    assert M.rescale_with_baseline(near_copy, base[2]).mean() > 0.6
+    # a short generic constant scores below the unrelated baseline; the reference itself scores 1
+    F = M.bertscore(["راجع الطبيب"] * len(refs), refs, model, tok, LAYER, max_length=max_len)[2]
+    assert M.rescale_with_baseline(F, base[2]).mean() < 0.05
+    F = M.bertscore(refs, refs, model, tok, LAYER, max_length=max_len)[2]
+    assert M.rescale_with_baseline(F, base[2]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_evaluate_rescaled_beside_raw_equals_bert_score(tmp_path, monkeypatch, minilm_dir):
+    """evaluate.py with a shuffled-reference 'model': raw per-row BERTScore still equals
+    bert-score's, and the rescaled F1 equals bert-score's rescale_with_baseline given our
+    baseline as its baseline file; overall rescaled F1 near 0."""
+    pytest.importorskip("pandas")  # bert-score reads baseline files with pandas
+    rows = demo_rows(40)
+    answers = [r["answer"] for r in rows]
+    for k, r in enumerate(rows):
+        r["generated"] = answers[(k + 5) % len(rows)]
+    path = write_rows(tmp_path / "g.jsonl", rows)
+    res = evaluate.main(["--generations", str(path), "--out", str(tmp_path / "run"), "--bootstrap", "50",
+                         "--bertscore-model", str(minilm_dir), "--bertscore-layer", str(LAYER)])
+    base = res["config"]["bertscore"]["baseline"]
+    assert base["pairs"] == len(rows) and abs(res["overall"]["bertscore_f1_rescaled"]) < 5  # percent
+    assert "no-rescale" in res["config"]["bertscore"]["config_string"]  # the raw number's setting is unchanged
+    out_rows = [json.loads(x) for x in (tmp_path / "run" / "generations.jsonl").read_text().splitlines()]
+    gen, refs = [r["generated"] for r in rows], [r["answer"] for r in rows]
+    _, _, F = _bert_score_reference(monkeypatch, minilm_dir, gen, refs, LAYER, False)
+    assert [r["scores"]["bertscore_f1"] for r in out_rows] == pytest.approx(100 * F, abs=1e-3)
+    csv = tmp_path / "baseline.csv"  # bert-score's baseline file format: one row per layer
+    csv.write_text("LAYER,P,R,F\n" + "".join(f"{k},{base['p']},{base['r']},{base['f1']}\n" for k in range(LAYER + 1)))
+    import bert_score
+    _, _, Fr = bert_score.score(gen, refs, model_type=str(minilm_dir), num_layers=LAYER, lang="ar", batch_size=8,
+                                rescale_with_baseline=True, baseline_path=str(csv))
+    assert [r["scores"]["bertscore_f1_rescaled"] for r in out_rows] == pytest.approx(100 * Fr.numpy(), abs=1e-3)
+    report = (tmp_path / "run" / "report.md").read_text(encoding="utf-8")
+    assert "BERTScore F1 rescaled" in report and "## Degeneracy flags" in report
+
+
+# ----------------------------------------------------------------------------- degeneracy
+
+
+def test_degeneracy_hand_counts():
+    texts = ["", "ألم ألم ألم ألم", "ألم في الصدر.", "a b a b"]
+    d = M.degeneracy(texts)
+    assert d["empty"] == 25.0
+    assert d["distinct1"] == pytest.approx(100 * 5 / 11)  # ألم في الصدر a b of 4 + 3 + 4 tokens
+    assert d["distinct2"] == pytest.approx(100 * 5 / 8)  # (ألم ألم) x3, (ألم في), (في الصدر), (a b) x2, (b a)
+    assert d["repeated"] == 50.0  # ألم x4 (4/4) and a b a b (2/4); 3-token answers are too short to judge
+    assert M.degeneracy([])["empty"] is None
+    by = R.degeneracy_by_group([{"generated": t} for t in texts], ["mild", "mild", None, "critical"])
+    assert by["mild"]["empty"] == 50.0 and by["critical"]["repeated"] == 100.0 and by["moderate"]["empty"] is None
+
+
+# ----------------------------------------------------------------------------- selection
+
+
+def test_mbr_and_oracle_on_toy_scores():
+    """A token-overlap similarity: the consensus (MBR) and the closest-to-reference (oracle)
+    candidates are known by hand."""
+    def jaccard(hyps, refs):
+        return np.array([len(set(h.split()) & set(r.split())) / len(set(h.split()) | set(r.split()))
+                         for h, r in zip(hyps, refs)])
+
+    cands = [["a b c", "a b d", "x y z"], ["p q", "p q", "r s"]]
+    chosen, util = mbr_select(cands, jaccard)
+    assert chosen == [0, 0]  # ties between equal candidates go to the first run
+    assert util[0] == pytest.approx([(0.5 + 0) / 2, (0.5 + 0) / 2, 0])
+    chosen, sc = oracle_select(cands, ["a b d", "r s t"], jaccard)
+    assert chosen == [1, 2] and sc[1] == pytest.approx([0, 0, 2 / 3])
+
+
+def synthetic_runs(tmp_path, minilm_dir, n=24):
+    """Three runs over the same rows: per row one good (the reference minus its last word), one
+    partial (its first third + another answer's second half) and one wrong (another question's answer)
+    candidate, rotated over the runs so that no run is always best."""
+    rows = demo_rows(n)
+    answers = [r["answer"] for r in rows]
+    kinds = []
+    runs = [[], [], []]
+    for k, r in enumerate(rows):
+        words, other = r["answer"].split(), answers[(k + 7) % n].split()
+        cand = {"good": " ".join(words[:-1]),
+                "partial": " ".join(words[:len(words) // 3] + other[len(other) // 2:]),
+                "wrong": answers[(k + 3) % n]}
+        order = ["good", "partial", "wrong"][k % 3:] + ["good", "partial", "wrong"][:k % 3]
+        kinds.append(order)
+        for j, kind in enumerate(order):
+            runs[j].append({**r, "generated": cand[kind]})
+    folders = []
+    for j, run in enumerate(runs):
+        folder = tmp_path / f"run{j}"
+        evaluate.main(["--generations", str(write_rows(tmp_path / f"run{j}.jsonl", run)), "--out", str(folder),
+                       "--bootstrap", "0", "--baseline-pairs", "0", "--bertscore-model", str(minilm_dir),
+                       "--bertscore-layer", str(LAYER)])
+        folders.append(folder)
+    return rows, runs, kinds, folders
+
+
+def test_select_mbr_and_oracle(tmp_path, minilm_dir):
+    rows, runs, kinds, folders = synthetic_runs(tmp_path, minilm_dir)
+    common = ["--bertscore-model", str(minilm_dir), "--bertscore-layer", str(LAYER), "--bootstrap", "100",
+              "--baseline-pairs", "0"]
+    mbr = evaluate.main(["--select", "mbr", *map(str, folders), "--out", str(tmp_path / "mbr"), *common])
+    oracle = evaluate.main(["--select", "oracle", *map(str, folders), "--out", str(tmp_path / "oracle"), *common])
+    run_metrics = [json.loads((f / "metrics.json").read_text()) for f in folders]
+    for name, res in (("mbr", mbr), ("oracle", oracle)):
+        out = [json.loads(x) for x in (tmp_path / name / "generations.jsonl").read_text().splitlines()]
+        assert [r["id"] for r in out] == [r["id"] for r in rows]
+        picked = []
+        for k, r in enumerate(out):  # every selected answer is one of the row's candidates, from the named run
+            j = [f.name for f in folders].index(r["selected_from"])
+            assert r["generated"] == runs[j][k]["generated"]
+            picked.append(kinds[k][j])
+        assert set(r.keys()) >= {"generated", "selected_from", "selection", "scores", "question", "answer"}
+        if name == "mbr":
+            assert picked.count("wrong") <= len(rows) // 10, picked
+            assert res["config"]["select"]["upper_bound"] is False
+        else:
+            assert picked.count("wrong") == 0
+            # the oracle's score is at least every run's, row by row and overall
+            for m in run_metrics:
+                assert res["overall"]["bertscore_f1"] >= m["overall"]["bertscore_f1"] - 1e-9
+            per_run = np.array([[json.loads(x)["scores"]["bertscore_f1"] for x in
+                                 (f / "generations.jsonl").read_text().splitlines()] for f in folders])
+            assert np.all(np.array([r["scores"]["bertscore_f1"] for r in out]) >= per_run.max(0) - 1e-6)
+            # labelled as an upper bound in every file it writes
+            assert res["config"]["select"]["upper_bound"] is True and all(r["selection"]["upper_bound"] for r in out)
+            assert "UPPER BOUND" in (tmp_path / "oracle" / "report.md").read_text(encoding="utf-8").splitlines()[0]
+    # a selection folder is a normal run folder: --compare takes it, and the table names it
+    cmp = evaluate.main(["--compare", str(folders[0]), str(tmp_path / "mbr"), str(tmp_path / "oracle"),
+                         "--out", str(tmp_path / "cmp"), "--bootstrap", "50"])
+    assert cmp["metrics"]["bertscore_f1"]["oracle"]["overall"]["delta"] >= 0
+    table = (tmp_path / "cmp" / "table.md").read_text(encoding="utf-8")
+    assert "selection (MBR)" in table and "oracle (upper bound)" in table
+
+
+def test_select_errors(tmp_path, minilm_dir):
+    with pytest.raises(SystemExit):
+        evaluate.get_args(["--select", "mbr", "a", "--compare", "a", "b"])  # two modes
+    with pytest.raises(evaluate.DataError, match="expected mbr or oracle"):
+        evaluate.main(["--select", "best", "a", "b", "--bertscore-model", str(minilm_dir)])
+    with pytest.raises(evaluate.DataError, match="at least two run folders"):
+        evaluate.main(["--select", "mbr", "a", "--bertscore-model", str(minilm_dir)])
+    with pytest.raises(evaluate.DataError, match="give --bertscore-model"):
+        evaluate.main(["--select", "mbr", "a", "b"])
+
+
+# ----------------------------------------------------------------------------- the paper's table
+
+
+def fake_run(folder, model, f1, ci, mode="generate", select=None):
+    """A run folder's metrics.json as evaluate.py writes it (only the fields the table reads)."""
+    groups = {g: {"bertscore_f1": f1 + i, "urgent_rate": 10.0 * i, "ref_urgent_rate": 50.0}
+              for i, g in enumerate(("mild", "moderate", "critical"))}
+    cis = {g: {"bertscore_f1": [v["bertscore_f1"] - ci, v["bertscore_f1"] + ci]} for g, v in groups.items()}
+    meta = {"overall": {"bertscore_f1": f1, "urgent_rate": 5.0}, "by_severity": groups,
+            "ci": {"overall": {"bertscore_f1": [f1 - ci, f1 + ci]}, "by_severity": cis},
+            "n": {"overall": 9, "mild": 3, "moderate": 3, "critical": 3},
+            "config": {"mode": mode, "model": str(model) if model else None, "select": select,
+                       "bertscore": {"config_string": "x_L6"}}}
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps(meta))
+    return folder
+
+
+def trained(folder, base, weights, curriculum=None):
+    folder.mkdir(parents=True)
+    (folder / "meta.json").write_text(json.dumps({"args": {"model": base, "weights": weights,
+                                                           "curriculum": curriculum}, "weights": {}}))
+    return folder
+
+
+def test_paper_table_from_run_metadata(tmp_path):
+    base = tmp_path / "models" / "aragpt2-base"
+    base.mkdir(parents=True)  # a base model folder: no train_lm meta.json -> zero-shot
+    runs = [fake_run(tmp_path / "e-bal", trained(tmp_path / "m-bal", str(base), "balanced"), 60.0, 1.0),
+            fake_run(tmp_path / "e-uni", trained(tmp_path / "m-uni", str(base), "uniform"), 55.0, 1.5),
+            fake_run(tmp_path / "e-zero", base, 40.0, 2.0),
+            fake_run(tmp_path / "e-cur", trained(tmp_path / "m-cur", str(base), "ramp", "cumulative"), 58.0, 1.0),
+            fake_run(tmp_path / "e-q", trained(tmp_path / "m-q", "models/qwen2.5-0.5b", "uniform"), 57.0, 1.0)]
+    runs.append(fake_run(tmp_path / "e-mbr", None, 61.0, 1.0, "select",
+                         {"upper_bound": False, "runs": [str(runs[0]), str(runs[1])]}))
+    runs.append(fake_run(tmp_path / "e-or", None, 70.0, 1.0, "select",
+                         {"upper_bound": True, "runs": [str(runs[0]), str(runs[1])]}))
+    table = R.paper_table(runs)
+    assert table["models"] == ["aragpt2-base", "qwen2.5-0.5b"]
+    assert table["columns"] == ["zero-shot", "plain", "weighted", "curriculum", "selection (MBR)",
+                                "oracle (upper bound)"]
+    md = R.paper_table_markdown(table)
+    assert "| aragpt2-base | 40.00 [38.00, 42.00] | 55.00 [53.50, 56.50] | 60.00 [59.00, 61.00] | 58.00 [57.00, 59.00] " \
+           "| 61.00 [60.00, 62.00] | 70.00 [69.00, 71.00] |" in md
+    assert "| qwen2.5-0.5b |  | 57.00 [56.00, 58.00] |  |  |  |  |" in md
+    assert "BERTScore-F1, critical (n = 3)" in md and "| aragpt2-base | 42.00 [40.00, 44.00] |" in md
+    assert "20.00 / 0.00" in md  # triage: urgent advice on critical / on mild
+    # two weighted runs of one model: the columns say which weights
+    runs.append(fake_run(tmp_path / "e-ramp", trained(tmp_path / "m-ramp", str(base), "ramp"), 59.0, 1.0))
+    assert {"weighted (balanced)", "weighted (ramp)"} <= set(R.paper_table(runs)["columns"])
+    plt = pytest.importorskip("matplotlib.pyplot")
+    assert R.plot_paper_table(plt, tmp_path / "t.png", table).stat().st_size > 1000
