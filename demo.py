@@ -32,7 +32,12 @@ import sys
 import time
 from pathlib import Path
 
+from common import OutputError, check_out_dir, mark_dir
+
 REPO = Path(__file__).resolve().parent
+# what one demo run writes under --out (removed at the start of the next run: the folder is the demo's)
+DEMO_OUTPUTS = {"labeled.jsonl", "classifier", "scored.jsonl", "lm-uniform", "lm-balanced", "lm-curriculum",
+                "eval-uniform", "eval-balanced", "eval-curriculum", "eval-mbr", "compare", "scored.jsonl.meta.json"}
 
 
 def run(cmd, log):
@@ -70,9 +75,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("labeled.jsonl", "classifier", "scored.jsonl", "lm-uniform", "lm-balanced", "lm-curriculum",
-                 "eval-uniform", "eval-balanced", "eval-curriculum", "eval-mbr", "compare"):  # a fresh run: train_lm.py would resume from an old lm-*/last
+    try:  # only a folder the demo made (or an empty one) is used: a user's folder is never emptied
+        check_out_dir(out, DEMO_OUTPUTS | {"all-MiniLM-L6-v2"})
+    except OutputError as e:
+        sys.exit(f"demo: {e}")
+    mark_dir(out)
+    for name in DEMO_OUTPUTS:  # a fresh run: train_lm.py would resume from an old lm-*/last
         path = out / name
         if path.is_dir():
             shutil.rmtree(path)

@@ -418,18 +418,18 @@ def print_stats(path, field="question"):
     return hits, labels
 
 
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["--stats"]:
-        p = argparse.ArgumentParser(description="per-rule hit counts of the severity lexicon on a file")
-        p.add_argument("--stats", metavar="FILE", required=True, help="JSONL (one complaint per row) or text lines")
-        p.add_argument("--field", default="question", help="the JSONL field holding the complaint")
-        a = p.parse_args()
-        try:
-            print_stats(a.stats, a.field)
-        except DataError as e:
-            raise SystemExit(f"error: {e}")
-        sys.exit(0)
-    for arg in sys.argv[1:] or [sys.stdin.read()]:
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Show what the severity rules and the urgent-advice lexicon find in a "
+                                            "text, or count each rule's hits over a file (--stats).")
+    p.add_argument("texts", nargs="*", help="complaints to label (none: read one from standard input)")
+    p.add_argument("--stats", metavar="FILE", help="per-rule hit counts over a JSONL file (one complaint per row) "
+                                                   "or a text file (one per line)")
+    p.add_argument("--field", default="question", help="with --stats: the JSONL field holding the complaint")
+    args = p.parse_args(argv)
+    if args.stats:
+        print_stats(args.stats, args.field)
+        return
+    for arg in args.texts or [sys.stdin.read()]:
         label, matched = severity_of(arg)
         print("normalized:", " / ".join(" ".join(s) for s in sentences(arg)))
         print("severity:  ", label)
@@ -437,3 +437,10 @@ if __name__ == "__main__":
             print(f"  {e.level:9s} {e.id:28s} {e.note}")
         urgent = find_matches(arg, urgent_lexicon(), window=URGENT_NEGATION_WINDOW)
         print("urgent advice:", ", ".join(e.id for e in urgent) or "none")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except DataError as e:
+        raise SystemExit(f"error: {e}")

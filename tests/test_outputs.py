@@ -267,3 +267,24 @@ def test_dtype_names_are_the_same_in_every_script():
     assert evaluate.get_args(["--generations", "g", "--dtype", "bf16"]).dtype == "bf16"
     assert evaluate.get_args(["--generations", "g", "--dtype", "float32"]).dtype == "fp32"  # the old name still works
     assert train_lm.get_args(["--dtype", "bf16"]).dtype == "bf16"
+
+
+def test_demo_never_empties_a_users_folder(tmp_path):
+    import demo
+    user = tmp_path / "project"
+    user.mkdir()
+    (user / "labeled.jsonl").write_text("a user's labels", encoding="utf-8")  # a name the demo also writes
+    (user / "notes.md").write_text("mine", encoding="utf-8")
+    before = snapshot(tmp_path)
+    with pytest.raises(SystemExit, match="did not write"):
+        demo.main(["--out", str(user)])
+    assert snapshot(tmp_path) == before
+
+
+def test_lexicon_help_is_help(capsys):
+    import lexicon
+    with pytest.raises(SystemExit) as e:
+        lexicon.main(["--help"])
+    assert e.value.code == 0 and "usage:" in capsys.readouterr().out
+    lexicon.main(["عندي ألم شديد في الصدر"])
+    assert "severity:   critical" in capsys.readouterr().out
