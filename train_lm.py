@@ -68,6 +68,7 @@ from common import (DEMO_DATA, REPO, SEVERITIES, DataError, bf16_supported, chec
 from models import Tokenizer, build_model, load_pretrained
 from models.hf_io import write_pretrained
 from models.loss import fused_linear_cross_entropy, linear_cross_entropy_reference
+from models.lora import add_lora, load_adapter, merged, save_adapter
 
 # Class weights alpha = (mild, moderate, critical). Fixed presets are rescaled at start-up so the
 # mean weight over the training answer tokens is 1: the learning rate means the same for all.
@@ -125,6 +126,14 @@ def get_args(argv=None):
     p.add_argument("--compile", action="store_true", help="torch.compile the model (the raw module is saved)")
     p.add_argument("--fused-loss", action=argparse.BooleanOptionalAction, default=True,
                    help="chunked lm_head + cross-entropy (models/loss.py); --no-fused-loss materializes the logits")
+    # models that do not fit plain DDP (README: "what fits where")
+    p.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank on the frozen model "
+                                                            "(models/lora.py; 0 = full fine-tuning)")
+    p.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale alpha / rank (default alpha = 2 * rank)")
+    p.add_argument("--lora-dropout", type=float, default=0.05, help="dropout on the input of the LoRA path")
+    p.add_argument("--lora-targets", default="auto", help="comma-separated linear layer names to adapt; auto: every "
+                                                          "attention and MLP projection (GPT-2 c_attn,c_proj,c_fc; "
+                                                          "Qwen2/Llama q,k,v,o,gate,up,down_proj)")
     p.add_argument("--crash-at-step", type=int, default=None, help=argparse.SUPPRESS)  # tests: die once, see the loop
     args = p.parse_args(argv)
     for flag in ("max_steps", "batch_size", "grad_accum", "eval_every", "save_every", "log_every"):
@@ -133,6 +142,9 @@ def get_args(argv=None):
     args.out = args.out or f"out/lm-{args.weights.replace(',', '_')}"
     args.lr = args.lr if args.lr is not None else (5e-5 if args.model else 1e-3)
     args.min_lr = args.min_lr if args.min_lr is not None else args.lr / 10
+    if args.lora_rank < 0 or not 0 <= args.lora_dropout < 1:
+        p.error("--lora-rank must be >= 0 and --lora-dropout in [0, 1)")
+    args.lora_alpha = args.lora_alpha if args.lora_alpha is not None else 2.0 * args.lora_rank
     return args
 
 
@@ -324,7 +336,10 @@ def set_rng_state(state, device):
 def save_checkpoint(folder, raw_model, tokenizer, meta, trainer_state=None):
     """A Hugging Face model folder + meta.json (+ trainer_state.pt), atomically (temp folder, rename)."""
     with staged_dir(folder) as tmp:  # folder is always the old or the new complete checkpoint (see recover_dir)
-        write_pretrained(raw_model, tokenizer, tmp)
+        with merged(raw_model):  # LoRA: the folder holds the merged model (a no-op without adapters)
+            write_pretrained(raw_model, tokenizer, tmp)
+        if hasattr(raw_model, "lora_config"):  # and the adapters alone, in PEFT's layout
+            save_adapter(raw_model, tmp / "adapter", meta["args"]["model"])
         write_json(tmp / "meta.json", meta)
         if trainer_state is not None:
             torch.save(trainer_state, tmp / "trainer_state.pt")
@@ -366,7 +381,7 @@ def train(args, rank, world, device):
     torch.manual_seed(args.seed)  # the same on every rank: identical initialization
 
     # ---- model and tokenizer: the last checkpoint, --model, or a small GPT-2 from scratch
-    if resume:
+    if resume and not args.lora_rank:
         raw_model, tokenizer = load_pretrained(last_dir, device=device)
     elif args.model:
         raw_model, tokenizer = load_pretrained(args.model, device=device)
@@ -375,6 +390,10 @@ def train(args, rank, world, device):
         eos = tokenizer.eos_id
         raw_model = build_model({**DEMO_GPT2, "vocab_size": tokenizer.vocab_size, "bos_token_id": eos,
                                  "eos_token_id": eos, "pad_token_id": eos}).to(device)
+    if args.lora_rank:  # only the adapters train; last/ holds merged weights, so a resume is base + last/adapter
+        add_lora(raw_model, args.lora_rank, args.lora_alpha, args.lora_dropout, args.lora_targets)
+        if resume:
+            load_adapter(raw_model, last_dir / "adapter")
     raw_model.train()
     if tokenizer.eos_id is None:
         raise ValueError("the tokenizer declares no EOS token (tokenizer_config.json eos_token): the model "
@@ -440,8 +459,8 @@ def train(args, rank, world, device):
 
     # ---- optimizer: AdamW, weight decay on every >= 2-D tensor (matmuls and embeddings, as
     # nanoGPT and HF Trainer do), none on biases and norm gains
-    decay = [p for p in raw_model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in raw_model.parameters() if p.dim() < 2]
+    decay = [p for p in raw_model.parameters() if p.dim() >= 2 and p.requires_grad]  # LoRA: the adapters only
+    no_decay = [p for p in raw_model.parameters() if p.dim() < 2 and p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=args.lr, betas=(0.9, 0.95), eps=1e-8,
@@ -452,7 +471,8 @@ def train(args, rank, world, device):
     if resume:
         state = torch.load(last_dir / "trainer_state.pt", map_location="cpu", weights_only=True)
         meta = json.loads((last_dir / "meta.json").read_text(encoding="utf-8"))
-        for key in ("data", "weights", "denominator", "batch_size", "grad_accum", "seed", "max_len", "model"):
+        for key in ("data", "weights", "denominator", "batch_size", "grad_accum", "seed", "max_len", "model",
+                    "lora_rank", "lora_alpha", "lora_targets"):
             if meta["args"].get(key) != getattr(args, key):
                 raise ValueError(f"{last_dir} was trained with --{key.replace('_', '-')} {meta['args'].get(key)}, "
                                  f"not {getattr(args, key)}: use another --out, or --resume never to start over")
