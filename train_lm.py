@@ -69,6 +69,8 @@ from models import Tokenizer, build_model, load_pretrained
 from models.hf_io import write_pretrained
 from models.loss import fused_linear_cross_entropy, linear_cross_entropy_reference
 from models.lora import add_lora, load_adapter, merged, save_adapter
+from models.parallel import (LossModel, checkpoint_blocks, full_weights, load_optimizer_state, optimizer_state, plain,
+                             shard_model)
 
 # Class weights alpha = (mild, moderate, critical). Fixed presets are rescaled at start-up so the
 # mean weight over the training answer tokens is 1: the learning rate means the same for all.
@@ -134,6 +136,10 @@ def get_args(argv=None):
     p.add_argument("--lora-targets", default="auto", help="comma-separated linear layer names to adapt; auto: every "
                                                           "attention and MLP projection (GPT-2 c_attn,c_proj,c_fc; "
                                                           "Qwen2/Llama q,k,v,o,gate,up,down_proj)")
+    p.add_argument("--activation-checkpointing", action="store_true",
+                   help="recompute each block in the backward instead of keeping its activations (models/parallel.py)")
+    p.add_argument("--fsdp", action="store_true", help="under torchrun: shard weights, gradients and optimizer state "
+                                                      "over the ranks with FSDP2 instead of DDP (models/parallel.py)")
     p.add_argument("--crash-at-step", type=int, default=None, help=argparse.SUPPRESS)  # tests: die once, see the loop
     args = p.parse_args(argv)
     for flag in ("max_steps", "batch_size", "grad_accum", "eval_every", "save_every", "log_every"):
@@ -144,6 +150,8 @@ def get_args(argv=None):
     args.min_lr = args.min_lr if args.min_lr is not None else args.lr / 10
     if args.lora_rank < 0 or not 0 <= args.lora_dropout < 1:
         p.error("--lora-rank must be >= 0 and --lora-dropout in [0, 1)")
+    if args.fsdp and (args.lora_rank or args.compile):  # not built or tested together; LoRA needs no sharding
+        p.error("--fsdp does not combine with --lora-rank or --compile")
     args.lora_alpha = args.lora_alpha if args.lora_alpha is not None else 2.0 * args.lora_rank
     return args
 
@@ -299,10 +307,13 @@ def forward_backward(model, lm_head_weight, micro_batches, denom, world_size, lo
             with autocast():
                 # right padding under a causal mask: real tokens never see the padding, so no
                 # attention mask is needed (SDPA keeps its fastest is_causal kernel)
-                hidden = model(mb["input_ids"], return_hidden=True)  # (B, T, C)
                 token_weights = mb["weights"][:, None].expand_as(mb["labels"])  # (B, T)
-                loss_sum = loss_fn(hidden.flatten(0, 1), lm_head_weight, mb["labels"].flatten(),
-                                   token_weights.flatten())
+                if isinstance(model, LossModel):  # FSDP: the loss inside the forward (models/parallel.py)
+                    loss_sum = model(mb["input_ids"], mb["labels"], token_weights)[0]
+                else:
+                    hidden = model(mb["input_ids"], return_hidden=True)  # (B, T, C)
+                    loss_sum = loss_fn(hidden.flatten(0, 1), lm_head_weight, mb["labels"].flatten(),
+                                       token_weights.flatten())
             (loss_sum / denom * world_size).backward()
         sums.append(loss_sum.detach())
     return torch.stack(sums)
@@ -457,6 +468,13 @@ def train(args, rank, world, device):
         idx = sorted((i for i in val_order if val_ex[i]["cls"] == c), key=lambda i: len(val_ex[i]["input_ids"]))
         val_batches += [(c, idx[s:s + args.batch_size]) for s in range(0, len(idx), args.batch_size)]
 
+    # ---- memory savers (models/parallel.py): recompute blocks in backward; FSDP2 shards over ranks
+    if args.activation_checkpointing:
+        checkpoint_blocks(raw_model)
+    if args.fsdp and world == 1:
+        raise ValueError("--fsdp shards the model over torchrun's ranks: run it under torchrun --nproc_per_node N")
+    sharded = shard_model(raw_model, loss_fn, bf16=use_bf16) if args.fsdp else None
+
     # ---- optimizer: AdamW, weight decay on every >= 2-D tensor (matmuls and embeddings, as
     # nanoGPT and HF Trainer do), none on biases and norm gains
     decay = [p for p in raw_model.parameters() if p.dim() >= 2 and p.requires_grad]  # LoRA: the adapters only
@@ -472,14 +490,14 @@ def train(args, rank, world, device):
         state = torch.load(last_dir / "trainer_state.pt", map_location="cpu", weights_only=True)
         meta = json.loads((last_dir / "meta.json").read_text(encoding="utf-8"))
         for key in ("data", "weights", "denominator", "batch_size", "grad_accum", "seed", "max_len", "model",
-                    "lora_rank", "lora_alpha", "lora_targets"):
+                    "lora_rank", "lora_alpha", "lora_targets", "fsdp"):
             if meta["args"].get(key) != getattr(args, key):
                 raise ValueError(f"{last_dir} was trained with --{key.replace('_', '-')} {meta['args'].get(key)}, "
                                  f"not {getattr(args, key)}: use another --out, or --resume never to start over")
         if meta["data"]["fingerprint"] != data_info["fingerprint"]:  # same file name, other rows or weights
             raise ValueError(f"{last_dir} was trained on other training rows (or severity weights) than {args.data} "
                              f"holds now: use another --out, or --resume never to start over")
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(sharded, optimizer, state["optimizer"])
         step, epoch, data_pos, best_val = state["step"], state["epoch"], state["data_pos"], state["best_val"]
         set_rng_state(state["rng"][rank % len(state["rng"])], device)
         print0(f"resumed from {last_dir} at step {step}")
@@ -487,7 +505,9 @@ def train(args, rank, world, device):
         out.mkdir(parents=True, exist_ok=True)
 
     model = torch.compile(raw_model) if args.compile else raw_model
-    if world > 1:
+    if sharded is not None:
+        model = sharded
+    elif world > 1:
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     n_matmul = matmul_params(raw_model)
     n_layer = getattr(cfg, "n_layer", None) or getattr(cfg, "num_hidden_layers")
@@ -520,15 +540,19 @@ def train(args, rank, world, device):
         and both per severity class; summed over ranks."""
         raw_model.eval()
         sums = torch.zeros(len(SEVERITIES) + 1, 3, dtype=acc_dtype, device=device)  # (class, [ce, w*ce, tokens])
-        for c, idx in val_batches[rank::world]:
+        # FSDP: every forward is collective (it gathers weights), so every rank runs every batch
+        for c, idx in (val_batches if sharded is not None else val_batches[rank::world]):
             mb = collate(val_ex, idx, pad_id, device)
             with autocast():
-                hidden = raw_model(mb["input_ids"], return_hidden=True).flatten(0, 1)
                 w = mb["weights"][:, None].expand_as(mb["labels"]).flatten()
-                ce = loss_fn(hidden, raw_model.lm_head.weight, mb["labels"].flatten(), torch.ones_like(w))
-                wce = loss_fn(hidden, raw_model.lm_head.weight, mb["labels"].flatten(), w)
+                if sharded is not None:  # FSDP: the loss inside the forward (models/parallel.py)
+                    ce, wce = sharded(mb["input_ids"], mb["labels"], torch.ones_like(w), w)
+                else:
+                    hidden = raw_model(mb["input_ids"], return_hidden=True).flatten(0, 1)
+                    ce = loss_fn(hidden, raw_model.lm_head.weight, mb["labels"].flatten(), torch.ones_like(w))
+                    wce = loss_fn(hidden, raw_model.lm_head.weight, mb["labels"].flatten(), w)
             sums[c] += torch.stack([ce, wce, torch.tensor(float(mb["n_tokens"]), device=device)]).to(acc_dtype)
-        if world > 1:
+        if world > 1 and sharded is None:
             dist.all_reduce(sums)
         raw_model.train()
         total = sums.sum(0).tolist()
@@ -558,20 +582,23 @@ def train(args, rank, world, device):
                     f"weighted {res['val_loss_weighted']:.4f}, per class {per_class}")
                 if res["val_loss"] < best_val:
                     best_val = res["val_loss"]
-                    if rank == 0:
-                        save_checkpoint(best_dir, raw_model, tokenizer, {**meta, "step": step, "best_val": best_val,
-                                                                         "val": res})
+                    with full_weights(raw_model, rank, sharded):  # FSDP: gathered to rank 0 (a no-op otherwise)
+                        if rank == 0:
+                            save_checkpoint(best_dir, raw_model, tokenizer, {**meta, "step": step,
+                                                                             "best_val": best_val, "val": res})
         if step > start_step and (step % args.save_every == 0 or last_step):
             rngs = [None] * world
             if world > 1:
                 dist.all_gather_object(rngs, rng_state(device))
             else:
                 rngs = [rng_state(device)]
-            if rank == 0:
-                trainer_state = {"optimizer": optimizer.state_dict(), "step": step, "epoch": epoch,
-                                 "data_pos": data_pos, "best_val": best_val, "rng": rngs}
-                save_checkpoint(last_dir, raw_model, tokenizer, {**meta, "step": step, "best_val": best_val},
-                                trainer_state)
+            opt_state = optimizer_state(sharded, optimizer)  # FSDP: gathered from every rank
+            with full_weights(raw_model, rank, sharded):  # FSDP: gathered to rank 0 (a no-op otherwise)
+                if rank == 0:
+                    trainer_state = {"optimizer": opt_state, "step": step, "epoch": epoch,
+                                     "data_pos": data_pos, "best_val": best_val, "rng": rngs}
+                    save_checkpoint(last_dir, raw_model, tokenizer, {**meta, "step": step, "best_val": best_val},
+                                    trainer_state)
             if world > 1:
                 dist.barrier()  # nobody runs ahead of a checkpoint that is not written yet
         if last_step:
@@ -600,6 +627,7 @@ def train(args, rank, world, device):
             group["lr"] = lr
         sums = forward_backward(model, raw_model.lm_head.weight, micro_batches, denom, world, loss_fn, autocast)
         grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip if args.grad_clip > 0 else math.inf)
+        grad_norm = plain(grad_norm)  # FSDP: a DTensor
         if world > 1:  # every rank learns every micro-batch's loss (one small collective per step)
             gathered = [torch.empty_like(sums) for _ in range(world)]
             dist.all_gather(gathered, sums)
