@@ -19,6 +19,9 @@ Run it:
     python train_lm.py                                   # CPU demo: data/demo.jsonl, a small GPT-2 from scratch
     python train_lm.py --model models/aragpt2-base --weights balanced --out out/base-balanced
     torchrun --nproc_per_node 8 train_lm.py --model models/qwen2.5-0.5b --weights ramp
+    python train_lm.py --model models/qwen2.5-7b --lora-rank 16 --activation-checkpointing   # LoRA, one GPU
+    torchrun --nproc_per_node 8 train_lm.py --model models/qwen2.5-7b --fsdp  # FSDP2 instead of DDP
+                                                         # (README "what fits where"; models/lora.py, models/parallel.py)
     TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --nproc_per_node 8 --max-restarts 3 train_lm.py ...
                                                          # restarted workers resume from <out>/last by themselves
 (The variable: torchrun >= 2.5 keeps one rendezvous store across restarts, and restarted workers
@@ -38,6 +41,7 @@ Writes --out (default out/lm-<weights>):
     last/     the latest checkpoint: a Hugging Face model folder (config.json, model.safetensors,
               tokenizer files) + meta.json + trainer_state.pt (optimizer, step, data position, RNG)
     best/     the checkpoint with the lowest validation loss (model folder + meta.json)
+              with --lora-rank both are the merged model and also hold adapter/ (PEFT's layout)
     metrics.jsonl  first line {"args": ...}; then one line per step and one per validation
 Checkpoints are written to a temporary folder and renamed into place, so a run killed at any
 moment resumes from a complete checkpoint; resuming gives the same weights as not stopping.
