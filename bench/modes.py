@@ -1,6 +1,6 @@
 """Tokens/s and peak memory of train_lm.py in each mode, side by side, against tools/what_fits.py.
 
-    python bench/modes.py                     # CPU: a 26M-parameter Qwen2-style model, ~3-5 minutes
+    python bench/modes.py                     # CPU: an 11M-parameter Qwen2-style model, ~5 minutes
     python bench/modes.py --device cuda --d 2048 --layers 24 --seq 1024   # one GPU (FSDP needs 2)
 
 Each mode is a fresh `train_lm.py` process (FSDP: `torchrun --nproc_per_node 2`) on the shipped
@@ -43,11 +43,11 @@ MODES = {  # name: (extra train_lm flags, processes)
 
 def get_args(argv=None):
     p = argparse.ArgumentParser(description="train_lm.py modes side by side (see the module docstring)")
-    p.add_argument("--d", type=int, default=512, help="hidden size")
-    p.add_argument("--layers", type=int, default=8, help="decoder layers")
+    p.add_argument("--d", type=int, default=384, help="hidden size")
+    p.add_argument("--layers", type=int, default=6, help="decoder layers")
     p.add_argument("--seq", type=int, default=128, help="--max-len (demo rows are shorter; they are padded per batch)")
     p.add_argument("--batch", type=int, default=8, help="--batch-size per process")
-    p.add_argument("--steps", type=int, default=8, help="optimizer steps per mode")
+    p.add_argument("--steps", type=int, default=6, help="optimizer steps per mode")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, from: {', '.join(MODES)}")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", default=str(ROOT / "bench" / "modes.json"), help="JSON results file")
@@ -55,9 +55,9 @@ def get_args(argv=None):
 
 
 def shape(args):
-    """A Qwen2-style shape (GQA 4:1, MLP 3d) with the demo tokenizer's vocabulary, as what_fits sees it."""
+    """A Qwen2-style shape (head size 64, one KV head per 256 of d, MLP 3d) with the demo tokenizer's vocabulary, as what_fits sees it."""
     V = Tokenizer.from_folder(ROOT / "data" / "demo_tokenizer").vocab_size
-    return dict(d=args.d, L=args.layers, I=3 * args.d, kv=args.d // 4, V=V, tied=True)
+    return dict(d=args.d, L=args.layers, I=3 * args.d, kv=64 * max(1, args.d // 256), V=V, tied=True)
 
 
 def run_mode(name, args, model_dir, work):
@@ -89,12 +89,15 @@ def main(argv=None):
         work = Path(tmp)
         tok = Tokenizer.from_folder(ROOT / "data" / "demo_tokenizer")
         cfg = dict(model_type="qwen2", vocab_size=s["V"], hidden_size=s["d"], intermediate_size=s["I"],
-                   num_hidden_layers=s["L"], num_attention_heads=s["d"] // 64, num_key_value_heads=s["d"] // 256,
+                   num_hidden_layers=s["L"], num_attention_heads=s["d"] // 64, num_key_value_heads=s["kv"] // 64,
                    tie_word_embeddings=True, max_position_embeddings=max(args.seq, 256), bos_token_id=tok.eos_id,
                    eos_token_id=tok.eos_id)
         torch.manual_seed(0)
         save_pretrained(build_model(cfg), tok, work / "model")
-        results = [run_mode(m, args, work / "model", work) for m in args.modes.split(",")]
+        results = []
+        for m in args.modes.split(","):
+            results.append(run_mode(m, args, work / "model", work))
+            print(results[-1], flush=True)  # partial results survive an interrupted run
     tokens = args.batch * args.seq  # padded micro-batch upper bound; demo rows are shorter
     full = next((r for r in results if r["mode"] == "full"), None)
     for r in results:
