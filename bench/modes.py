@@ -1,13 +1,13 @@
 """Tokens/s and peak memory of train_lm.py in each mode, side by side, against tools/what_fits.py.
 
-    python bench/modes.py                     # CPU: an 11M-parameter Qwen2-style model, ~5 minutes
+    python bench/modes.py                     # CPU: a 26M-parameter Qwen2-style model, ~5 minutes
     python bench/modes.py --device cuda --d 2048 --layers 24 --seq 1024   # one GPU (FSDP needs 2)
 
 Each mode is a fresh `train_lm.py` process (FSDP: `torchrun --nproc_per_node 2`) on the shipped
 demo data (--weights uniform) and a random-weight model with the demo tokenizer, in this order:
 full, full + activation checkpointing, LoRA (rank 16, every projection), FSDP over 2 processes,
-FSDP + checkpointing. Reported per mode: the median tokens/s of the steps after the first
-(FSDP: over both ranks), and the peak memory train_lm logs (CPU: the process's peak RSS;
+FSDP + checkpointing, each process with one thread. Reported per mode: the median tokens/s of the
+steps after the first (FSDP: the sum over both ranks, which use two cores), and the peak memory train_lm logs (CPU: the process's peak RSS;
 CUDA: max_memory_allocated; FSDP: rank 0). The process baseline (imports, data, allocator) is in
 every CPU figure alike, so the check against the estimate uses differences to full fine-tuning:
 measured peak(full) - peak(mode) beside what_fits.train_memory's full - mode (gpu=False on a CPU).
@@ -43,8 +43,8 @@ MODES = {  # name: (extra train_lm flags, processes)
 
 def get_args(argv=None):
     p = argparse.ArgumentParser(description="train_lm.py modes side by side (see the module docstring)")
-    p.add_argument("--d", type=int, default=384, help="hidden size")
-    p.add_argument("--layers", type=int, default=6, help="decoder layers")
+    p.add_argument("--d", type=int, default=512, help="hidden size")
+    p.add_argument("--layers", type=int, default=8, help="decoder layers")
     p.add_argument("--seq", type=int, default=128, help="--max-len (demo rows are shorter; they are padded per batch)")
     p.add_argument("--batch", type=int, default=8, help="--batch-size per process")
     p.add_argument("--steps", type=int, default=6, help="optimizer steps per mode")
@@ -69,7 +69,7 @@ def run_mode(name, args, model_dir, work):
            *extra]
     if procs > 1:
         cmd = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs), *cmd]
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // procs)),
+    env = {**os.environ, "OMP_NUM_THREADS": "1",  # one thread per process: spinning OpenMP threads on a busy CPU distort
            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
     r = subprocess.run([sys.executable, *cmd], cwd=ROOT, env=env, capture_output=True, text=True)
     if r.returncode != 0:
@@ -77,7 +77,9 @@ def run_mode(name, args, model_dir, work):
     steps = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [m for m in steps if "tokens_per_s" in m]
     tok_s = statistics.median(m["tokens_per_s"] for m in steps[1:]) * procs  # each rank logs its own share
-    return {"mode": name, "processes": procs, "tokens_per_s": tok_s, "peak_mem_gb": steps[-1]["peak_mem_gb"]}
+    tokens = statistics.median(m["tokens_per_s"] * m["step_ms"] / 1000 for m in steps)  # per step per rank
+    return {"mode": name, "processes": procs, "tokens_per_s": tok_s, "peak_mem_gb": steps[-1]["peak_mem_gb"],
+            "tokens_per_step": tokens}
 
 
 def main(argv=None):
@@ -98,7 +100,7 @@ def main(argv=None):
         for m in args.modes.split(","):
             results.append(run_mode(m, args, work / "model", work))
             print(results[-1], flush=True)  # partial results survive an interrupted run
-    tokens = args.batch * args.seq  # padded micro-batch upper bound; demo rows are shorter
+    tokens = round(statistics.median(r["tokens_per_step"] for r in results))  # real (unpadded) tokens per micro-batch
     full = next((r for r in results if r["mode"] == "full"), None)
     for r in results:
         r["predicted_gb"] = what_fits.train_memory(s, r["mode"], r["processes"], tokens, gpu=gpu) / 2**30
@@ -106,8 +108,8 @@ def main(argv=None):
             r["measured_saving_gb"] = full["peak_mem_gb"] - r["peak_mem_gb"]
             r["predicted_saving_gb"] = (what_fits.train_memory(s, "full", 1, tokens, gpu=gpu) / 2**30
                                         - r["predicted_gb"])
-    print(f"\n{n / 1e6:.1f}M parameters (d {s['d']}, {s['L']} layers, V {s['V']}), batch {args.batch} x up to "
-          f"{args.seq} tokens, {args.device}, torch {torch.__version__}")
+    print(f"\n{n / 1e6:.1f}M parameters (d {s['d']}, {s['L']} layers, V {s['V']}), batch {args.batch} rows, "
+          f"{tokens} tokens per micro-batch, {args.device}, one thread per process, torch {torch.__version__}")
     print(f"{'mode':<11}{'procs':>6}{'tok/s':>9}{'vs full':>9}{'peak GB':>9}{'saved GB':>10}{'predicted':>11}")
     for r in results:
         rel = r["tokens_per_s"] / full["tokens_per_s"] if full else float("nan")
