@@ -7,7 +7,7 @@ Each mode is a fresh `train_lm.py` process (FSDP: `torchrun --nproc_per_node 2`)
 demo data (--weights uniform) and a random-weight model with the demo tokenizer, in this order:
 full, full + activation checkpointing, LoRA (rank 16, every projection), FSDP over 2 processes,
 FSDP + checkpointing, each process with one thread. Reported per mode: the median tokens/s of the
-steps after the first (FSDP: the sum over both ranks, which use two cores), and the peak memory train_lm logs (CPU: the process's peak RSS;
+steps after the first (FSDP: both ranks' tokens, on two cores), and the peak memory train_lm logs (CPU: the process's peak RSS;
 CUDA: max_memory_allocated; FSDP: rank 0). The process baseline (imports, data, allocator) is in
 every CPU figure alike, so the check against the estimate uses differences to full fine-tuning:
 measured peak(full) - peak(mode) beside what_fits.train_memory's full - mode (gpu=False on a CPU).
@@ -76,8 +76,8 @@ def run_mode(name, args, model_dir, work):
         raise SystemExit(f"{name} failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
     steps = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [m for m in steps if "tokens_per_s" in m]
-    tok_s = statistics.median(m["tokens_per_s"] for m in steps[1:]) * procs  # each rank logs its own share
-    tokens = statistics.median(m["tokens_per_s"] * m["step_ms"] / 1000 for m in steps)  # per step per rank
+    tok_s = statistics.median(m["tokens_per_s"] for m in steps[1:])  # train_lm logs the whole step's tokens (all ranks)
+    tokens = statistics.median(m["tokens_per_s"] * m["step_ms"] / 1000 for m in steps) / procs  # per rank
     return {"mode": name, "processes": procs, "tokens_per_s": tok_s, "peak_mem_gb": steps[-1]["peak_mem_gb"],
             "tokens_per_step": tokens}
 
