@@ -20,6 +20,9 @@ Run it:
     python train_lm.py --model models/aragpt2-base --weights balanced --out out/base-balanced
     torchrun --nproc_per_node 8 train_lm.py --model models/qwen2.5-0.5b --weights ramp
     python train_lm.py --weights balanced --curriculum cumulative   # stages mild, moderate, critical (curriculum.py)
+    python train_lm.py --model models/qwen2.5-7b --lora-rank 16 --activation-checkpointing   # LoRA, one GPU
+    torchrun --nproc_per_node 8 train_lm.py --model models/qwen2.5-7b --fsdp  # FSDP2 instead of DDP
+                                                         # (README "what fits where"; models/lora.py, models/parallel.py)
     TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --nproc_per_node 8 --max-restarts 3 train_lm.py ...
                                                          # restarted workers resume from <out>/last by themselves
 (The variable: torchrun >= 2.5 keeps one rendezvous store across restarts, and restarted workers
@@ -39,6 +42,7 @@ Writes --out (default out/lm-<weights>):
     last/     the latest checkpoint: a Hugging Face model folder (config.json, model.safetensors,
               tokenizer files) + meta.json + trainer_state.pt (optimizer, step, data position, RNG)
     best/     the checkpoint with the lowest validation loss (model folder + meta.json)
+              with --lora-rank both are the merged model and also hold adapter/ (PEFT's layout)
     metrics.jsonl  first line {"args": ...}; then one line per step and one per validation
 Checkpoints are written to a temporary folder and renamed into place, so a run killed at any
 moment resumes from a complete checkpoint; resuming gives the same weights as not stopping.
@@ -72,6 +76,9 @@ from common import (DEMO_DATA, REPO, SEVERITIES, USER_ERRORS, DataError, UsageEr
 from models import Tokenizer, build_model, load_pretrained
 from models.hf_io import write_pretrained
 from models.loss import fused_linear_cross_entropy, linear_cross_entropy_reference
+from models.lora import add_lora, load_adapter, merged, save_adapter
+from models.parallel import (LossModel, checkpoint_blocks, full_weights, load_optimizer_state, optimizer_state, plain,
+                             shard_model)
 
 # Class weights alpha = (mild, moderate, critical). Fixed presets are rescaled at start-up so the
 # mean weight over the training answer tokens is 1: the learning rate means the same for all.
@@ -135,6 +142,18 @@ def get_args(argv=None):
     p.add_argument("--compile", action="store_true", help="torch.compile the model (the raw module is saved)")
     p.add_argument("--fused-loss", action=argparse.BooleanOptionalAction, default=True,
                    help="chunked lm_head + cross-entropy (models/loss.py); --no-fused-loss materializes the logits")
+    # models that do not fit plain DDP (README: "what fits where")
+    p.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank on the frozen model "
+                                                            "(models/lora.py; 0 = full fine-tuning)")
+    p.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale alpha / rank (default alpha = 2 * rank)")
+    p.add_argument("--lora-dropout", type=float, default=0.05, help="dropout on the input of the LoRA path")
+    p.add_argument("--lora-targets", default="auto", help="comma-separated linear layer names to adapt; auto: every "
+                                                          "attention and MLP projection (GPT-2 c_attn,c_proj,c_fc; "
+                                                          "Qwen2/Llama q,k,v,o,gate,up,down_proj)")
+    p.add_argument("--activation-checkpointing", action="store_true",
+                   help="recompute each block in the backward instead of keeping its activations (models/parallel.py)")
+    p.add_argument("--fsdp", action="store_true", help="under torchrun: shard weights, gradients and optimizer state "
+                                                      "over the ranks with FSDP2 instead of DDP (models/parallel.py)")
     p.add_argument("--crash-at-step", type=int, default=None, help=argparse.SUPPRESS)  # tests: die once, see the loop
     args = p.parse_args(argv)
     for flag in ("max_steps", "batch_size", "grad_accum", "eval_every", "save_every", "log_every"):
@@ -143,6 +162,11 @@ def get_args(argv=None):
     args.out = args.out or f"out/lm-{args.weights.replace(',', '_')}"
     args.lr = args.lr if args.lr is not None else (5e-5 if args.model else 1e-3)
     args.min_lr = args.min_lr if args.min_lr is not None else args.lr / 10
+    if args.lora_rank < 0 or not 0 <= args.lora_dropout < 1:
+        p.error("--lora-rank must be >= 0 and --lora-dropout in [0, 1)")
+    if args.fsdp and (args.lora_rank or args.compile):  # not built or tested together; LoRA needs no sharding
+        p.error("--fsdp does not combine with --lora-rank or --compile")
+    args.lora_alpha = args.lora_alpha if args.lora_alpha is not None else 2.0 * args.lora_rank
     return args
 
 
@@ -348,12 +372,15 @@ def forward_backward(model, lm_head_weight, micro_batches, denom, world_size, lo
             with autocast():
                 # right padding under a causal mask: real tokens never see the padding, so no
                 # attention mask is needed (SDPA keeps its fastest is_causal kernel)
-                hidden = model(mb["input_ids"], return_hidden=True)  # (B, T, C)
                 token_weights = mb["weights"][:, None].expand_as(mb["labels"])  # (B, T)
-                h, y, w = hidden.flatten(0, 1), mb["labels"].flatten(), token_weights.flatten()
-                if loss_fn is fused_linear_cross_entropy:  # the output layer only where there is loss
-                    h, y, w = (t.index_select(0, mb["label_pos"]) for t in (h, y, w))
-                loss_sum = loss_fn(h, lm_head_weight, y, w)
+                if isinstance(getattr(model, "_orig_mod", model), LossModel):  # FSDP: the loss inside the forward
+                    loss_sum = model(mb["input_ids"], mb["labels"], token_weights)[0]  # (models/parallel.py)
+                else:
+                    hidden = model(mb["input_ids"], return_hidden=True)  # (B, T, C)
+                    h, y, w = hidden.flatten(0, 1), mb["labels"].flatten(), token_weights.flatten()
+                    if loss_fn is fused_linear_cross_entropy:  # the output layer only where there is loss
+                        h, y, w = (t.index_select(0, mb["label_pos"]) for t in (h, y, w))
+                    loss_sum = loss_fn(h, lm_head_weight, y, w)
             (loss_sum / denom * world_size).backward()
         sums.append(loss_sum.detach())
     return torch.stack(sums)
@@ -387,7 +414,10 @@ def set_rng_state(state, device):
 def save_checkpoint(folder, raw_model, tokenizer, meta, trainer_state=None):
     """A Hugging Face model folder + meta.json (+ trainer_state.pt), atomically (temp folder, rename)."""
     with staged_dir(folder) as tmp:  # folder is always the old or the new complete checkpoint (see recover_dir)
-        write_pretrained(raw_model, tokenizer, tmp)
+        with merged(raw_model):  # LoRA: the folder holds the merged model (a no-op without adapters)
+            write_pretrained(raw_model, tokenizer, tmp)
+        if hasattr(raw_model, "lora_config"):  # and the adapters alone, in PEFT's layout
+            save_adapter(raw_model, tmp / "adapter", meta["args"]["model"])
         write_json(tmp / "meta.json", meta)
         if trainer_state is not None:
             torch.save(trainer_state, tmp / "trainer_state.pt")
@@ -454,7 +484,7 @@ def train(args, rank, world, device, progress):
     torch.manual_seed(args.seed)  # the same on every rank: identical initialization
 
     # ---- model and tokenizer: the last checkpoint, --model, or a small GPT-2 from scratch
-    if resume:
+    if resume and not args.lora_rank:
         raw_model, tokenizer = load_pretrained(last_dir, device=device, expect="lm")
     elif args.model:
         raw_model, tokenizer = load_pretrained(args.model, device=device, expect="lm")
@@ -463,6 +493,10 @@ def train(args, rank, world, device, progress):
         eos = tokenizer.eos_id
         raw_model = build_model({**DEMO_GPT2, "vocab_size": tokenizer.vocab_size, "bos_token_id": eos,
                                  "eos_token_id": eos, "pad_token_id": eos}).to(device)
+    if args.lora_rank:  # only the adapters train; last/ holds merged weights, so a resume is base + last/adapter
+        add_lora(raw_model, args.lora_rank, args.lora_alpha, args.lora_dropout, args.lora_targets)
+        if resume:
+            load_adapter(raw_model, last_dir / "adapter")
     raw_model.train()
     torch.manual_seed(args.seed + rank)  # initialization was the same on every rank; dropout masks must not be
     if tokenizer.eos_id is None:
@@ -540,10 +574,17 @@ def train(args, rank, world, device, progress):
         idx = sorted((i for i in val_order if val_ex[i]["cls"] == c), key=lambda i: len(val_ex[i]["input_ids"]))
         val_batches += [(c, idx[s:s + args.batch_size]) for s in range(0, len(idx), args.batch_size)]
 
+    # ---- memory savers (models/parallel.py): recompute blocks in backward; FSDP2 shards over ranks
+    if args.activation_checkpointing:
+        checkpoint_blocks(raw_model)
+    if args.fsdp and world == 1:
+        raise ValueError("--fsdp shards the model over torchrun's ranks: run it under torchrun --nproc_per_node N")
+    sharded = shard_model(raw_model, loss_fn, bf16=use_bf16) if args.fsdp else None
+
     # ---- optimizer: AdamW, weight decay on every >= 2-D tensor (matmuls and embeddings, as
     # nanoGPT and HF Trainer do), none on biases and norm gains
-    decay = [p for p in raw_model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in raw_model.parameters() if p.dim() < 2]
+    decay = [p for p in raw_model.parameters() if p.dim() >= 2 and p.requires_grad]  # LoRA: the adapters only
+    no_decay = [p for p in raw_model.parameters() if p.dim() < 2 and p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=args.lr, betas=(0.9, 0.95), eps=1e-8,
@@ -555,8 +596,8 @@ def train(args, rank, world, device, progress):
         state = torch.load(last_dir / "trainer_state.pt", map_location="cpu", weights_only=True)
         meta = json.loads((last_dir / "meta.json").read_text(encoding="utf-8"))
         for key in ("data", "weights", "denominator", "batch_size", "grad_accum", "seed", "max_len", "model", "lr",
-                    "min_lr", "warmup_steps", "weight_decay", "curriculum") + (
-                ("max_steps",) if args.curriculum else ()):  # the curriculum's stage split depends on max_steps
+                    "min_lr", "warmup_steps", "weight_decay", "curriculum", "lora_rank", "lora_alpha", "lora_targets",
+                    "fsdp") + (("max_steps",) if args.curriculum else ()):  # the curriculum's split depends on max_steps
             if meta["args"].get(key) != getattr(args, key):
                 raise UsageError(f"{last_dir} was trained with --{key.replace('_', '-')} {meta['args'].get(key)}, "
                                  f"not {getattr(args, key)}: use another --out, or --resume never to start over")
@@ -568,16 +609,16 @@ def train(args, rank, world, device, progress):
             raise UsageError(f"{last_dir} was trained on other training rows (or severity weights) than {args.data} "
                              f"holds now: use another --out, or --resume never to start over")
         if meta["data"].get("curriculum") != data_info.get("curriculum"):
-            raise ValueError(f"{last_dir} was trained with other curriculum stages: use another --out, or --resume never")
-        optimizer.load_state_dict(state["optimizer"])
+            raise UsageError(f"{last_dir} was trained with other curriculum stages: use another --out, or --resume never")
+        load_optimizer_state(sharded, optimizer, state["optimizer"])
         step, epoch, data_pos, best_val = state["step"], state["epoch"], state["data_pos"], state["best_val"]
         set_rng_state(state["rng"][rank % len(state["rng"])], device)
         print0(f"resumed from {last_dir} at step {step}")
     elif rank == 0:
         out.mkdir(parents=True, exist_ok=True)
 
-    model = raw_model
-    if world > 1:
+    model = sharded if sharded is not None else raw_model
+    if sharded is None and world > 1:
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     if args.compile:  # compile the DDP module (PyTorch's guidance): its all-reduce still overlaps the backward
         model = torch.compile(model)
@@ -612,15 +653,19 @@ def train(args, rank, world, device, progress):
         and both per severity class; summed over ranks."""
         raw_model.eval()
         sums = torch.zeros(len(SEVERITIES) + 1, 3, dtype=acc_dtype, device=device)  # (class, [ce, w*ce, tokens])
-        for c, idx in val_batches[rank::world]:
+        # FSDP: every forward is collective (it gathers weights), so every rank runs every batch
+        for c, idx in (val_batches if sharded is not None else val_batches[rank::world]):
             mb = collate(val_ex, idx, pad_id, device)
             with autocast():
-                hidden = raw_model(mb["input_ids"], return_hidden=True).flatten(0, 1)
                 w = mb["weights"][:, None].expand_as(mb["labels"]).flatten()
-                ce = loss_fn(hidden, raw_model.lm_head.weight, mb["labels"].flatten(), torch.ones_like(w))
-                wce = loss_fn(hidden, raw_model.lm_head.weight, mb["labels"].flatten(), w)
+                if sharded is not None:  # FSDP: the loss inside the forward (models/parallel.py)
+                    ce, wce = sharded(mb["input_ids"], mb["labels"], torch.ones_like(w), w)
+                else:
+                    hidden = raw_model(mb["input_ids"], return_hidden=True).flatten(0, 1)
+                    ce = loss_fn(hidden, raw_model.lm_head.weight, mb["labels"].flatten(), torch.ones_like(w))
+                    wce = loss_fn(hidden, raw_model.lm_head.weight, mb["labels"].flatten(), w)
             sums[c] += torch.stack([ce, wce, torch.tensor(float(mb["n_tokens"]), device=device)]).to(acc_dtype)
-        if world > 1:
+        if world > 1 and sharded is None:
             dist.all_reduce(sums)
         raw_model.train()
         total = sums.sum(0).tolist()
@@ -658,20 +703,23 @@ def train(args, rank, world, device, progress):
                     f"weighted {res['val_loss_weighted']:.4f}, per class {per_class}")
                 if res["val_loss"] < best_val:
                     best_val = res["val_loss"]
-                    if rank == 0:
-                        save_checkpoint(best_dir, raw_model, tokenizer, {**meta, "step": step, "best_val": best_val,
-                                                                         "val": res})
+                    with full_weights(raw_model, rank, sharded):  # FSDP: gathered to rank 0 (a no-op otherwise)
+                        if rank == 0:
+                            save_checkpoint(best_dir, raw_model, tokenizer, {**meta, "step": step,
+                                                                             "best_val": best_val, "val": res})
         if step > start_step and (step % args.save_every == 0 or last_step):
             rngs = [None] * world
             if world > 1:
                 dist.all_gather_object(rngs, rng_state(device))
             else:
                 rngs = [rng_state(device)]
-            if rank == 0:
-                trainer_state = {"optimizer": optimizer.state_dict(), "step": step, "epoch": epoch,
-                                 "data_pos": data_pos, "best_val": best_val, "rng": rngs}
-                save_checkpoint(last_dir, raw_model, tokenizer, {**meta, "step": step, "best_val": best_val},
-                                trainer_state)
+            opt_state = optimizer_state(sharded, optimizer)  # FSDP: gathered from every rank
+            with full_weights(raw_model, rank, sharded):  # FSDP: gathered to rank 0 (a no-op otherwise)
+                if rank == 0:
+                    trainer_state = {"optimizer": opt_state, "step": step, "epoch": epoch,
+                                     "data_pos": data_pos, "best_val": best_val, "rng": rngs}
+                    save_checkpoint(last_dir, raw_model, tokenizer, {**meta, "step": step, "best_val": best_val},
+                                    trainer_state)
             if world > 1:
                 dist.barrier()  # nobody runs ahead of a checkpoint that is not written yet
         if last_step:
@@ -702,6 +750,7 @@ def train(args, rank, world, device, progress):
             group["lr"] = lr
         sums = forward_backward(model, raw_model.lm_head.weight, micro_batches, denom, world, loss_fn, autocast)
         grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip if args.grad_clip > 0 else math.inf)
+        grad_norm = plain(grad_norm)  # FSDP: a DTensor
         if world > 1:  # every rank learns every micro-batch's loss (one small collective per step)
             gathered = [torch.empty_like(sums) for _ in range(world)]
             dist.all_gather(gathered, sums)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FORBIDDEN = {"transformers", "datasets", "huggingface_hub"}
+FORBIDDEN = {"transformers", "datasets", "huggingface_hub", "peft"}  # peft: test-only, like transformers
 
 
 def runtime_files():

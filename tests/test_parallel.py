@@ -1,0 +1,81 @@
+"""Activation checkpointing and FSDP2 (models/parallel.py, train_lm.py --activation-checkpointing / --fsdp)
+against the plain model: the same gradients, and the same final weights as one process under DDP's
+rules (same global batch), also after a kill and an automatic restart under torchrun."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import train_lm
+from models import load_pretrained
+from models.parallel import checkpoint_blocks
+from test_train_lm import args_for, make_rows, metrics, setup, tensors, tiny_model_dir, tiny_qwen2_dir, tok  # noqa: F401
+from test_train_lm import torchrun
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "qwen2"])
+def test_checkpointing_gives_the_same_gradients(arch, tok, tmp_path):
+    """One forward + backward with and without recomputation, dropout on (its RNG is replayed)."""
+    if arch == "gpt2":
+        folder = tiny_model_dir(tmp_path / arch, tok, resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)
+    else:
+        folder = tiny_qwen2_dir(tmp_path / arch, tok)
+    ids = torch.randint(0, 300, (3, 21))
+    grads = []
+    for ckpt in (False, True):
+        model, _ = load_pretrained(folder)
+        model.train()
+        if ckpt:
+            checkpoint_blocks(model)
+        torch.manual_seed(5)
+        logits = model(ids[:, :-1])
+        F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten()).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=0, atol=1e-6, msg=n)
+    assert any(g.abs().max() > 0 for g in grads[0].values())
+
+
+def test_train_lm_activation_checkpointing_same_weights(setup, tmp_path):
+    common = ("--max-steps", "3", "--eval-every", "3", "--save-every", "3")
+    train_lm.main(args_for(setup, tmp_path / "plain", *common))
+    train_lm.main(args_for(setup, tmp_path / "ckpt", *common, "--activation-checkpointing"))
+    a, b = tensors(tmp_path / "plain" / "last"), tensors(tmp_path / "ckpt" / "last")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_fsdp_needs_torchrun(setup, tmp_path):
+    with pytest.raises(ValueError, match="torchrun"):
+        train_lm.main(args_for(setup, tmp_path / "run", "--fsdp"))
+
+
+@pytest.mark.slow
+def test_fsdp_two_ranks_match_one(setup, tmp_path):
+    """torchrun 2 ranks --fsdp x grad-accum 2 == 1 process x grad-accum 4 (1e-5), with activation
+    checkpointing too; the folder opens in transformers; a run killed at step 4 under
+    --max-restarts 1 resumes (re-sharding the gathered optimizer state) to the same weights."""
+    transformers = pytest.importorskip("transformers")
+    common = ("--max-steps", "6", "--save-every", "3", "--eval-every", "3")
+    train_lm.main(args_for(setup, tmp_path / "one", *common, "--grad-accum", "4"))
+    torchrun(setup, tmp_path / "fsdp", 2, *common, "--grad-accum", "2", "--fsdp", "--activation-checkpointing")
+    r = torchrun(setup, tmp_path / "crash", 2, *common, "--grad-accum", "2", "--fsdp", "--crash-at-step", "4",
+                 restarts=1)
+    assert (tmp_path / "crash" / ".crashed").exists() and "resumed from" in r.stdout + r.stderr
+    one = tensors(tmp_path / "one" / "last")
+    for run in ("fsdp", "crash"):
+        other = tensors(tmp_path / run / "last")
+        assert other.keys() == one.keys()
+        for k in one:
+            torch.testing.assert_close(other[k], one[k], rtol=0, atol=1e-5, msg=f"{run}: {k}")
+    l1 = [m["loss"] for m in metrics(tmp_path / "one") if "loss" in m]
+    l2 = [m["loss"] for m in metrics(tmp_path / "crash") if "loss" in m]
+    assert l1 == pytest.approx(l2, rel=1e-5) and len(l1) == 6
+    ours, tok_ = load_pretrained(tmp_path / "fsdp" / "last")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "fsdp" / "last").eval()
+    ids = torch.randint(0, 300, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(ids).logits, ours(ids), rtol=1e-5, atol=1e-5)
+    assert (tmp_path / "fsdp" / "best" / "model.safetensors").is_file()
