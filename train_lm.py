@@ -494,7 +494,10 @@ def train(args, rank, world, device, progress):
         raw_model = build_model({**DEMO_GPT2, "vocab_size": tokenizer.vocab_size, "bos_token_id": eos,
                                  "eos_token_id": eos, "pad_token_id": eos}).to(device)
     if args.lora_rank:  # only the adapters train; last/ holds merged weights, so a resume is base + last/adapter
-        add_lora(raw_model, args.lora_rank, args.lora_alpha, args.lora_dropout, args.lora_targets)
+        try:
+            add_lora(raw_model, args.lora_rank, args.lora_alpha, args.lora_dropout, args.lora_targets)
+        except ValueError as e:  # a --lora-targets name this model lacks: the valid names are listed
+            raise UsageError(str(e)) from None
         if resume:
             load_adapter(raw_model, last_dir / "adapter")
     raw_model.train()
@@ -595,10 +598,11 @@ def train(args, rank, world, device, progress):
     if resume:
         state = torch.load(last_dir / "trainer_state.pt", map_location="cpu", weights_only=True)
         meta = json.loads((last_dir / "meta.json").read_text(encoding="utf-8"))
+        defaults = vars(get_args([]))  # the flags a run made before they existed ran with
         for key in ("data", "weights", "denominator", "batch_size", "grad_accum", "seed", "max_len", "model", "lr",
                     "min_lr", "warmup_steps", "weight_decay", "curriculum", "lora_rank", "lora_alpha", "lora_targets",
                     "fsdp") + (("max_steps",) if args.curriculum else ()):  # the curriculum's split depends on max_steps
-            if meta["args"].get(key) != getattr(args, key):
+            if meta["args"].get(key, defaults[key]) != getattr(args, key):  # a key an older run lacks: the default
                 raise UsageError(f"{last_dir} was trained with --{key.replace('_', '-')} {meta['args'].get(key)}, "
                                  f"not {getattr(args, key)}: use another --out, or --resume never to start over")
         if meta.get("world_size", world) != world:  # another global batch: the data order would differ
