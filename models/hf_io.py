@@ -1,7 +1,7 @@
 """Read and write Hugging Face model folders, without transformers.
 
 A model folder holds:
-  config.json                      the architecture ("model_type": gpt2, qwen2, llama or bert)
+  config.json                      the architecture ("model_type": see SUPPORTED below)
   model.safetensors                the weights (or model.safetensors.index.json + shards)
   tokenizer.json                   the tokenizer (or vocab.json + merges.txt for GPT-2 byte-level
                                    BPE, or vocab.txt for BERT WordPiece)
@@ -15,8 +15,10 @@ A model folder holds:
 Only safetensors are read: a folder with only pytorch_model.bin is refused with the command of
 the one-time converter (tools/convert_bin_to_safetensors.py); pickles are never loaded here.
 
-Which class: config "model_type" gpt2 -> models.gpt2.GPT2LMHeadModel; qwen2 / llama ->
-models.qwen2.Qwen2ForCausalLM; bert -> models.bert.BertForSequenceClassification when
+Which class: config "model_type" gpt2 -> models.gpt2.GPT2LMHeadModel (a gpt2 config whose weights
+carry emb_norm and no ln_f, and aragpt2 -> models.aragpt2, the Grover layout); qwen2 / llama ->
+models.qwen2.Qwen2ForCausalLM; qwen3 -> models.qwen3; gemma3_text -> models.gemma3;
+bert -> models.bert.BertForSequenceClassification when
 "architectures" names it, else models.bert.BertModel (a pretrained encoder such as AraBERT or
 MiniLM; put a fresh head on it with BertForSequenceClassification.from_encoder).
 

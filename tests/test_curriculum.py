@@ -61,10 +61,10 @@ def test_each_step_trains_on_its_stage(setup, tmp_path, monkeypatch, mode):
     seen = []  # the classes of each micro-batch the loop collates for training
     real_collate = train_lm.collate
 
-    def spy(examples, indices, pad_id, device):
+    def spy(examples, indices, pad_id, device, **kw):
         if examples and "weight" in examples[0] and len(examples) == len(cls_of):
             seen.append({cls_of[examples[i]["id"]] for i in indices})
-        return real_collate(examples, indices, pad_id, device)
+        return real_collate(examples, indices, pad_id, device, **kw)
 
     monkeypatch.setattr(train_lm, "collate", spy)
     train_lm.main(args_for(setup, tmp_path / "run", "--data", str(data), "--curriculum", mode, "--weights", "ramp",
