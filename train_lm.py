@@ -689,7 +689,7 @@ def train(args, rank, world, device, progress):
     pbar = tqdm(total=args.max_steps, initial=step, disable=rank != 0, dynamic_ncols=True, desc="train")
     say = pbar.write if rank == 0 else (lambda text: None)  # log lines above the progress bar
     start_step = step
-    ahead = {}  # (epoch, data_pos after a step) -> the next step's micro-batches, collated during the step
+    ahead = {}  # (stage, epoch, data_pos after a step) -> the next step's micro-batches, collated during the step
 
     def collate_step(step_batches):
         """This rank's micro-batches of one step (--compile: short ones padded, so one shape)."""
@@ -742,7 +742,7 @@ def train(args, rank, world, device, progress):
             batches = stage_batches(train_lengths, args.batch_size, args.seed, epoch, stage)
         step_batches = batches[data_pos:data_pos + steps_batches]
         data_pos += steps_batches
-        micro_batches = ahead.pop((epoch, data_pos), None) or collate_step(step_batches)
+        micro_batches = ahead.pop((stage and stage["name"], epoch, data_pos), None) or collate_step(step_batches)
         for mb in micro_batches if args.compile else []:  # one graph for every length, from the first step
             torch._dynamo.mark_dynamic(mb["input_ids"], 1)
         # THE DENOMINATOR: answer tokens (or their weight mass) of the whole optimizer step,
@@ -760,7 +760,8 @@ def train(args, rank, world, device, progress):
             dist.all_gather(gathered, sums)
             sums = torch.stack(gathered, dim=1).flatten()  # back to step_batches order: [k, r] -> k * world + r
         if data_pos + steps_batches <= len(batches):  # the next step's batches, while the device still works
-            ahead = {(epoch, data_pos + steps_batches): collate_step(batches[data_pos:data_pos + steps_batches])}
+            ahead = {(stage and stage["name"], epoch, data_pos + steps_batches):
+                     collate_step(batches[data_pos:data_pos + steps_batches])}
         stats = torch.cat([sums, grad_norm.float().view(1)]).tolist()  # the step's one host sync
         mb_sums, denom_value, gnorm = stats[:-1], denom, stats[-1]
         loss = sum(mb_sums) / denom_value
