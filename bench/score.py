@@ -30,6 +30,8 @@ from train_classifier import SPECIAL_TOKENS, save_classifier, train_wordpiece  #
 
 BERT_BASE = dict(vocab_size=64000, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                  intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2)
+BERT_TINY = {**BERT_BASE, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "intermediate_size": 64}  # --tiny: smoke runs (bench/gpu_check.py --smoke)
 
 
 def main(argv=None):
@@ -38,6 +40,7 @@ def main(argv=None):
     p.add_argument("--batch-size", default="32", help="comma-separated batch sizes")
     p.add_argument("--max-len", type=int, default=128, help="tokens per question, [CLS]/[SEP] included")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.add_argument("--tiny", action="store_true", help="a 2-layer, 32-wide BERT instead of BERT-base (smoke runs)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "score.json"), help="JSON results file")
     args = p.parse_args(argv)
 
@@ -50,7 +53,8 @@ def main(argv=None):
         tok = Tokenizer(train_wordpiece(questions, 30000), special, args.max_len)
         torch.manual_seed(0)
         labels = {i: name for i, name in enumerate(SEVERITIES)}
-        model = BertForSequenceClassification(BertConfig.from_dict({**BERT_BASE, "id2label": labels}))
+        shape = BERT_TINY if args.tiny else BERT_BASE
+        model = BertForSequenceClassification(BertConfig.from_dict({**shape, "id2label": labels}))
         save_classifier(model, tok, tmp / "clf", {}, {"severity_temperature": 1.0, "severity_max_len": args.max_len})
         n_params = sum(t.numel() for t in model.parameters())
         write_jsonl(tmp / "in.jsonl", rows)
