@@ -95,7 +95,8 @@ PARITY_GPU = {
                                  num_attention_heads=14, num_key_value_heads=2, intermediate_size=4864,
                                  rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True,
                                  max_position_embeddings=32768),
-    "llama (Llama-3.2-1B widths, 4 layers)": dict(model_type="llama", vocab_size=32000, hidden_size=2048, num_hidden_layers=4,
+    "llama (Llama-3.2-1B widths, 4 layers)": dict(model_type="llama", vocab_size=32000, hidden_size=2048,
+                                                  num_hidden_layers=4,
                                       num_attention_heads=32, num_key_value_heads=8, intermediate_size=8192,
                                       rope_theta=5e5, tie_word_embeddings=False, max_position_embeddings=8192),
     "llama3 RoPE scaling (Llama-3.2-1B, 4 layers)": dict(model_type="llama", vocab_size=128256, hidden_size=2048,
@@ -330,6 +331,20 @@ def part_loss(rec, smoke):
     if device.type == "cpu":
         rec.notes.append("CPU: peak_mb is the process's peak RSS so far (one process for every variant): not a "
                          "per-variant figure; run bench/loss.py for those")
+    # first the chunk sweep of the fused loss at the largest N (the data behind models/loss.py
+    # CHUNK_ELEMENTS; seconds), then the variants (the compiled one compiles for a while)
+    N = max(S["loss_tokens"])
+    for shape in S["loss_shapes"]:
+        for chunk in S["chunk_sweep"]:
+            args.chunk_size = chunk
+            try:
+                r = bench_loss.measure("fused", shape, N, args)
+            except Exception as e:  # measure catches the step's errors; this is for its inputs
+                r = {"variant": "fused", "shape": shape, "tokens": N, "note": f"failed: {error_text(e)}"}
+            rec.add({"kind": "chunk sweep", **r, "chunk_size": chunk,
+                     "chunk_elements": chunk * bench_loss.SHAPES[shape][1]})
+            free(device)
+    args.chunk_size = None  # the variants use the default chunk
     variants = ["reference"] + [v for v in bench_loss.VARIANTS if v != "reference"]  # the baseline first
     for shape in S["loss_shapes"]:
         for N in S["loss_tokens"]:
@@ -337,7 +352,7 @@ def part_loss(rec, smoke):
             for variant in variants:
                 try:
                     r = bench_loss.measure(variant, shape, N, args)
-                except Exception as e:  # measure catches the step's errors; this is for its setup
+                except Exception as e:  # as above
                     r = {"variant": variant, "shape": shape, "tokens": N, "note": f"failed: {error_text(e)}"}
                 if variant == "reference" and "ms" in r:
                     ref = r
@@ -347,16 +362,8 @@ def part_loss(rec, smoke):
                     r["loss_rel_diff"] = abs(r["loss"] - ref["loss"]) / max(abs(ref["loss"]), 1e-30)
                 rec.add({"kind": "variant", **r})
                 free(device)
-    # chunk sweep of the fused loss at the largest N: the data behind models/loss.py CHUNK_ELEMENTS
-    N = max(S["loss_tokens"])
-    for shape in S["loss_shapes"]:
-        for chunk in S["chunk_sweep"]:
-            args.chunk_size = chunk
-            r = bench_loss.measure("fused", shape, N, args)
-            d, V = bench_loss.SHAPES[shape]
-            rec.add({"kind": "chunk sweep", **r, "chunk_size": chunk, "chunk_elements": chunk * V})
-            free(device)
     from models.loss import CHUNK_ELEMENTS, default_chunk_size
+    N = max(S["loss_tokens"])
     for shape in S["loss_shapes"]:
         V = bench_loss.SHAPES[shape][1]
         rec.notes.append(f"{shape}: the current default chunk is {default_chunk_size(N, V)} rows "
@@ -538,16 +545,25 @@ def part_e2e(rec, smoke, out_dir, deadline):
         t0 = time.time()
         status, err, _ = run_child(cmd, log, deadline - time.time() - 5, env)  # torchrun and its worker
         text = log.read_text(errors="replace")
-        records = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()] \
-            if (run / "metrics.jsonl").is_file() else []
+        records = []
+        for line in (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").is_file() else []:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # a line torn by a kill
+                pass
         steps_logged = [r for r in records if "loss" in r and "step" in r]
         first = 0 if label == "fresh" else S["e2e_steps"]
         mine = [r for r in steps_logged if r["step"] > first]
         later = mine[2:] or mine  # the first steps compile
-        med = lambda k: sorted(r[k] for r in later)[len(later) // 2] if later and later[0].get(k) is not None else None  # noqa: E731
+
+        def med(key):  # the median over the steps after compiling
+            vals = sorted(r[key] for r in later if r.get(key) is not None)
+            return vals[len(vals) // 2] if vals else None
+
         vals = [r for r in records if "val_loss" in r]
         resumed = [r["resumed_at"] for r in records if "resumed_at" in r]
-        rec.add({"run": f"{label} {first}->{steps}", "compile": "--compile" in cmd, "status": status, "wall_s": time.time() - t0,
+        rec.add({"run": f"{label} {first}->{steps}", "compile": "--compile" in cmd, "status": status,
+                 "wall_s": time.time() - t0,
                  "last_step": mine[-1]["step"] if mine else None, "loss": mine[-1]["loss"] if mine else None,
                  "val_loss": vals[-1]["val_loss"] if vals else None, "tokens_per_s_median": med("tokens_per_s"),
                  "mfu_median": med("mfu"), "peak_mem_gb": max((r["peak_mem_gb"] for r in mine), default=None),

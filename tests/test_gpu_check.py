@@ -84,10 +84,11 @@ def test_smoke_run_writes_every_section(tmp_path):
 def test_child_timeout_kills_its_group_and_keeps_partial_rows(tmp_path):
     """A part that hangs is killed with everything it started; what it wrote before stays."""
     marker = tmp_path / "grandchild_alive"
+    grandchild = f"import pathlib, time; time.sleep(10); pathlib.Path({str(marker)!r}).touch()"
     child = tmp_path / "child.py"
     child.write_text(f"""import json, pathlib, subprocess, sys, time
 pathlib.Path({str(tmp_path / 'part.json')!r}).write_text(json.dumps({{'rows': [{{'step': 1, 'ms': 2.5}}]}}))
-subprocess.Popen([sys.executable, '-c', {f"import pathlib, time; time.sleep(10); pathlib.Path({str(marker)!r}).touch()"!r}])
+subprocess.Popen([sys.executable, '-c', {grandchild!r}])
 time.sleep(60)
 """)
     t0 = time.time()
