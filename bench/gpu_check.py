@@ -297,8 +297,9 @@ def parity_one(cfg, S, device, autocast, transformers, load_pretrained, generate
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
         ours, _ = load_pretrained(tmp, device=device, tokenizer=False)
+    T = min(S["parity_seq"], cfg.get("n_positions") or cfg.get("max_position_embeddings"))  # BERT: 512
     g = torch.Generator().manual_seed(1)
-    x = torch.randint(1, V, (S["parity_batch"], S["parity_seq"]), generator=g).to(device)
+    x = torch.randint(1, V, (S["parity_batch"], T), generator=g).to(device)
     row = {"params_m": sum(p.numel() for p in ours.parameters()) / 1e6, "batch": x.shape[0], "seq": x.shape[1]}
     with torch.no_grad():
         hf_logits = lambda: hf(input_ids=x).logits.float()  # noqa: E731
