@@ -47,7 +47,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.loss import fused_linear_cross_entropy, linear_cross_entropy_reference  # noqa: E402
 
-SHAPES = {"aragpt2": (768, 64000), "qwen2.5-0.5b": (896, 151936)}  # name: (d, V)
+SHAPES = {"aragpt2": (768, 64000), "qwen2.5-0.5b": (896, 151936), "tiny": (64, 1000)}  # name: (d, V); tiny: smoke runs
 VARIANTS = ("fused", "reference", "compiled", "torch_chunked", "liger", "cce")
 DEFAULT_TOKENS = {"cpu": "1024,2048", "cuda": "4096,8192,16384"}
 # torch_chunked is opt-in on CPU (--variants ...,torch_chunked): one more ~minute of matmuls

@@ -34,6 +34,8 @@ from train_classifier import SPECIAL_TOKENS, encode_texts, predict_logits, save_
 
 BERT_BASE = dict(vocab_size=64000, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                  intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2)
+BERT_TINY = {**BERT_BASE, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "intermediate_size": 64}  # --tiny: smoke runs (bench/gpu_check.py --smoke)
 
 
 def model_only(folder, rows, tok, args, bs):
@@ -77,6 +79,7 @@ def main(argv=None):
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--repeats", type=int, default=2, help="timed repeats of the model-only comparison (fastest counts)")
     p.add_argument("--no-transformers", action="store_true", help="skip the transformers comparison")
+    p.add_argument("--tiny", action="store_true", help="a 2-layer, 32-wide BERT instead of BERT-base (smoke runs)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "score.json"), help="JSON results file")
     args = p.parse_args(argv)
 
@@ -89,7 +92,8 @@ def main(argv=None):
         tok = Tokenizer(train_wordpiece(questions, 30000), special, args.max_len)
         torch.manual_seed(0)
         labels = {i: name for i, name in enumerate(SEVERITIES)}
-        model = BertForSequenceClassification(BertConfig.from_dict({**BERT_BASE, "id2label": labels}))
+        shape = BERT_TINY if args.tiny else BERT_BASE
+        model = BertForSequenceClassification(BertConfig.from_dict({**shape, "id2label": labels}))
         save_classifier(model, tok, tmp / "clf", {}, {"severity_temperature": 1.0, "severity_max_len": args.max_len})
         n_params = sum(t.numel() for t in model.parameters())
         write_jsonl(tmp / "in.jsonl", rows)

@@ -1,0 +1,144 @@
+"""bench/gpu_check.py: the smoke run end to end (every section present, finite numbers that agree
+with their references), and the machinery that keeps one part's crash or timeout from losing the
+others (process-group kill, partial rows kept, error lines, --only keeping earlier results)."""
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import gpu_check  # noqa: E402
+
+
+def numbers(obj):
+    """Every int/float (not bool) anywhere in a JSON value."""
+    if isinstance(obj, bool):
+        return []
+    if isinstance(obj, (int, float)):
+        return [obj]
+    if isinstance(obj, dict):
+        return [x for v in obj.values() for x in numbers(v)]
+    if isinstance(obj, list):
+        return [x for v in obj for x in numbers(v)]
+    return []
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_every_section(tmp_path):
+    out = tmp_path / "check"
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--out", str(out), "--smoke"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=3000)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = json.loads((out / "gpu_check.json").read_text())
+    assert res["device"]["torch"] and res["device"]["mode"].startswith("smoke")
+    for part in gpu_check.PARTS:
+        sec = res[part]
+        assert sec["status"] == "ok", (part, sec.get("error"), (out / "logs" / f"{part}.log").read_text()[-3000:])
+        assert sec["rows"], part
+        vals = numbers(sec["rows"])
+        assert vals and all(math.isfinite(v) for v in vals), (part, sec["rows"])
+    md = (out / "gpu_check.md").read_text()
+    assert all(f"## {p}\n" in md for p in gpu_check.PARTS) and "torch" in md
+    assert not list(out.rglob("*.tmp"))  # every file was renamed into place
+
+    rows = {p: res[p]["rows"] for p in gpu_check.PARTS}
+    # parity: our models against transformers (the reference): fp32 logits, greedy tokens, and our bf16
+    # error no worse than transformers' own bf16 error
+    measured = {r["model_type"] for r in rows["parity"] if "fp32_max_diff" in r}
+    assert {"gpt2", "qwen2", "llama", "bert"} <= measured
+    for r in rows["parity"]:
+        assert "error" not in r, r
+        if "fp32_max_diff" in r:
+            assert r["fp32_max_diff"] < 1e-4 * max(1.0, r["max_abs_logit"]), r
+            assert r["bf16_max_diff"] <= 2 * r["hf_bf16_max_diff"] + 1e-3, r
+            assert r.get("greedy_same", True), r
+    # loss: every variant that ran agrees with the eager reference; the chunk sweep ran each chunk size
+    ran = [r for r in rows["loss"] if "ms" in r]
+    assert {"reference", "fused"} <= {r["variant"] for r in ran}
+    assert all(r["loss_rel_diff"] < 1e-4 for r in ran if r["kind"] == "variant")
+    assert sorted(r["chunk_size"] for r in ran if r["kind"] == "chunk sweep") == \
+        gpu_check.SIZES["smoke"]["chunk_sweep"]
+    # train: the three implementations start from the same weights, so their first losses agree
+    first = {r["impl"]: r["first_loss"] for r in rows["train"]}
+    assert set(first) == {"ours eager", "transformers", "ours compiled"}
+    assert max(first.values()) - min(first.values()) < 2e-2 * first["transformers"]
+    assert all(r["tokens_per_s"] > 0 for r in rows["train"])
+    # generate: both implementations ran every batch size
+    assert [r["batch"] for r in rows["generate"]] == gpu_check.SIZES["smoke"]["gen_batches"]
+    assert all(r["ours_tok_s"] > 0 and r["transformers_tok_s"] > 0 for r in rows["generate"])
+    # score: one row per batch size
+    assert [r["batch_size"] for r in rows["score"]] == [32, 64]
+    # syncs: not applicable on the CPU, and said so; the step itself ran
+    assert all(r["applicable"] is False for r in rows["syncs"]) and res["syncs"]["notes"]
+    # e2e: 4 steps, then a resume from step 4 to 6
+    fresh, resume = rows["e2e"]
+    assert (fresh["last_step"], resume["resumed_at"], resume["last_step"]) == (4, 4, 6)
+    assert res["targets"] == []  # no real shapes in a smoke run
+
+
+def test_child_timeout_kills_its_group_and_keeps_partial_rows(tmp_path):
+    """A part that hangs is killed with everything it started; what it wrote before stays."""
+    marker = tmp_path / "grandchild_alive"
+    grandchild = f"import pathlib, time; time.sleep(10); pathlib.Path({str(marker)!r}).touch()"
+    child = tmp_path / "child.py"
+    child.write_text(f"""import json, pathlib, subprocess, sys, time
+pathlib.Path({str(tmp_path / 'part.json')!r}).write_text(json.dumps({{'rows': [{{'step': 1, 'ms': 2.5}}]}}))
+subprocess.Popen([sys.executable, '-c', {grandchild!r}])
+time.sleep(60)
+""")
+    t0 = time.time()
+    status, err, seconds = gpu_check.run_child([sys.executable, str(child)], tmp_path / "log", budget=5)
+    assert status == "timeout" and "5 s" in err and seconds < 30
+    assert json.loads((tmp_path / "part.json").read_text())["rows"] == [{"step": 1, "ms": 2.5}]
+    time.sleep(max(0.0, t0 + 12 - time.time()))
+    assert not marker.exists()  # the grandchild went with its group
+
+
+def test_child_failure_reports_the_exception_line(tmp_path):
+    code = "print('working'); import torch; raise torch.OutOfMemoryError('CUDA out of memory. Tried 2 GiB')"
+    status, err, _ = gpu_check.run_child([sys.executable, "-c", code], tmp_path / "log", budget=120)
+    assert status == "failed" and err.startswith("torch.OutOfMemoryError: CUDA out of memory")
+    assert gpu_check.run_child([sys.executable, "-c", "pass"], tmp_path / "log", budget=120)[0] == "ok"
+
+
+def test_only_keeps_other_parts_and_skips_when_no_time_is_left(tmp_path, capsys):
+    """--only reruns some parts and keeps the rest; a part without time left is recorded as skipped
+    (with the command to rerun it), and the report is still written."""
+    earlier = {"device": {}, "loss": {"status": "ok", "rows": [{"variant": "fused", "ms": 3.0}], "notes": []}}
+    (tmp_path / "gpu_check.json").write_text(json.dumps(earlier))
+    res = gpu_check.main(["--out", str(tmp_path), "--smoke", "--only", "syncs", "--time-limit", "1"])
+    saved = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert saved["loss"]["rows"] == [{"variant": "fused", "ms": 3.0}] and res["loss"] == saved["loss"]
+    assert saved["syncs"]["status"] == "skipped" and "--only syncs" in saved["syncs"]["error"]
+    assert saved["summary"] == {"loss": "ok", "syncs": "skipped"}
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "## loss" in md and "## syncs" in md and "| fused | 3 |" in md
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--out", str(tmp_path), "--smoke", "--only", "trian"])
+    assert "unknown part 'trian'" in capsys.readouterr().err
+
+
+def test_targets_from_measured_rows():
+    """The issue's targets are read off the rows of the real shapes: met or not, with the value."""
+    train = [{"shape": "qwen2.5-0.5b", "impl": "ours eager", "mfu": 0.52, "speed_vs_transformers": 1.25,
+              "mem_vs_transformers": 0.7},
+             {"shape": "aragpt2-base", "impl": "ours compiled", "mfu": 0.45}]
+    loss = [{"kind": "variant", "variant": v, "shape": "qwen2.5-0.5b", "tokens": 16384, "ms": ms, "peak_mb": mb}
+            for v, ms, mb in (("fused", 90.0, 1200.0), ("reference", 100.0, 30000.0), ("cce", 50.0, 300.0))]
+    gen = [{"shape": "aragpt2-base", "batch": 1, "ours_vs_transformers": 1.6}]
+    t = {r["target"]: (r["measured"], r["met"]) for r in gpu_check.targets(
+        {"train": {"rows": train}, "loss": {"rows": loss}, "generate": {"rows": gen}})}
+    assert t["train qwen2.5-0.5b ours eager: MFU >= 50%"] == (0.52, True)
+    assert t["train qwen2.5-0.5b ours eager: >= 1.3x transformers tokens/s"] == (1.25, False)
+    assert t["train qwen2.5-0.5b ours eager: peak memory below transformers'"] == (0.7, True)
+    assert t["train aragpt2-base ours compiled: MFU >= 40%"] == (0.45, True)
+    assert t["loss qwen2.5 N 16384: fused no slower than eager reference"] == (0.9, True)
+    assert t["loss qwen2.5 N 16384: fused >= 10x less peak memory than reference"] == (25.0, True)
+    assert t["loss qwen2.5 N 16384: fused within 1.5x of cut-cross-entropy's time"] == (1.8, False)
+    assert t["generate aragpt2-base batch 1: >= transformers tokens/s"] == (1.6, True)
+    assert len(t) == 8
