@@ -380,8 +380,10 @@ def part_train(rec, smoke):
     device, S, autocast, dtype = setup(smoke)
     B, T = S["train_batch"], S["train_seq"]
     bargs = SimpleNamespace(warmup=S["train_warmup"], steps=S["train_steps"])
+    share = bench_train.demo_prompt_share()  # prompt positions carry no loss, as in training
     rec.notes.append(f"{dtype}; B {B}, T {T}; {S['train_warmup']} warm-up + {S['train_steps']} timed steps; "
-                     f"compiled with the {S['compile_backend']} backend; a quarter of each row is prompt")
+                     f"compiled with the {S['compile_backend']} backend; {share:.0%} of each row is prompt "
+                     f"(the demo data's share; the output layer runs on the answer positions only)")
     for shape in S["train_shapes"]:
         cfg = bench_train.SHAPES[shape]
         torch.manual_seed(0)
@@ -389,7 +391,7 @@ def part_train(rec, smoke):
         c = ours.config
         L, d = getattr(c, "n_layer", None) or c.num_hidden_layers, getattr(c, "n_embd", None) or c.hidden_size
         flops = 6 * train_lm.matmul_params(ours) * B * T + 12 * L * d * T * T * B  # as bench/train.py counts
-        mb = bench_train.make_batch(B, T, cfg["vocab_size"], device)
+        mb = bench_train.make_batch(B, T, cfg["vocab_size"], device, share)
         pristine = copy.deepcopy(ours)  # measuring trains `ours`: the others start from the same weights
         impls = [("ours eager", lambda: ours), ("transformers", lambda: hf_copy(pristine, cfg)),
                  ("ours compiled", lambda: torch.compile(pristine, backend=S["compile_backend"]))]
@@ -492,8 +494,10 @@ def part_syncs(rec, smoke):
     # the train_lm.py step: two micro-batches (accumulation), fused loss, clip, fused AdamW on CUDA
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), weight_decay=0.1,
                             **({"fused": True} if device.type == "cuda" else {}))
-    mbs = [bench_train.make_batch(S["sync_batch"], S["sync_seq"], cfg["vocab_size"], device, seed=k) for k in range(2)]
-    denom = torch.tensor(float(sum(mb["n_tokens"] for mb in mbs)), device=device)  # made before the step, as there
+    share = bench_train.demo_prompt_share()
+    mbs = [bench_train.make_batch(S["sync_batch"], S["sync_seq"], cfg["vocab_size"], device, share, seed=k)
+           for k in range(2)]
+    denom = float(sum(mb["n_tokens"] for mb in mbs))  # on the host, as train_lm.step_denominator: no copy
     cuda = device.type == "cuda"
     phases = {
         "forward+backward": lambda st: st.update(sums=train_lm.forward_backward(
@@ -502,7 +506,7 @@ def part_syncs(rec, smoke):
         "optimizer step": lambda st: (opt.step(), opt.zero_grad(set_to_none=True)),
         # the one deliberate host sync of train_lm's step: losses, denominator and grad norm together
         "stats .tolist() (deliberate)": lambda st: st.update(stats=torch.cat(
-            [st["sums"], denom.view(1), st["gnorm"].float().view(1)]).tolist()),
+            [st["sums"], st["gnorm"].float().view(1)]).tolist()),
     }
     st = {}
     for fn in phases.values():  # warm-up step: allocations, fused-AdamW state, autotuning
