@@ -415,7 +415,6 @@ def run_scoring(args, rows, lines, path, extra, out, bertscore):
     """Score rows (mode 1 or 2) and write the run files into `out`; returns the metrics dict."""
     classes = [severity_class(r, path, ln) for r, ln in zip(rows, lines)]
     device = pick_device(args.device)
-    args.bertscore_batch_size = args.bertscore_batch_size or (256 if device.type == "cuda" else 64)
     summary, bs_config, per_row = score_rows(rows, classes, args, device, bertscore)
     summary["degeneracy"] = R.degeneracy_by_group(rows, classes)
     config = {**extra, "bertscore": bs_config, "normalize": args.normalize,
@@ -619,7 +618,9 @@ def main(argv=None):
 
 
 def run(args, rank0):
-    """The three modes; the run folder is written staged and swapped in whole (common.staged_dir)."""
+    """The four modes; the run folder is written staged and swapped in whole (common.staged_dir)."""
+    if args.bertscore_batch_size is None:  # sized for the device: 256 on CUDA, 64 elsewhere
+        args.bertscore_batch_size = 256 if pick_device(args.device).type == "cuda" else 64
     if args.compare:
         with staged_dir(args.out, RUN_FILES) as tmp:
             result = run_compare(args, tmp)

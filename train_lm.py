@@ -474,7 +474,6 @@ def train(args, rank, world, device, progress):
     loss_fn = fused_linear_cross_entropy if args.fused_loss else linear_cross_entropy_reference
     acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
     if rank == 0:
-        mark_dir(out)  # a run folder: the project may write into it again (resume)
         remove_stale_temps(out / "metrics.jsonl")  # left by a run killed while rewriting it
         for folder in (last_dir, best_dir):
             recover_dir(folder)  # a kill inside replace_dir left the previous checkpoint in .<folder>.old
@@ -619,7 +618,7 @@ def train(args, rank, world, device, progress):
         set_rng_state(state["rng"][rank % len(state["rng"])], device)
         print0(f"resumed from {last_dir} at step {step}")
     elif rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+        mark_dir(out)  # created once every check has passed, marked as the project's (so it may be resumed into)
 
     model = sharded if sharded is not None else raw_model
     if sharded is None and world > 1:
