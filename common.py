@@ -237,8 +237,7 @@ def staged_dir(final_dir, expected=()):
             raise OutputError(f"{tmp} is in the way and was not written by this project: move it away")
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    (tmp / MARKER).write_text(json.dumps({"written_by": "severity-aware fine-tuning (arXiv 2604.06346)"}) + "\n",
-                              encoding="utf-8")
+    _write_marker(tmp)
     try:
         yield tmp
         replace_dir(tmp, final_dir, expected)
@@ -252,8 +251,18 @@ def mark_dir(folder):
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / MARKER).exists():
-        (folder / MARKER).write_text(json.dumps({"written_by": "severity-aware fine-tuning (arXiv 2604.06346)"})
-                                     + "\n", encoding="utf-8")
+        _write_marker(folder)
+
+
+def _write_marker(folder):
+    (folder / MARKER).write_text(json.dumps({"written_by": "severity-aware fine-tuning (arXiv 2604.06346)"}) + "\n",
+                                 encoding="utf-8")
+
+
+def sidecar_path(path):
+    """<path>.meta.json: what score_severity.py records beside a scored file (the classifier it
+    used and its warnings) and train_lm.py reads back."""
+    return Path(f"{path}.meta.json")
 
 
 def recover_dir(final_dir):

@@ -50,7 +50,7 @@ from tqdm import tqdm
 from contextlib import nullcontext
 
 from common import (DEMO_DATA, SEVERITIES, USER_ERRORS, DataError, UsageError, atomic_open, check_out_file,
-                    cleanup_dist, dumps, output_lock, print0, read_jsonl, setup_dist, write_json)
+                    cleanup_dist, dumps, output_lock, print0, read_jsonl, setup_dist, sidecar_path, write_json)
 from train_classifier import PREPROCESSORS, encode_texts, predict_logits
 
 
@@ -84,7 +84,7 @@ def load_classifier(folder, device):
 def write_sidecar(out, meta):
     """<out>.meta.json: which classifier scored the file and its warnings (train_lm.py repeats
     them). Never overwrites a file of that name that this script did not write."""
-    path = Path(f"{out}.meta.json")
+    path = sidecar_path(out)
     try:
         ours = path.exists() and json.loads(path.read_text(encoding="utf-8")).get("written_by") == "score_severity.py"
     except (OSError, ValueError, AttributeError):

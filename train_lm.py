@@ -72,7 +72,8 @@ from tqdm import tqdm
 from curriculum import CURRICULA, curriculum_stages, describe, stage_at
 from common import (DEMO_DATA, REPO, SEVERITIES, USER_ERRORS, DataError, UsageError, bf16_supported, check_out_dir,
                     check_probs, cleanup_dist, dumps, mark_dir, output_lock, print0, read_jsonl, recover_dir,
-                    remove_stale_temps, setup_dist, severity_class, staged_dir, write_json, write_jsonl)
+                    remove_stale_temps, setup_dist, severity_class, sidecar_path, staged_dir, write_json,
+                    write_jsonl)
 from models import Tokenizer, build_model, load_pretrained
 from models.hf_io import write_pretrained
 from models.loss import fused_linear_cross_entropy, linear_cross_entropy_reference
@@ -254,7 +255,7 @@ def classifier_warnings(data):
     """The severity classifier's warnings (train_classifier.py's metrics.json "warnings"), as
     score_severity.py recorded them beside the scored file (<data>.meta.json); [] if none."""
     try:
-        return list(json.loads(Path(f"{data}.meta.json").read_text(encoding="utf-8")).get("warnings") or [])
+        return list(json.loads(sidecar_path(data).read_text(encoding="utf-8")).get("warnings") or [])
     except (OSError, ValueError, AttributeError):
         return []
 
