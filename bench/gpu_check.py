@@ -338,13 +338,14 @@ def part_loss(rec, smoke):
     for shape in S["loss_shapes"]:
         for chunk in S["chunk_sweep"]:
             args.chunk_size = chunk
-            try:
-                r = bench_loss.measure("fused", shape, N, args)
-            except Exception as e:  # measure catches the step's errors; this is for its inputs
-                r = {"variant": "fused", "shape": shape, "tokens": N, "note": f"failed: {error_text(e)}"}
-            rec.add({"kind": "chunk sweep", **r, "chunk_size": chunk,
-                     "chunk_elements": chunk * bench_loss.SHAPES[shape][1]})
-            free(device)
+            for variant in ("fused_eager", "fused_compiled"):  # the element-wise work eager or compiled
+                try:
+                    r = bench_loss.measure(variant, shape, N, args)
+                except Exception as e:  # measure catches the step's errors; this is for its inputs
+                    r = {"variant": variant, "shape": shape, "tokens": N, "note": f"failed: {error_text(e)}"}
+                rec.add({"kind": "chunk sweep", **r, "chunk_size": chunk,
+                         "chunk_elements": chunk * bench_loss.SHAPES[shape][1]})
+                free(device)
     args.chunk_size = None  # the variants use the default chunk
     variants = ["reference"] + [v for v in bench_loss.VARIANTS if v != "reference"]  # the baseline first
     for shape in S["loss_shapes"]:
@@ -363,12 +364,13 @@ def part_loss(rec, smoke):
                     r["loss_rel_diff"] = abs(r["loss"] - ref["loss"]) / max(abs(ref["loss"]), 1e-30)
                 rec.add({"kind": "variant", **r})
                 free(device)
-    from models.loss import CHUNK_ELEMENTS, default_chunk_size
-    N = max(S["loss_tokens"])
+    from models.loss import CHUNK_ELEMENTS, COMPILED_BY_DEFAULT, default_chunk_size
+    N, dev = max(S["loss_tokens"]), device.type
     for shape in S["loss_shapes"]:
         V = bench_loss.SHAPES[shape][1]
-        rec.notes.append(f"{shape}: the current default chunk is {default_chunk_size(N, V)} rows "
-                         f"(CHUNK_ELEMENTS = 2**{CHUNK_ELEMENTS.bit_length() - 1})")
+        rec.notes.append(f"{shape}: the current default chunk on {dev} is {default_chunk_size(N, V, dev)} rows "
+                         f"(CHUNK_ELEMENTS[{dev!r}] = 2**{CHUNK_ELEMENTS.get(dev, CHUNK_ELEMENTS['cuda']).bit_length() - 1}), "
+                         f"element-wise work {'compiled' if COMPILED_BY_DEFAULT.get(dev) else 'eager'}")
     rec.save()
 
 
@@ -491,9 +493,9 @@ def part_syncs(rec, smoke):
     torch.manual_seed(0)
     with torch.device(device):
         model = build_model(cfg).train()
-    # the train_lm.py step: two micro-batches (accumulation), fused loss, clip, fused AdamW on CUDA
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), weight_decay=0.1,
-                            **({"fused": True} if device.type == "cuda" else {}))
+    # the train_lm.py step: two micro-batches (accumulation), fused loss, clip, fused AdamW
+    from common import adamw
+    opt = adamw(model.parameters(), lr=1e-5, betas=(0.9, 0.95), weight_decay=0.1)
     share = bench_train.demo_prompt_share()
     mbs = [bench_train.make_batch(S["sync_batch"], S["sync_seq"], cfg["vocab_size"], device, share, seed=k)
            for k in range(2)]

@@ -2,7 +2,10 @@
 
 Variants (all compute sum_t w_t * ce_t over non-ignored tokens and its gradients for hidden and
 the lm_head weight):
-  fused          models/loss.py fused_linear_cross_entropy (chunked, gradients in forward)
+  fused          models/loss.py fused_linear_cross_entropy (chunked, gradients in forward), with the
+                 device's default for the chunk's element-wise work (eager on CPU, compiled on CUDA)
+  fused_eager    the same with compiled=False: models/loss.py chunk_stats, six eager passes per chunk
+  fused_compiled the same with compiled=True: chunk_stats_compiled (skip with --no-compile)
   reference      models/loss.py linear_cross_entropy_reference, eager (full fp32 logits)
   compiled       the same reference under torch.compile (skip with --no-compile)
   torch_chunked  torch's own F.linear_cross_entropy(..., options=LinearCrossEntropyOptions()),
@@ -16,6 +19,8 @@ Shapes: aragpt2 (d 768, V 64000) and qwen2.5-0.5b (d 896, V 151936).
     python bench/loss.py                   # CPU, fp32, N 1024 and 2048: ~3-4 minutes on 2 cores
     python bench/loss.py --device cuda     # GPU, bf16 autocast, N 4096, 8192, 16384
     python bench/loss.py --shapes qwen2.5-0.5b --tokens 4096 --no-compile --repeats 5
+    python bench/loss.py --sweep 128,256,512,1024,2048 --tokens 2048 --repeats 3   # chunk sizes, both
+                                           # fused variants: the data behind CHUNK_ELEMENTS
 
 Memory. On CUDA: torch.cuda.max_memory_allocated during the timed runs minus the bytes allocated
 before the first call (inputs: hidden bf16 [N, d], lm_head weight fp32 [V, d] as fp32 master
@@ -33,6 +38,7 @@ ms, peak_mb, abs_peak_mb, loss, note}]}.
 """
 import argparse
 import json
+import math
 import os
 import resource
 import statistics
@@ -48,10 +54,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.loss import fused_linear_cross_entropy, linear_cross_entropy_reference  # noqa: E402
 
 SHAPES = {"aragpt2": (768, 64000), "qwen2.5-0.5b": (896, 151936), "tiny": (64, 1000)}  # name: (d, V); tiny: smoke runs
-VARIANTS = ("fused", "reference", "compiled", "torch_chunked", "liger", "cce")
+VARIANTS = ("fused", "fused_eager", "fused_compiled", "reference", "compiled", "torch_chunked", "liger", "cce")
 DEFAULT_TOKENS = {"cpu": "1024,2048", "cuda": "4096,8192,16384"}
 # torch_chunked is opt-in on CPU (--variants ...,torch_chunked): one more ~minute of matmuls
-DEFAULT_VARIANTS = {"cpu": "fused,reference,compiled,liger,cce", "cuda": ",".join(VARIANTS)}
+DEFAULT_VARIANTS = {"cpu": "fused,fused_compiled,reference,compiled,liger,cce", "cuda": ",".join(VARIANTS)}
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
@@ -62,6 +68,8 @@ parser.add_argument("--variants", default=None, help=f"comma-separated, from {li
 parser.add_argument("--repeats", type=int, default=None, help="timed runs after the warm-up (default: cpu 1, cuda 10)")
 parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
 parser.add_argument("--chunk-size", type=int, default=None, help="fused chunk size (default: models.loss default)")
+parser.add_argument("--sweep", default=None, help="comma-separated chunk sizes: time fused_eager and "
+                    "fused_compiled at each (instead of the variant table); the fastest is marked")
 parser.add_argument("--out", default=str(Path(__file__).with_suffix(".json")), help="JSON output path")
 parser.add_argument("--child", action="store_true", help="internal: run one variant/shape/N here, print JSON")
 
@@ -69,8 +77,11 @@ parser.add_argument("--child", action="store_true", help="internal: run one vari
 def make_loss_fn(variant, args):
     """A function (hidden, weight, targets, token_weights) -> scalar, or a string saying why not."""
     cuda = args.device == "cuda"
-    if variant == "fused":
-        return lambda h, W, t, w: fused_linear_cross_entropy(h, W, t, w, chunk_size=args.chunk_size)
+    if variant.startswith("fused"):
+        if variant == "fused_compiled" and args.no_compile:
+            return "skipped (--no-compile)"
+        compiled = {"fused": None, "fused_eager": False, "fused_compiled": True}[variant]
+        return lambda h, W, t, w: fused_linear_cross_entropy(h, W, t, w, chunk_size=args.chunk_size, compiled=compiled)
     if variant == "reference":
         return linear_cross_entropy_reference
     if variant == "compiled":
@@ -133,7 +144,7 @@ def measure(variant, shape, N, args):
     try:
         # Warm-up: compiles the compiled variant (so at full size). The CPU eager variants have nothing
         # to warm beyond library start-up, so they warm up on 64 tokens to keep the CPU run short.
-        step(min(N, 64) if not cuda and variant != "compiled" else N)
+        step(min(N, 64) if not cuda and "compiled" not in variant else N)
         if cuda:
             torch.cuda.synchronize()
             hidden.grad = weight.grad = None
@@ -176,6 +187,45 @@ def measure_in_subprocess(variant, shape, N, args):
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+def sweep(args, shapes, tokens):
+    """Time of fused_eager and fused_compiled at each chunk size (--sweep): the data behind
+    models/loss.py CHUNK_ELEMENTS and COMPILED_BY_DEFAULT. Prints one table, writes --out."""
+    results = []
+    for shape in shapes:
+        for N in tokens:
+            for chunk in [int(c) for c in args.sweep.split(",")]:
+                args.chunk_size = chunk
+                for variant in ("fused_eager", "fused_compiled"):
+                    if args.device == "cpu":
+                        r = measure_in_subprocess(variant, shape, N, args)
+                    else:
+                        r = measure(variant, shape, N, args)
+                    results.append({**r, "chunk_size": chunk, "chunk_elements": chunk * SHAPES[shape][1]})
+                    print(f"  {variant} {shape} N={N} chunk {chunk}: "
+                          + (f"{r['ms']:.0f} ms" if "ms" in r else r["note"]), file=sys.stderr)
+    print(f"\ndevice {args.device}, torch {torch.__version__}, {'fp32' if args.device == 'cpu' else 'bf16 autocast'}, "
+          f"median of {args.repeats} after 1 warm-up; * = fastest of its shape and N")
+    print(f"{'shape':<13} {'N':>6} {'chunk':>6} {'elements':>9} {'eager ms':>9} {'compiled ms':>12}")
+    timed = [r for r in results if "ms" in r]
+    for shape in shapes:
+        for N in tokens:
+            rows = [r for r in timed if r["shape"] == shape and r["tokens"] == N]
+            best = min(rows, key=lambda r: r["ms"]) if rows else None
+            for chunk in sorted({r["chunk_size"] for r in rows}):
+                cell = {}
+                for r in rows:
+                    if r["chunk_size"] == chunk:
+                        cell[r["variant"]] = f"{r['ms']:.1f}" + ("*" if r is best else "")
+                print(f"{shape:<13} {N:>6} {chunk:>6} {'2^%.1f' % math.log2(chunk * SHAPES[shape][1]):>9} "
+                      f"{cell.get('fused_eager', '-'):>9} {cell.get('fused_compiled', '-'):>12}")
+    out = {"device": args.device, "torch": torch.__version__, "args": vars(args), "sweep": results}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=1)
+    print(f"wrote {args.out}")
+    return results
+
+
 def main(argv=None):
     args = parser.parse_args(argv)
     args.tokens = args.tokens or DEFAULT_TOKENS[args.device]
@@ -189,6 +239,8 @@ def main(argv=None):
         print(json.dumps(measure(variants[0], shapes[0], tokens[0], args)))
         return
 
+    if args.sweep:
+        return sweep(args, shapes, tokens)
     results = []
     for shape in shapes:
         for N in tokens:

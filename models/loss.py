@@ -30,22 +30,29 @@ Dtypes: the matmuls run in the autocast dtype when autocast is enabled for the i
 CPU); log-sum-exp, softmax, the loss and all accumulations are fp32. No .item(), no
 data-dependent Python branches, no boolean indexing: nothing waits on the GPU.
 """
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-# Default chunk: the largest power of two C with C * V <= 2**27 logits, i.e. at most 512 MB of fp32
-# logits per chunk (softmax and its gradient are formed in place; with the bf16 matmul output and
-# bf16 dz, ~1 GB of temporaries under autocast): V = 64000 (AraGPT2) -> C = 2048, V = 151936
-# (Qwen2.5) -> C = 512. Not smaller, because every chunk also reads and writes the whole fp32
-# [V, d] weight-gradient buffer (545 MB for Qwen2.5): with C in the hundreds that traffic costs as
-# much as the matmuls themselves.
-CHUNK_ELEMENTS = 2**27
+# Default chunk: the largest power of two C with C * V <= CHUNK_ELEMENTS[device] logits.
+# CUDA: 2**27, i.e. at most 512 MB of fp32 logits per chunk (with the bf16 matmul output and bf16
+# dz, ~1 GB of temporaries under autocast): V = 64000 (AraGPT2) -> C = 2048, V = 151936 (Qwen2.5)
+# -> C = 512. Not smaller, because every chunk also reads and writes the whole fp32 [V, d]
+# weight-gradient buffer (545 MB for Qwen2.5): with C in the hundreds that traffic costs as much as
+# the matmuls themselves. CPU: from bench/loss.py --sweep on 2 cores (README "Performance").
+CHUNK_ELEMENTS = {"cuda": 2**27, "cpu": 2**27}
+# The chunk's element-wise work (max, exp, sum, softmax gradient) as one torch.compile'd function
+# (chunk_stats_compiled) rather than six eager passes over [C, V]: on by default where it pays
+# (README "Performance"); fused_linear_cross_entropy(compiled=...) overrides.
+COMPILED_BY_DEFAULT = {"cuda": True, "cpu": False}
 
 
-def default_chunk_size(n_tokens, vocab_size):
+def default_chunk_size(n_tokens, vocab_size, device_type="cuda"):
     """Rows per chunk: a power of two with chunk * vocab_size <= CHUNK_ELEMENTS, at most n_tokens."""
-    c = 1 << max(0, (CHUNK_ELEMENTS // vocab_size).bit_length() - 1)
+    budget = CHUNK_ELEMENTS.get(device_type, CHUNK_ELEMENTS["cuda"])
+    c = 1 << max(0, (budget // vocab_size).bit_length() - 1)
     return max(1, min(n_tokens, c))
 
 
@@ -60,57 +67,94 @@ def linear_cross_entropy_reference(hidden, weight, targets, token_weights, bias=
     return (ce * token_weights.to(ce.dtype)).sum()
 
 
+def chunk_stats(z, y, w, need_grad):
+    """One chunk's per-token ce [C] (fp32) and dz = w * (softmax(z) - onehot(y)) [C, V] in z's dtype
+    (None without need_grad), from its logits z [C, V]; eager and in place (z is consumed).
+
+    log-sum-exp = m + log(s) with s = sum(exp(z - m)), m the row max; ce and the softmax are formed
+    from (z - m) and s directly, never as z - lse: at logits ~1e4 rounding the lse to fp32 alone
+    would cost ~1e-3 absolute in every probability.
+    """
+    dtype = z.dtype
+    z = z.float()  # (C, V) fp32 (no copy when the matmul ran in fp32)
+    m = z.amax(dim=1)  # (C,) row max
+    ce = m - z.gather(1, y[:, None]).squeeze(1)  # (C,) max - target logit
+    z.sub_(m[:, None]).exp_()  # z := exp(z - m), in place: the logits are not needed any more
+    s = z.sum(dim=1)  # (C,) >= 1
+    ce = ce + s.log()  # (C,) = logsumexp - target logit
+    if not need_grad:
+        return ce, None
+    z.mul_((w / s)[:, None])  # z := w * softmax
+    z.scatter_add_(1, y[:, None], -w[:, None])  # z := dz = w * (softmax - onehot)
+    return ce, z.to(dtype)
+
+
+def _chunk_stats_fusable(z, y, w):
+    """chunk_stats(z, y, w, need_grad=True) written without in-place ops, for torch.compile: the
+    reductions and the gradient become a few kernels that read z and write dz once."""
+    zf = z.float()
+    m = zf.amax(dim=1, keepdim=True)  # (C, 1)
+    e = torch.exp(zf - m)  # (C, V), never stored by the compiled kernels
+    s = e.sum(dim=1, keepdim=True)  # (C, 1)
+    ce = (m - zf.gather(1, y[:, None]) + s.log()).squeeze(1)  # (C,)
+    target = torch.arange(z.shape[1], device=z.device)[None, :] == y[:, None]  # (C, V) one-hot, not stored
+    dz = e * (w[:, None] / s) - torch.where(target, w[:, None], 0.0)
+    return ce, dz.to(z.dtype)
+
+
+@functools.cache
+def chunk_stats_compiled():
+    """_chunk_stats_fusable under torch.compile (built once; dynamic, so every chunk length shares it)."""
+    return torch.compile(_chunk_stats_fusable, dynamic=True)
+
+
 class FusedLinearCrossEntropy(torch.autograd.Function):
     """Chunked forward that also produces the gradients; see the module docstring."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, token_weights, bias, ignore_index, chunk_size, dtype, grad_enabled):
+    def forward(ctx, hidden, weight, targets, token_weights, bias, ignore_index, chunk_size, dtype, grad_enabled,
+                compiled):
         N, V = hidden.shape[0], weight.shape[0]
         # needs_input_grad says True under torch.no_grad too: without grad_enabled a validation
         # pass would compute (and allocate) every gradient it then throws away
         need_h, need_W, _, need_w, need_b = (n and grad_enabled for n in ctx.needs_input_grad[:5])
         need_b = need_b and bias is not None
+        need_grad = need_h or need_W or need_b
         valid = targets != ignore_index
         safe_targets = torch.where(valid, targets, 0)  # ignored ids would index out of range
         w = torch.where(valid, token_weights.float(), 0.0)  # ignored tokens weigh exactly 0
+        stats = chunk_stats_compiled() if compiled and need_grad else chunk_stats
 
         W = weight.to(dtype)  # cast once (autocast would also cast the weight once per step)
         b = bias.to(dtype) if bias is not None else None
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_h = torch.empty_like(hidden) if need_h else None
-        grad_W = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_W else None
+        grad_W = None  # the first chunk's product becomes it: no zero-filled [V, d] buffer
         grad_b = torch.zeros(V, dtype=torch.float32, device=weight.device) if need_b else None
         ce_all = torch.empty(N, dtype=torch.float32, device=hidden.device) if need_w else None
 
         for i in range(0, N, chunk_size):
             h = hidden[i:i + chunk_size].to(dtype)  # (C, d)
             y, wc = safe_targets[i:i + chunk_size], w[i:i + chunk_size]
-            z = F.linear(h, W, b).float()  # (C, V) logits in fp32 (no copy when dtype is fp32)
-            # log-sum-exp = m + log(s) with s = sum(exp(z - m)), m the row max; ce and softmax are
-            # formed from (z - m) and s directly, never as z - lse: at logits ~1e4 rounding the
-            # lse to fp32 alone would cost ~1e-3 absolute in every probability.
-            m = z.amax(dim=1)  # (C,) row max
-            ce = m - z.gather(1, y[:, None]).squeeze(1)  # (C,) max - target logit
-            z.sub_(m[:, None]).exp_()  # z := exp(z - m), in place: the logits are not needed any more
-            s = z.sum(dim=1)  # (C,) >= 1
-            ce = ce + s.log()  # (C,) = logsumexp - target logit
+            z = F.linear(h, W, b)  # (C, V) logits in the matmul dtype
+            ce, dz = stats(z, y, wc, need_grad) if stats is chunk_stats else stats(z, y, wc)
+            del z  # (the eager path reused its buffer for dz)
             loss += (wc * ce).sum()
             if need_w:
                 ce_all[i:i + chunk_size] = torch.where(valid[i:i + chunk_size], ce, 0.0)
-            if need_h or need_W or need_b:
-                z.mul_((wc / s)[:, None])  # z := w * softmax
-                z.scatter_add_(1, y[:, None], -wc[:, None])  # z := dz = w * (softmax - onehot)
-                if need_b:
-                    grad_b += z.sum(0)
-                dz = z.to(dtype)
-                if need_h:
-                    grad_h[i:i + chunk_size] = dz @ W  # (C, d)
-                if need_W and dtype == torch.float32:
-                    grad_W.addmm_(dz.t(), h)  # (V, d) += (V, C) @ (C, d), no temporary
-                elif need_W:
-                    grad_W += dz.t() @ h  # (V, d): bf16 GEMM (fp32 inside), added into the fp32 sum
-                del dz
-            del z  # free this chunk's buffer before the next chunk allocates its own
+            if need_b:
+                grad_b += dz.sum(0, dtype=torch.float32)
+            if need_h:
+                grad_h[i:i + chunk_size] = dz @ W  # (C, d)
+            if need_W and grad_W is None:
+                grad_W = (dz.t() @ h).float()  # (V, d) = (V, C) @ (C, d), fp32 (a copy only under bf16)
+            elif need_W and dtype == torch.float32:
+                grad_W.addmm_(dz.t(), h)  # (V, d) += (V, C) @ (C, d), no temporary
+            elif need_W:
+                grad_W += dz.t() @ h  # (V, d): bf16 GEMM (fp32 inside), added into the fp32 sum
+            del dz  # free this chunk's buffer before the next chunk allocates its own
+        if need_W and grad_W is None:  # no tokens at all
+            grad_W = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
 
         ctx.save_for_backward(grad_h, grad_W, grad_b, ce_all)
         ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None, token_weights.dtype)
@@ -131,31 +175,59 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         gW = grad_W.mul_(grad_out).to(W_dtype) if grad_W is not None else None
         gb = grad_b.mul_(grad_out).to(b_dtype) if grad_b is not None else None
         gw = ce_all.mul_(grad_out).to(w_dtype) if ce_all is not None else None
-        return gh, gW, None, gw, gb, None, None, None, None
+        return gh, gW, None, gw, gb, None, None, None, None, None
+
+
+def matmul_dtype(hidden, weight):
+    """The dtype the lm_head matmul runs in: autocast's when autocast is on for the device (bf16
+    under torch.autocast("cuda", dtype=torch.bfloat16)), else the inputs' (which must agree)."""
+    dev = hidden.device.type
+    if torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)  # like F.linear would be
+    if hidden.dtype != weight.dtype:
+        raise ValueError(f"hidden is {hidden.dtype} but weight is {weight.dtype} (and autocast is off)")
+    return hidden.dtype
 
 
 def fused_linear_cross_entropy(hidden, weight, targets, token_weights, bias=None, ignore_index=-100,
-                               chunk_size=None):
+                               chunk_size=None, compiled=None):
     """Same value and gradients as linear_cross_entropy_reference, without the [N, V] logits.
 
     hidden [N, d] (or [..., d], flattened with targets and token_weights), weight [V, d] (the lm_head
     or a tied embedding matrix: its gradient accumulates like any other use), targets [N] long,
     token_weights [N], bias [V] or None. Returns a 0-dim fp32 tensor. chunk_size = rows of hidden
-    per chunk (default: default_chunk_size). Gradients flow to hidden, weight, bias and
+    per chunk (default: default_chunk_size for the device). compiled: run each chunk's element-wise
+    work as one torch.compile'd function (chunk_stats_compiled) instead of the eager chunk_stats
+    (default: COMPILED_BY_DEFAULT for the device). Gradients flow to hidden, weight, bias and
     token_weights, each only when it requires grad (a frozen lm_head costs no weight gradient); under
     torch.no_grad only the loss is computed.
     """
     d = hidden.shape[-1]
     hidden, targets, token_weights = hidden.reshape(-1, d), targets.reshape(-1), token_weights.reshape(-1)
-    dev = hidden.device.type
-    if torch.is_autocast_enabled(dev):
-        dtype = torch.get_autocast_dtype(dev)  # matmuls in the autocast dtype, like F.linear would be
-    elif hidden.dtype != weight.dtype:
-        raise ValueError(f"hidden is {hidden.dtype} but weight is {weight.dtype} (and autocast is off)")
-    else:
-        dtype = hidden.dtype
-    chunk_size = chunk_size or default_chunk_size(hidden.shape[0], weight.shape[0])
+    dev, dtype = hidden.device.type, matmul_dtype(hidden, weight)
+    chunk_size = chunk_size or default_chunk_size(hidden.shape[0], weight.shape[0], dev)
+    compiled = COMPILED_BY_DEFAULT.get(dev, False) if compiled is None else compiled
     grad_enabled = torch.is_grad_enabled()  # (inside forward it is always off)
     with torch.autocast(dev, enabled=False):  # dtypes inside are explicit, see the module docstring
         return FusedLinearCrossEntropy.apply(hidden, weight, targets, token_weights, bias, ignore_index,
-                                             chunk_size, dtype, grad_enabled)
+                                             chunk_size, dtype, grad_enabled, compiled)
+
+
+@torch.no_grad()
+def token_cross_entropy(hidden, weight, targets, bias=None, ignore_index=-100, chunk_size=None):
+    """Per-token cross-entropy [N] (fp32, 0 where ignored) of hidden [N, d] under the lm_head weight
+    [V, d], chunk by chunk like fused_linear_cross_entropy and without gradients: one pass gives
+    validation both the plain and the weighted loss (ce.sum() and (w * ce).sum())."""
+    d = hidden.shape[-1]
+    hidden, targets = hidden.reshape(-1, d), targets.reshape(-1)
+    dev, dtype = hidden.device.type, matmul_dtype(hidden, weight)
+    chunk_size = chunk_size or default_chunk_size(hidden.shape[0], weight.shape[0], dev)
+    valid = targets != ignore_index
+    safe_targets = torch.where(valid, targets, 0)
+    W, b = weight.to(dtype), (bias.to(dtype) if bias is not None else None)
+    ce = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+    with torch.autocast(dev, enabled=False):
+        for i in range(0, hidden.shape[0], chunk_size):
+            z = F.linear(hidden[i:i + chunk_size].to(dtype), W, b)  # (C, V)
+            ce[i:i + chunk_size] = chunk_stats(z, safe_targets[i:i + chunk_size], None, need_grad=False)[0]
+    return torch.where(valid, ce, 0.0)

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from models.loss import default_chunk_size, fused_linear_cross_entropy, linear_cross_entropy_reference
+from models.loss import (_chunk_stats_fusable, chunk_stats, default_chunk_size, fused_linear_cross_entropy,
+                         linear_cross_entropy_reference, token_cross_entropy)
 
 FP32_TOL = 1e-5
 # bf16 has an 8-bit mantissa (relative rounding 2**-9 = 0.2%): the logits, dz = w * (softmax - onehot)
@@ -255,3 +256,50 @@ def test_no_grad_computes_only_the_loss():
 def test_default_chunk_size():
     assert default_chunk_size(10**6, 64000) == 2048 and default_chunk_size(10**6, 151936) == 512
     assert default_chunk_size(100, 64000) == 100 and default_chunk_size(5, 10**9) == 1
+
+
+@pytest.mark.parametrize("N, chunk_size", [(150, 64), (37, None)])
+def test_token_cross_entropy_matches_reference(N, chunk_size):
+    """The per-token CE validation uses (no gradient, chunked) equals F.cross_entropy(reduction="none")."""
+    hidden, weight, targets, _, bias = make_inputs(N=N, bias=True, seed=11)
+    ref = F.cross_entropy(F.linear(hidden.double(), weight.double(), bias.double()), targets, reduction="none")
+    got = token_cross_entropy(hidden, weight, targets, bias=bias, chunk_size=chunk_size)
+    assert got.dtype == torch.float32 and (got[targets == -100] == 0).all()
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the matmul in bf16, the statistics in fp32
+        got16 = token_cross_entropy(hidden, weight, targets, bias=bias, chunk_size=chunk_size)
+    assert (got16.double() - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+def test_fusable_chunk_stats_equals_the_in_place_one():
+    """The functional form torch.compile gets computes what the eager in-place chunk_stats does."""
+    g = torch.Generator().manual_seed(3)
+    z = 30 * torch.randn(40, 500, generator=g)
+    y, w = torch.randint(0, 500, (40,), generator=g), 2 * torch.rand(40, generator=g)
+    w[:5] = 0  # ignored tokens arrive with weight 0
+    ce, dz = _chunk_stats_fusable(z, y, w)
+    ce_ref, dz_ref = chunk_stats(z.clone(), y, w, need_grad=True)
+    torch.testing.assert_close(ce, ce_ref, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(dz, dz_ref, rtol=1e-6, atol=1e-7)
+    assert (dz[:5] == 0).all()
+
+
+@pytest.mark.slow
+def test_compiled_elementwise_matches_reference():
+    """compiled=True (each chunk's element-wise work under torch.compile) against float64, in the
+    cases that break chunked losses: N not a multiple of the chunk, a bias, a wholly ignored chunk,
+    zero weights, logits ~1e4; and under CPU bf16 autocast. One dynamic graph per dtype serves
+    every chunk length."""
+    fused = lambda *a, **k: fused_linear_cross_entropy(*a, compiled=True, **k)  # noqa: E731
+    x = make_inputs(N=200, bias=True, seed=21)
+    assert_matches(run(fused, *x, chunk_size=64), reference64(*x))
+    hidden, weight, targets, tw, _ = make_inputs(N=96, seed=22)
+    targets[32:64] = -100
+    tw[:10] = 0
+    assert_matches(run(fused, hidden, weight, targets, tw, chunk_size=32), reference64(hidden, weight, targets, tw))
+    x = make_inputs(N=100, seed=23, scale=300.0)  # logits ~1e4
+    assert_matches(run(fused, *x, chunk_size=50), reference64(*x))
+    hidden, weight, targets, tw, _ = make_inputs(N=128, seed=24)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = run(fused, hidden, weight, targets, tw, chunk_size=64)
+    assert_matches(got, reference64(hidden, weight, targets, tw), tol=BF16_TOL)
