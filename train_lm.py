@@ -70,13 +70,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from curriculum import CURRICULA, curriculum_stages, describe, stage_at
-from common import (DEMO_DATA, REPO, SEVERITIES, USER_ERRORS, DataError, UsageError, bf16_supported, check_out_dir,
+from common import (DEMO_DATA, REPO, SEVERITIES, USER_ERRORS, DataError, UsageError, adamw, bf16_supported, check_out_dir,
                     check_probs, cleanup_dist, dumps, mark_dir, output_lock, print0, read_jsonl, recover_dir,
                     remove_stale_temps, setup_dist, severity_class, sidecar_path, staged_dir, write_json,
                     write_jsonl)
 from models import Tokenizer, build_model, load_pretrained
 from models.hf_io import write_pretrained
-from models.loss import fused_linear_cross_entropy, linear_cross_entropy_reference
+from models.loss import fused_linear_cross_entropy, linear_cross_entropy_reference, token_cross_entropy
 from models.lora import add_lora, load_adapter, merged, save_adapter
 from models.parallel import (LossModel, checkpoint_blocks, full_weights, load_optimizer_state, optimizer_state, plain,
                              shard_model)
@@ -588,10 +588,8 @@ def train(args, rank, world, device, progress):
     # nanoGPT and HF Trainer do), none on biases and norm gains
     decay = [p for p in raw_model.parameters() if p.dim() >= 2 and p.requires_grad]  # LoRA: the adapters only
     no_decay = [p for p in raw_model.parameters() if p.dim() < 2 and p.requires_grad]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=args.lr, betas=(0.9, 0.95), eps=1e-8,
-                                  **({"fused": True} if device.type == "cuda" else {}))
+    optimizer = adamw([{"params": decay, "weight_decay": args.weight_decay},  # fused where torch has it
+                       {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95), eps=1e-8)
 
     # ---- resume: optimizer, step, data position, best val, random generators
     step, epoch, data_pos, best_val = 0, 0, 0, float("inf")
@@ -664,10 +662,11 @@ def train(args, rank, world, device, progress):
                 w = mb["weights"][:, None].expand_as(mb["labels"]).flatten()
                 if sharded is not None:  # FSDP: the loss inside the forward (models/parallel.py)
                     ce, wce = sharded(mb["input_ids"], mb["labels"], torch.ones_like(w), w)
-                else:
-                    hidden = raw_model(mb["input_ids"], return_hidden=True).flatten(0, 1)
-                    ce = loss_fn(hidden, raw_model.lm_head.weight, mb["labels"].flatten(), torch.ones_like(w))
-                    wce = loss_fn(hidden, raw_model.lm_head.weight, mb["labels"].flatten(), w)
+                else:  # the output layer on the labelled positions only, once for both losses
+                    pos = mb["label_pos"]
+                    hidden = raw_model(mb["input_ids"], return_hidden=True).flatten(0, 1).index_select(0, pos)
+                    ce_t = token_cross_entropy(hidden, raw_model.lm_head.weight, mb["labels"].flatten()[pos])
+                    ce, wce = ce_t.sum(), (ce_t * w[pos]).sum()
             sums[c] += torch.stack([ce, wce, torch.tensor(float(mb["n_tokens"]), device=device)]).to(acc_dtype)
         if world > 1 and sharded is None:
             dist.all_reduce(sums)

@@ -17,7 +17,9 @@ transformers lacks) with the usual loss: logits.float(), F.cross_entropy(reducti
 weights. Both run in the same process on the same inputs; the first step's losses are reported
 so the comparison is visibly like for like.
 
-CUDA: bf16 autocast, fused AdamW, timings after torch.cuda.synchronize, peak memory =
+Both use the same optimizer as train_lm.py: AdamW, fused where torch has it (CUDA; CPU from torch
+2.4), which is also the Hugging Face Trainer's default (adamw_torch_fused).
+CUDA: bf16 autocast, timings after torch.cuda.synchronize, peak memory =
 torch.cuda.max_memory_allocated per configuration, MFU against --peak-flops (default 989e12:
 H100 dense bf16). CPU: fp32; memory and MFU are not measured (null).
 FLOPs per step = 6 * (matmul parameters) * tokens + 12 * layers * d_model * seq^2 * batch.
@@ -37,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 import train_lm
-from common import bf16_supported, pick_device
+from common import adamw, bf16_supported, pick_device
 from models import build_model
 from models.loss import fused_linear_cross_entropy
 
@@ -173,7 +175,7 @@ def hf_step(model, opt, mb, autocast):
 
 
 def measure(step_fn, model, mb, args, device, autocast):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, **({"fused": True} if device.type == "cuda" else {}))
+    opt = adamw(model.parameters(), lr=1e-5)  # fused on CUDA and (torch >= 2.4) CPU, as train_lm.py and HF Trainer
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     first = step_fn(model, opt, mb, autocast).item()
     for _ in range(args.warmup - 1):

@@ -74,25 +74,41 @@ def test_bf16_autocast_training_close_to_fp32(setup, fp32):
 
 
 def test_fused_adamw_matches_default(setup, fp32, monkeypatch):
-    """train_lm.py asks for fused AdamW on CUDA only; the fused kernel runs on CPU too (torch >= 2.4):
-    the same 5 steps with it forced on must give the default (foreach) AdamW's weights."""
+    """train_lm.py takes fused AdamW wherever torch has it (common.adamw: CUDA, and CPU from torch
+    2.4): its 5 steps must give the weights of the plain (for-loop) AdamW, forced here."""
     try:
         torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], fused=True)
     except (RuntimeError, ValueError, TypeError) as e:
         pytest.skip(f"this torch build has no fused AdamW on CPU: {e}")
     made = []
 
-    class FusedAdamW(torch.optim.AdamW):
+    class PlainAdamW(torch.optim.AdamW):
         def __init__(self, *args, **kwargs):
-            super().__init__(*args, **{**kwargs, "fused": True})
+            kwargs.pop("fused", None)
+            super().__init__(*args, **kwargs, foreach=False)
             made.append(self)
 
-    monkeypatch.setattr(torch.optim, "AdamW", FusedAdamW)
-    losses, weights = run(setup, "fused_adamw", "--dtype", "fp32")
-    assert made and made[0].defaults["fused"] is True
-    ref_losses, ref_weights = fp32
+    monkeypatch.setattr(torch.optim, "AdamW", PlainAdamW)
+    losses, weights = run(setup, "plain_adamw", "--dtype", "fp32")
+    assert made and not made[0].defaults["fused"] and made[0].defaults["foreach"] is False
+    ref_losses, ref_weights = fp32  # the default run: fused
     assert losses == pytest.approx(ref_losses, rel=1e-5)
     assert_updates_close(setup, weights, ref_weights, tol=1e-3)  # measured: 6e-5
+
+
+def test_train_lm_takes_fused_adamw(monkeypatch, setup):
+    """The default run's optimizer is the fused one when this torch has it on CPU."""
+    import common
+    made = []
+    real = common.adamw
+    monkeypatch.setattr(train_lm, "adamw", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    run(setup, "which_adamw", "--dtype", "fp32", "--max-steps", "1")
+    try:
+        torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], fused=True)
+        has_fused = True
+    except (RuntimeError, ValueError, TypeError):
+        has_fused = False
+    assert made and made[0].defaults["fused"] is has_fused
 
 
 @pytest.mark.slow
