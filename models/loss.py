@@ -31,6 +31,7 @@ CPU); log-sum-exp, softmax, the loss and all accumulations are fp32. No .item(),
 data-dependent Python branches, no boolean indexing: nothing waits on the GPU.
 """
 import functools
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -103,9 +104,25 @@ def _chunk_stats_fusable(z, y, w):
 
 
 @functools.cache
-def chunk_stats_compiled():
-    """_chunk_stats_fusable under torch.compile (built once; dynamic, so every chunk length shares it)."""
-    return torch.compile(_chunk_stats_fusable, dynamic=True)
+def _compiled():
+    return torch.compile(_chunk_stats_fusable, dynamic=True)  # dynamic: every chunk length shares one graph
+
+
+def chunk_stats_compiled(z, y, w, need_grad=True):
+    """chunk_stats through torch.compile (_chunk_stats_fusable). Where compiling fails (no Triton or
+    C++ compiler), it says so once and computes eagerly from then on."""
+    global _compile_failed
+    if need_grad and not _compile_failed:
+        try:
+            return _compiled()(z, y, w)
+        except Exception as e:  # the inductor's failures have many types; the eager path is always right
+            _compile_failed = True
+            warnings.warn(f"fused loss: torch.compile of the chunk statistics failed ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200] if str(e) else ''}); computing them eagerly")
+    return chunk_stats(z, y, w, need_grad)
+
+
+_compile_failed = False
 
 
 class FusedLinearCrossEntropy(torch.autograd.Function):
@@ -123,7 +140,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         valid = targets != ignore_index
         safe_targets = torch.where(valid, targets, 0)  # ignored ids would index out of range
         w = torch.where(valid, token_weights.float(), 0.0)  # ignored tokens weigh exactly 0
-        stats = chunk_stats_compiled() if compiled and need_grad else chunk_stats
+        stats = chunk_stats_compiled if compiled else chunk_stats
 
         W = weight.to(dtype)  # cast once (autocast would also cast the weight once per step)
         b = bias.to(dtype) if bias is not None else None
@@ -137,7 +154,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
             h = hidden[i:i + chunk_size].to(dtype)  # (C, d)
             y, wc = safe_targets[i:i + chunk_size], w[i:i + chunk_size]
             z = F.linear(h, W, b)  # (C, V) logits in the matmul dtype
-            ce, dz = stats(z, y, wc, need_grad) if stats is chunk_stats else stats(z, y, wc)
+            ce, dz = stats(z, y, wc, need_grad)
             del z  # (the eager path reused its buffer for dz)
             loss += (wc * ce).sum()
             if need_w:
