@@ -47,9 +47,7 @@ Writes --out (default out/lm-<weights>):
 Checkpoints are written to a temporary folder and renamed into place, so a run killed at any
 moment resumes from a complete checkpoint; resuming gives the same weights as not stopping.
 
-Prompt format (format_prompt / build_example below; evaluate.py imports them):
-    <question> "\\nالجواب:\\n" <answer> <EOS>          (no BOS; "الجواب" = "the answer")
-Loss only on the answer tokens and the EOS, so the model learns to answer and to stop.
+Prompt format (prompt.py; evaluate.py uses the same): <question> "\\nالجواب:\\n" <answer> <EOS>
 """
 import argparse
 import errno
@@ -80,6 +78,7 @@ from models.loss import fused_linear_cross_entropy, linear_cross_entropy_referen
 from models.lora import add_lora, load_adapter, merged, save_adapter
 from models.parallel import (LossModel, checkpoint_blocks, full_weights, load_optimizer_state, optimizer_state, plain,
                              shard_model)
+from prompt import build_example
 
 # Class weights alpha = (mild, moderate, critical). Fixed presets are rescaled at start-up so the
 # mean weight over the training answer tokens is 1: the learning rate means the same for all.
@@ -95,7 +94,6 @@ RUN_FILES = {"last", "best", "metrics.jsonl", ".crashed", "last.old", "best.old"
 DEMO_TOKENIZER = REPO / "data" / "demo_tokenizer"
 DEMO_GPT2 = dict(model_type="gpt2", n_positions=256, n_embd=128, n_layer=4, n_head=4,
                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # the from-scratch demo model
-SEPARATOR = "\nالجواب:\n"  # "\nthe answer:\n" between question and answer
 RSS_UNIT = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is in bytes on macOS, KiB on Linux
 BUCKET_WINDOW = 100  # length bucketing sorts windows of this many micro-batches
 
@@ -169,47 +167,6 @@ def get_args(argv=None):
         p.error("--fsdp does not combine with --lora-rank or --compile")
     args.lora_alpha = args.lora_alpha if args.lora_alpha is not None else 2.0 * args.lora_rank
     return args
-
-
-# -----------------------------------------------------------------------------
-# Prompt format: the one place it is defined (evaluate.py imports these two)
-
-
-def format_prompt(question):
-    """The text the model sees before it answers: the question, then the separator."""
-    return question.strip() + SEPARATOR
-
-
-def build_example(tokenizer, question, answer, max_len):
-    """Token ids of one training example, shifted for next-token prediction.
-
-    Full sequence: format_prompt(question) + answer + EOS, at most max_len tokens. Returns a dict:
-      input_ids  the sequence without its last token (what the model reads)
-      labels     the sequence without its first token, -100 wherever the next token is part of
-                 the prompt: the loss covers exactly the answer tokens and the EOS. Built from
-                 lengths, so the EOS stays a target even when pad id == eos id.
-      prompt_ids, n_answer (answer tokens incl. EOS), truncated (None, "question" or "answer")
-    Too long: the question loses its end (the complaint is usually stated first), keeping the
-    whole answer; if the answer alone leaves the question less than max_len // 4 tokens, the
-    question keeps that many and the answer loses its end -- and then has no EOS target, so the
-    model never learns to stop in the middle of a sentence.
-    """
-    answer_ids = tokenizer.encode(answer.strip()) + [tokenizer.eos_id]
-    prompt_ids = tokenizer.encode(format_prompt(question))  # exactly what evaluate.py will feed
-    truncated = None
-    if len(prompt_ids) + len(answer_ids) > max_len:
-        q_ids, sep_ids = tokenizer.encode(question.strip()), tokenizer.encode(SEPARATOR)
-        keep = max_len - len(sep_ids) - len(answer_ids)  # question tokens that fit beside the whole answer
-        min_keep = min(len(q_ids), max_len // 4)
-        if keep >= min_keep:
-            truncated, prompt_ids = "question", q_ids[:keep] + sep_ids
-        else:
-            truncated, prompt_ids = "answer", q_ids[:min_keep] + sep_ids
-            answer_ids = answer_ids[:max_len - len(prompt_ids)]  # the EOS is cut off with the end
-    ids = prompt_ids + answer_ids
-    labels = [-100] * (len(prompt_ids) - 1) + answer_ids  # labels[t] = ids[t + 1] on the answer
-    return {"input_ids": ids[:-1], "labels": labels, "prompt_ids": prompt_ids, "n_answer": len(answer_ids),
-            "truncated": truncated}
 
 
 # -----------------------------------------------------------------------------
