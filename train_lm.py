@@ -50,7 +50,6 @@ moment resumes from a complete checkpoint; resuming gives the same weights as no
 Prompt format (prompt.py; evaluate.py uses the same): <question> "\\nالجواب:\\n" <answer> <EOS>
 """
 import argparse
-import errno
 import hashlib
 import json
 import math
@@ -69,8 +68,8 @@ from tqdm import tqdm
 
 from curriculum import CURRICULA, curriculum_stages, describe, stage_at
 from common import (DEMO_DATA, REPO, SEVERITIES, USER_ERRORS, DataError, UsageError, bf16_supported, check_out_dir,
-                    check_probs, cleanup_dist, dumps, mark_dir, output_lock, print0, read_jsonl, recover_dir,
-                    remove_stale_temps, setup_dist, severity_class, sidecar_path, staged_dir, write_json,
+                    check_probs, classifier_warnings, cleanup_dist, dumps, mark_dir, output_lock, print0, read_jsonl,
+                    recover_dir, remove_stale_temps, setup_dist, severity_class, staged_dir, stop_cleanly, write_json,
                     write_jsonl)
 from models import Tokenizer, build_model, load_pretrained
 from models.hf_io import write_pretrained
@@ -206,15 +205,6 @@ def weights_arg(text):
         raise argparse.ArgumentTypeError(f"{text!r}: expected one of {', '.join(SEVERITY_WEIGHTS)} or three "
                                          f"finite non-negative numbers 'mild,moderate,critical', not all 0")
     return text
-
-
-def classifier_warnings(data):
-    """The severity classifier's warnings (train_classifier.py's metrics.json "warnings"), as
-    score_severity.py recorded them beside the scored file (<data>.meta.json); [] if none."""
-    try:
-        return list(json.loads(sidecar_path(data).read_text(encoding="utf-8")).get("warnings") or [])
-    except (OSError, ValueError, AttributeError):
-        return []
 
 
 def severity_alpha(preset, probs, n_answer):
@@ -396,31 +386,13 @@ def main(argv=None):
     rank, world, device = setup_dist(args.device)
     progress = {"step": None}  # the loop's step, for the message when the run is stopped
     try:
-        if rank == 0:
-            check_out_dir(args.out, RUN_FILES)  # before any work: a folder of the user's is never written into
-        with output_lock(args.out) if rank == 0 else nullcontext():  # two runs cannot share an --out
-            return train(args, rank, world, device, progress)
-    except KeyboardInterrupt:
-        raise SystemExit(f"interrupted{stopped_at(args, progress)}") from None
-    except OSError as e:
-        if e.errno != errno.ENOSPC:
-            raise
-        raise SystemExit(f"disk full ({e.filename or args.out}){stopped_at(args, progress)}; free some space "
-                         f"first") from None
+        with stop_cleanly(args.out, progress, checkpoint=Path(args.out) / "last"):  # Ctrl-C, full disk: one line
+            if rank == 0:
+                check_out_dir(args.out, RUN_FILES)  # before any work: a folder of the user's is never written into
+            with output_lock(args.out) if rank == 0 else nullcontext():  # two runs cannot share an --out
+                return train(args, rank, world, device, progress)
     finally:
         cleanup_dist()
-
-
-def stopped_at(args, progress):
-    """' at step N; the last checkpoint is step M; ...': what a stopped run tells the user."""
-    try:
-        saved = json.loads((Path(args.out) / "last" / "meta.json").read_text(encoding="utf-8"))["step"]
-    except (OSError, ValueError, KeyError):
-        saved = None
-    where = f" at step {progress['step']}" if progress["step"] is not None else ""
-    if saved is None:
-        return f"{where}; no checkpoint was written yet: run the same command to start again"
-    return f"{where}; the last checkpoint is step {saved} in {Path(args.out) / 'last'}: run the same command to resume"
 
 
 def train(args, rank, world, device, progress):
