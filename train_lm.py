@@ -371,6 +371,28 @@ def save_checkpoint(folder, raw_model, tokenizer, meta, trainer_state=None):
             torch.save(trainer_state, tmp / "trainer_state.pt")
 
 
+def check_resumable(meta, args, world, data_info, last_dir):
+    """Refuse to resume from last_dir (meta: its meta.json) a run that would not continue the same
+    training: other flags that shape it, another number of processes (so another data order),
+    other training rows or weights, other curriculum stages. Raises UsageError naming the change."""
+    defaults = vars(get_args([]))  # the flags a run made before they existed ran with
+    for key in ("data", "weights", "denominator", "batch_size", "grad_accum", "seed", "max_len", "model", "lr",
+                "min_lr", "warmup_steps", "weight_decay", "curriculum", "lora_rank", "lora_alpha", "lora_targets",
+                "fsdp") + (("max_steps",) if args.curriculum else ()):  # the curriculum's split depends on max_steps
+        if meta["args"].get(key, defaults[key]) != getattr(args, key):  # a key an older run lacks: the default
+            raise UsageError(f"{last_dir} was trained with --{key.replace('_', '-')} {meta['args'].get(key)}, "
+                             f"not {getattr(args, key)}: use another --out, or --resume never to start over")
+    if meta.get("world_size", world) != world:  # another global batch: the data order would differ
+        raise UsageError(f"{last_dir} was trained on {meta['world_size']} processes, not {world} (the global batch "
+                         f"is batch_size * grad_accum * processes): resume with the same number of processes, "
+                         f"use another --out, or --resume never to start over")
+    if meta["data"]["fingerprint"] != data_info["fingerprint"]:  # same file name, other rows or weights
+        raise UsageError(f"{last_dir} was trained on other training rows (or severity weights) than {args.data} "
+                         f"holds now: use another --out, or --resume never to start over")
+    if meta["data"].get("curriculum") != data_info.get("curriculum"):
+        raise UsageError(f"{last_dir} was trained with other curriculum stages: use another --out, or --resume never")
+
+
 def matmul_params(model):
     """Parameters that take part in matmuls: all but the input embeddings (the lm_head counts)."""
     emb = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
@@ -527,22 +549,7 @@ def train(args, rank, world, device, progress):
     if resume:
         state = torch.load(last_dir / "trainer_state.pt", map_location="cpu", weights_only=True)
         meta = json.loads((last_dir / "meta.json").read_text(encoding="utf-8"))
-        defaults = vars(get_args([]))  # the flags a run made before they existed ran with
-        for key in ("data", "weights", "denominator", "batch_size", "grad_accum", "seed", "max_len", "model", "lr",
-                    "min_lr", "warmup_steps", "weight_decay", "curriculum", "lora_rank", "lora_alpha", "lora_targets",
-                    "fsdp") + (("max_steps",) if args.curriculum else ()):  # the curriculum's split depends on max_steps
-            if meta["args"].get(key, defaults[key]) != getattr(args, key):  # a key an older run lacks: the default
-                raise UsageError(f"{last_dir} was trained with --{key.replace('_', '-')} {meta['args'].get(key)}, "
-                                 f"not {getattr(args, key)}: use another --out, or --resume never to start over")
-        if meta.get("world_size", world) != world:  # another global batch: the data order would differ
-            raise UsageError(f"{last_dir} was trained on {meta['world_size']} processes, not {world} (the global batch "
-                             f"is batch_size * grad_accum * processes): resume with the same number of processes, "
-                             f"use another --out, or --resume never to start over")
-        if meta["data"]["fingerprint"] != data_info["fingerprint"]:  # same file name, other rows or weights
-            raise UsageError(f"{last_dir} was trained on other training rows (or severity weights) than {args.data} "
-                             f"holds now: use another --out, or --resume never to start over")
-        if meta["data"].get("curriculum") != data_info.get("curriculum"):
-            raise UsageError(f"{last_dir} was trained with other curriculum stages: use another --out, or --resume never")
+        check_resumable(meta, args, world, data_info, last_dir)
         load_optimizer_state(sharded, optimizer, state["optimizer"])
         step, epoch, data_pos, best_val = state["step"], state["epoch"], state["data_pos"], state["best_val"]
         set_rng_state(state["rng"][rank % len(state["rng"])], device)
