@@ -1,6 +1,6 @@
 """The few helpers every script needs: JSONL io with clear errors, atomic writes, Arabic
-normalization, distributed setup, rank-0 printing, one line instead of a traceback when a run is
-stopped (Ctrl-C, a full disk).
+normalization, distributed setup, rank-0 printing, the random generators a resumed run restores,
+one line instead of a traceback when a run is stopped (Ctrl-C, a full disk).
 
 Nothing here imports anything beyond the runtime dependencies, and importing it has no side
 effects, so tests can import every script.
@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import re
 import shutil
 import socket
@@ -17,6 +18,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -495,6 +497,28 @@ def print0(*args, **kwargs):
     """print on rank 0 only."""
     if is_rank0():
         print(*args, **kwargs, flush=True)
+
+
+# -----------------------------------------------------------------------------
+# Resuming a run: the random generators of this process
+
+
+def rng_state(device):
+    """This process's random generators, as tensors and plain Python types (torch.load weights_only).
+    On CUDA only this rank's device: the others are not ours, and a resume may see fewer GPUs."""
+    np_state = np.random.get_state()
+    return {"python": random.getstate(), "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def set_rng_state(state, device):
+    """Restore what rng_state returned (on CUDA, into this rank's device)."""
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+    np.random.set_state((state["numpy"][0], np.array(state["numpy"][1], dtype=np.uint32), *state["numpy"][2:]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 # -----------------------------------------------------------------------------

@@ -53,7 +53,6 @@ import argparse
 import hashlib
 import json
 import math
-import random
 import resource
 import sys
 import time
@@ -69,8 +68,8 @@ from tqdm import tqdm
 from curriculum import CURRICULA, curriculum_stages, describe, stage_at
 from common import (DEMO_DATA, REPO, SEVERITIES, USER_ERRORS, DataError, UsageError, bf16_supported, check_out_dir,
                     check_probs, classifier_warnings, cleanup_dist, dumps, mark_dir, output_lock, print0, read_jsonl,
-                    recover_dir, remove_stale_temps, setup_dist, severity_class, staged_dir, stop_cleanly, write_json,
-                    write_jsonl)
+                    recover_dir, remove_stale_temps, rng_state, set_rng_state, setup_dist, severity_class, staged_dir,
+                    stop_cleanly, write_json, write_jsonl)
 from models import Tokenizer, build_model, load_pretrained
 from models.hf_io import write_pretrained
 from models.loss import fused_linear_cross_entropy, linear_cross_entropy_reference
@@ -340,23 +339,6 @@ def lr_at(step, args):
         return args.lr * (step + 1) / args.warmup_steps
     progress = min(1.0, (step - args.warmup_steps) / max(1, args.max_steps - args.warmup_steps))
     return args.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (args.lr - args.min_lr)
-
-
-def rng_state(device):
-    """This process's random generators, as tensors and plain Python types (torch.load weights_only).
-    On CUDA only this rank's device: the others are not ours, and a resume may see fewer GPUs."""
-    np_state = np.random.get_state()
-    return {"python": random.getstate(), "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-
-
-def set_rng_state(state, device):
-    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
-    np.random.set_state((state["numpy"][0], np.array(state["numpy"][1], dtype=np.uint32), *state["numpy"][2:]))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def save_checkpoint(folder, raw_model, tokenizer, meta, trainer_state=None):
