@@ -1,13 +1,16 @@
 """The few helpers every script needs: JSONL io with clear errors, atomic writes, Arabic
-normalization, distributed setup, rank-0 printing.
+normalization, distributed setup, rank-0 printing, the random generators a resumed run restores,
+one line instead of a traceback when a run is stopped (Ctrl-C, a full disk).
 
 Nothing here imports anything beyond the runtime dependencies, and importing it has no side
 effects, so tests can import every script.
 """
+import errno
 import hashlib
 import json
 import math
 import os
+import random
 import re
 import shutil
 import socket
@@ -15,6 +18,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -261,8 +265,17 @@ def _write_marker(folder):
 
 def sidecar_path(path):
     """<path>.meta.json: what score_severity.py records beside a scored file (the classifier it
-    used and its warnings) and train_lm.py reads back."""
+    used and its warnings) and train_lm.py reads back (classifier_warnings)."""
     return Path(f"{path}.meta.json")
+
+
+def classifier_warnings(data):
+    """The severity classifier's warnings (train_classifier.py's metrics.json "warnings"), as
+    score_severity.py recorded them beside the scored file (<data>.meta.json); [] if none."""
+    try:
+        return list(json.loads(sidecar_path(data).read_text(encoding="utf-8")).get("warnings") or [])
+    except (OSError, ValueError, AttributeError):
+        return []
 
 
 def recover_dir(final_dir):
@@ -348,6 +361,7 @@ def _alive(pid):
     except PermissionError:  # alive, owned by someone else
         return True
     return True
+
 
 
 def check_probs(probs, path, line, field="severity_probs", tol=1e-3):
@@ -495,3 +509,61 @@ def print0(*args, **kwargs):
     """print on rank 0 only."""
     if is_rank0():
         print(*args, **kwargs, flush=True)
+
+
+# -----------------------------------------------------------------------------
+# Resuming a run: the random generators of this process
+
+
+def rng_state(device):
+    """This process's random generators, as tensors and plain Python types (torch.load weights_only).
+    On CUDA only this rank's device: the others are not ours, and a resume may see fewer GPUs."""
+    np_state = np.random.get_state()
+    return {"python": random.getstate(), "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def set_rng_state(state, device):
+    """Restore what rng_state returned (on CUDA, into this rank's device)."""
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+    np.random.set_state((state["numpy"][0], np.array(state["numpy"][1], dtype=np.uint32), *state["numpy"][2:]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# -----------------------------------------------------------------------------
+# Stopping a run: Ctrl-C and a full disk
+
+
+@contextmanager
+def stop_cleanly(out, progress=None, checkpoint=None):
+    """End a run stopped by Ctrl-C or a full disk with one line instead of a traceback: what
+    stopped it, the step it was at (progress["step"], which the loop keeps up to date) and, with
+    `checkpoint` (a folder whose meta.json holds "step"), whether a rerun of the same command
+    resumes and from which step. A full disk names the file it hit, else `out`. Other errors
+    pass through unchanged."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise SystemExit(f"interrupted{_stopped_at(progress, checkpoint)}") from None
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        raise SystemExit(f"disk full ({e.filename or out}){_stopped_at(progress, checkpoint)}; free some space "
+                         f"first") from None
+
+
+def _stopped_at(progress, checkpoint):
+    """' at step N; the last checkpoint is step M in ...': where a stopped run was, and what to do."""
+    where = f" at step {progress['step']}" if progress and progress["step"] is not None else ""
+    if checkpoint is None:
+        return where
+    try:
+        saved = json.loads((Path(checkpoint) / "meta.json").read_text(encoding="utf-8"))["step"]
+    except (OSError, ValueError, KeyError):
+        saved = None
+    if saved is None:
+        return f"{where}; no checkpoint was written yet: run the same command to start again"
+    return f"{where}; the last checkpoint is step {saved} in {checkpoint}: run the same command to resume"

@@ -17,8 +17,8 @@ bf16 on GPUs that support it, BERTScore always in fp32). N GPUs: `torchrun --npr
 evaluate.py --model ...` splits the rows over the ranks for generation (rank r takes rows r, r+N,
 ...); rank 0 gathers the answers, scores and writes. Scoring and comparing use one process.
 
-Generation (mode 1): the prompt is train_lm.format_prompt(question) (question, "\\nالجواب:\\n"),
-exactly what the model was trained on (built by train_lm.build_example); a prompt too long for
+Generation (mode 1): the prompt is prompt.format_prompt(question) (question, "\\nالجواب:\\n"),
+exactly what the model was trained on (built by prompt.build_example); a prompt too long for
 the model's context minus --max-new-tokens loses the end of its question, as in training, and is
 counted (config.prompts_truncated). Batched (rows sorted
 by prompt length), KV cache, greedy by default (--temperature > 0 samples, with --top-k --top-p;
@@ -100,7 +100,7 @@ from common import (SEVERITIES, USER_ERRORS, DataError, UsageError, atomic_open,
                     staged_dir, write_json, write_jsonl)
 from models import load_pretrained
 from models.generate import generate
-from train_lm import build_example  # the prompt format is defined once, in train_lm.py
+from prompt import build_example  # the prompt format is defined once, in prompt.py
 
 METRICS = ("bertscore_p", "bertscore_r", "bertscore_f1", "bertscore_f1_rescaled", "chrf", "rougeL", "urgent_rate",
            "ref_urgent_rate")
@@ -196,7 +196,7 @@ def read_rows(path, need_generated, split=None, limit=None):
 
 
 def prompt_ids(tokenizer, question, max_len):
-    """Token ids of the prompt, built by train_lm.build_example itself (so format and truncation
+    """Token ids of the prompt, built by prompt.build_example itself (so format and truncation
     are defined once): the prompt of an example whose answer is empty, i.e. prompt + EOS in
     max_len + 1 tokens. A question too long for max_len tokens loses its end, as in training.
     Returns (ids, truncated)."""

@@ -51,7 +51,7 @@ from contextlib import nullcontext
 
 from common import (DEMO_DATA, SEVERITIES, USER_ERRORS, DataError, UsageError, atomic_open, check_out_file,
                     cleanup_dist, dumps, output_lock, print0, read_jsonl, setup_dist, sidecar_path, write_json)
-from train_classifier import PREPROCESSORS, encode_texts, predict_logits
+from classifier import PREPROCESSORS, encode_texts, predict_logits
 
 
 def load_classifier(folder, device):

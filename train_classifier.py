@@ -32,12 +32,12 @@ critical class is not drowned by the mild majority; --no-class-weights gives pla
 After each epoch the val split is scored; the weights with the best val macro-F1 are kept, and
 training stops after --patience epochs without improvement.
 
-Text preprocessing (--preprocess): `arabert` applies AraBERT v2's own preprocessing (see
-arabert_preprocess below) so fine-tuning sees text as AraBERT saw it in pretraining; `none` leaves
-the text as is; `auto` (default) = arabert when the --model folder name contains "arabert". The
-choice is stored in the saved config.json ("severity_preprocess") and score_severity.py applies
-the same one. Sequences are cut to --max-len tokens ([CLS] and [SEP] included); how many were cut
-is printed and stored in metrics.json.
+Text preprocessing (--preprocess): `arabert` applies AraBERT v2's own preprocessing
+(classifier.arabert_preprocess) so fine-tuning sees text as AraBERT saw it in pretraining; `none`
+leaves the text as is; `auto` (default) = arabert when the --model folder name contains
+"arabert". The choice is stored in the saved config.json ("severity_preprocess") and
+score_severity.py applies the same one. Sequences are cut to --max-len tokens ([CLS] and [SEP]
+included); how many were cut is printed and stored in metrics.json.
 
 Metrics (val and test): accuracy, macro-F1 (mean F1 over the three classes, a class with no true
 and no predicted rows counts as F1 = 0), per-class precision/recall/F1/support (precision of a
@@ -57,20 +57,17 @@ Writes --out (a folder, replaced atomically when complete):
         counts, best epoch, per-epoch history and the resolved arguments.
 """
 import argparse
-import contextlib
-import html
 import math
 import os
-import re
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (DEMO_DATA, SEVERITIES, SPLITS, USER_ERRORS, DataError, UsageError, bf16_supported, check_out_dir,
-                    output_lock, pad_batch, pick_device, print0, read_jsonl, staged_dir, write_json)
+from classifier import PREPROCESSORS, autocast, encode_texts, predict_logits, resolve_preprocess
+from common import (DEMO_DATA, SEVERITIES, SPLITS, USER_ERRORS, DataError, UsageError, check_out_dir, output_lock,
+                    pad_batch, pick_device, print0, read_jsonl, staged_dir, write_json)
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # what an --out folder written before the project marked its folders holds (it may be replaced)
@@ -82,64 +79,6 @@ SMALL_BERT = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, i
                   max_position_embeddings=128, hidden_act="gelu", hidden_dropout_prob=0.1,
                   attention_probs_dropout_prob=0.1, type_vocab_size=2, layer_norm_eps=1e-12,
                   initializer_range=0.02)
-
-
-# -----------------------------------------------------------------------------
-# Text preprocessing
-
-_AR = "\u0621-\u063a\u0641-\u064a"  # Arabic letters (hamza .. ghain, feh .. yeh), no tatweel
-_TASHKEEL = re.compile("[\u064b-\u0652]")  # fathatan, dammatan, kasratan, fatha, damma, kasra, shadda, sukun
-_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
-_URL = re.compile(r"(?:https?://|www\.)\S+|\b[\w-]+(?:\.[\w-]+)*\.(?:com|org|net|edu|gov|info)\b\S*")
-_MENTION = re.compile(r"@\w+")
-_HTML_TAG = re.compile(r"</?[^>]+>")
-_REPEAT = re.compile(r"(\D)\1{2,}", re.DOTALL)  # a non-digit repeated 3+ times
-_SPACE_AROUND = re.compile(f"([^0-9{_AR}\u0660-\u0669a-zA-Z\\[\\]])")  # punctuation, symbols, emoji, ...
-_DIGITS_WORD = re.compile(f"(\\d+)([{_AR}\u0660-\u066c]+)")
-_WORD_DIGITS = re.compile(f"([{_AR}\u0660-\u066c]+)(\\d+)")
-# what AraBERT v2's vocabulary knows: Arabic block, digits, Latin letters, common punctuation
-_REJECTED = re.compile("[^0-9\u0621-\u063a\u0640-\u066c\u0671-\u0674a-zA-Z\\[\\]!\"#$%'()*+,.:;\\-<=\u00b7>?@\\\\^_`{|}~"
-                       "\u2014\u066a\u2019\u060c\u061f\u0b4d\u201c\u061b\u201d\u06da\u00bb\u00ab\u2013\u2026\u2018\\s]")
-_INDIC_DIGITS = str.maketrans("\u0660\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669", "0123456789")
-
-
-def arabert_preprocess(text):
-    """AraBERT v2 (bert-base/large-arabertv02, no Farasa segmentation) pretraining preprocessing.
-
-    The steps of arabert's ArabertPreprocessor for v02 models with their defaults, rewritten here
-    so the runtime needs no arabert/pyarabic: unescape HTML entities; strip tashkeel
-    (U+064B..U+0652) and tatweel; replace e-mails, URLs and @mentions by [بريد] / [رابط] /
-    [مستخدم] (simplified patterns); drop HTML tags; Arabic-Indic digits -> 0-9; a non-digit
-    character repeated 3+ times -> 2 copies; spaces around every character that is not an Arabic
-    letter, a digit, a Latin letter or a bracket (punctuation is its own token); spaces between
-    digits and Arabic letters; "/" -> "-" (absent from the v2 vocabulary); characters outside the
-    vocabulary's alphabet (emoji, other scripts) -> space; whitespace collapsed. Alef/ya/ta marbuta
-    are NOT unified: AraBERT v2 was pretrained on unnormalized letters.
-    """
-    text = html.unescape(str(text))
-    text = _TASHKEEL.sub("", text).replace("\u0640", "")
-    text = _EMAIL.sub(" [بريد] ", text)
-    text = _URL.sub(" [رابط] ", text)
-    text = _MENTION.sub(" [مستخدم] ", text)
-    text = _HTML_TAG.sub(" ", text.replace("<br />", " "))
-    text = text.translate(_INDIC_DIGITS)
-    text = _REPEAT.sub(r"\1\1", text)
-    text = _SPACE_AROUND.sub(r" \1 ", text)
-    text = _DIGITS_WORD.sub(r" \1 \2 ", text)
-    text = _WORD_DIGITS.sub(r" \1 \2 ", text)
-    text = text.replace("/", "-")
-    text = _REJECTED.sub(" ", text)
-    return " ".join(text.replace("\ufe0f", "").split())
-
-
-PREPROCESSORS = {"none": lambda text: text, "arabert": arabert_preprocess}
-
-
-def resolve_preprocess(flag, model_folder):
-    """--preprocess auto|arabert|none -> 'arabert' or 'none' (auto: arabert if the folder name says so)."""
-    if flag != "auto":
-        return flag
-    return "arabert" if model_folder and "arabert" in Path(model_folder).name.lower() else "none"
 
 
 # -----------------------------------------------------------------------------
@@ -251,7 +190,7 @@ def split_metrics(logits, labels, temperature):
 
 
 # -----------------------------------------------------------------------------
-# Data, tokenizer, batching (score_severity.py imports encode_texts / predict_logits / load_classifier)
+# Data, tokenizer, model (the encoding and prediction score_severity.py shares are in classifier.py)
 
 
 def load_labeled(path, text_field="question"):
@@ -310,46 +249,6 @@ def train_wordpiece(texts, vocab_size):
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
     return tok
-
-
-def encode_texts(tokenizer, texts, max_len):
-    """[CLS] ids [SEP] for each text, cut to max_len tokens. Returns (id lists, number cut)."""
-    if tokenizer.cls_id is None or tokenizer.sep_id is None:
-        raise UsageError("the tokenizer has no [CLS]/[SEP] token: not a BERT tokenizer")
-    encodings = tokenizer.tok.encode_batch(list(texts), add_special_tokens=False)
-    seqs, cut = [], 0
-    for enc in encodings:
-        ids = enc.ids
-        if len(ids) > max_len - 2:
-            ids, cut = ids[:max_len - 2], cut + 1
-        seqs.append([tokenizer.cls_id, *ids, tokenizer.sep_id])
-    return seqs, cut
-
-
-def autocast(device):
-    """bf16 autocast on CUDA GPUs that support it; a no-op elsewhere (fp32)."""
-    if bf16_supported(device):
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-@torch.inference_mode()
-def predict_logits(model, seqs, pad_id, batch_size, device, progress=False):
-    """fp32 logits [N, num_labels] on the CPU, in the order of `seqs`.
-
-    Rows are sorted by length so each batch holds similar lengths (little padding), then the
-    original order is restored.
-    """
-    model.eval()
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    out = torch.empty(len(seqs), model.config.num_labels)
-    for start in tqdm(range(0, len(seqs), batch_size), disable=not progress, desc="predict", leave=False):
-        idx = order[start:start + batch_size]
-        ids, mask = pad_batch([seqs[i] for i in idx], pad_id, device)
-        with autocast(device):
-            logits = model(ids, attention_mask=mask)
-        out[idx] = logits.float().cpu()
-    return out
 
 
 def build_classifier(model_folder, vocab_size, max_len, pad_id):

@@ -47,16 +47,12 @@ Writes --out (default out/lm-<weights>):
 Checkpoints are written to a temporary folder and renamed into place, so a run killed at any
 moment resumes from a complete checkpoint; resuming gives the same weights as not stopping.
 
-Prompt format (format_prompt / build_example below; evaluate.py imports them):
-    <question> "\\nالجواب:\\n" <answer> <EOS>          (no BOS; "الجواب" = "the answer")
-Loss only on the answer tokens and the EOS, so the model learns to answer and to stop.
+Prompt format (prompt.py; evaluate.py uses the same): <question> "\\nالجواب:\\n" <answer> <EOS>
 """
 import argparse
-import errno
 import hashlib
 import json
 import math
-import random
 import resource
 import sys
 import time
@@ -70,16 +66,17 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from curriculum import CURRICULA, curriculum_stages, describe, stage_at
-from common import (DEMO_DATA, REPO, SEVERITIES, USER_ERRORS, DataError, UsageError, adamw, bf16_supported, check_out_dir,
-                    check_probs, cleanup_dist, dumps, mark_dir, output_lock, print0, read_jsonl, recover_dir,
-                    remove_stale_temps, setup_dist, severity_class, sidecar_path, staged_dir, write_json,
-                    write_jsonl)
+from common import (DEMO_DATA, REPO, SEVERITIES, USER_ERRORS, DataError, UsageError, adamw, bf16_supported,
+                    check_out_dir, check_probs, classifier_warnings, cleanup_dist, dumps, mark_dir, output_lock, print0,
+                    read_jsonl, recover_dir, remove_stale_temps, rng_state, set_rng_state, setup_dist, severity_class,
+                    staged_dir, stop_cleanly, write_json, write_jsonl)
 from models import Tokenizer, build_model, load_pretrained
 from models.hf_io import write_pretrained
 from models.loss import fused_linear_cross_entropy, linear_cross_entropy_reference, token_cross_entropy
 from models.lora import add_lora, load_adapter, merged, save_adapter
 from models.parallel import (LossModel, checkpoint_blocks, full_weights, load_optimizer_state, optimizer_state, plain,
                              shard_model)
+from prompt import build_example
 
 # Class weights alpha = (mild, moderate, critical). Fixed presets are rescaled at start-up so the
 # mean weight over the training answer tokens is 1: the learning rate means the same for all.
@@ -95,7 +92,6 @@ RUN_FILES = {"last", "best", "metrics.jsonl", ".crashed", "last.old", "best.old"
 DEMO_TOKENIZER = REPO / "data" / "demo_tokenizer"
 DEMO_GPT2 = dict(model_type="gpt2", n_positions=256, n_embd=128, n_layer=4, n_head=4,
                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # the from-scratch demo model
-SEPARATOR = "\nالجواب:\n"  # "\nthe answer:\n" between question and answer
 RSS_UNIT = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is in bytes on macOS, KiB on Linux
 BUCKET_WINDOW = 100  # length bucketing sorts windows of this many micro-batches
 
@@ -172,47 +168,6 @@ def get_args(argv=None):
 
 
 # -----------------------------------------------------------------------------
-# Prompt format: the one place it is defined (evaluate.py imports these two)
-
-
-def format_prompt(question):
-    """The text the model sees before it answers: the question, then the separator."""
-    return question.strip() + SEPARATOR
-
-
-def build_example(tokenizer, question, answer, max_len):
-    """Token ids of one training example, shifted for next-token prediction.
-
-    Full sequence: format_prompt(question) + answer + EOS, at most max_len tokens. Returns a dict:
-      input_ids  the sequence without its last token (what the model reads)
-      labels     the sequence without its first token, -100 wherever the next token is part of
-                 the prompt: the loss covers exactly the answer tokens and the EOS. Built from
-                 lengths, so the EOS stays a target even when pad id == eos id.
-      prompt_ids, n_answer (answer tokens incl. EOS), truncated (None, "question" or "answer")
-    Too long: the question loses its end (the complaint is usually stated first), keeping the
-    whole answer; if the answer alone leaves the question less than max_len // 4 tokens, the
-    question keeps that many and the answer loses its end -- and then has no EOS target, so the
-    model never learns to stop in the middle of a sentence.
-    """
-    answer_ids = tokenizer.encode(answer.strip()) + [tokenizer.eos_id]
-    prompt_ids = tokenizer.encode(format_prompt(question))  # exactly what evaluate.py will feed
-    truncated = None
-    if len(prompt_ids) + len(answer_ids) > max_len:
-        q_ids, sep_ids = tokenizer.encode(question.strip()), tokenizer.encode(SEPARATOR)
-        keep = max_len - len(sep_ids) - len(answer_ids)  # question tokens that fit beside the whole answer
-        min_keep = min(len(q_ids), max_len // 4)
-        if keep >= min_keep:
-            truncated, prompt_ids = "question", q_ids[:keep] + sep_ids
-        else:
-            truncated, prompt_ids = "answer", q_ids[:min_keep] + sep_ids
-            answer_ids = answer_ids[:max_len - len(prompt_ids)]  # the EOS is cut off with the end
-    ids = prompt_ids + answer_ids
-    labels = [-100] * (len(prompt_ids) - 1) + answer_ids  # labels[t] = ids[t + 1] on the answer
-    return {"input_ids": ids[:-1], "labels": labels, "prompt_ids": prompt_ids, "n_answer": len(answer_ids),
-            "truncated": truncated}
-
-
-# -----------------------------------------------------------------------------
 # Data: rows, severity weights, length-bucketed batches
 
 
@@ -249,15 +204,6 @@ def weights_arg(text):
         raise argparse.ArgumentTypeError(f"{text!r}: expected one of {', '.join(SEVERITY_WEIGHTS)} or three "
                                          f"finite non-negative numbers 'mild,moderate,critical', not all 0")
     return text
-
-
-def classifier_warnings(data):
-    """The severity classifier's warnings (train_classifier.py's metrics.json "warnings"), as
-    score_severity.py recorded them beside the scored file (<data>.meta.json); [] if none."""
-    try:
-        return list(json.loads(sidecar_path(data).read_text(encoding="utf-8")).get("warnings") or [])
-    except (OSError, ValueError, AttributeError):
-        return []
 
 
 def severity_alpha(preset, probs, n_answer):
@@ -395,23 +341,6 @@ def lr_at(step, args):
     return args.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (args.lr - args.min_lr)
 
 
-def rng_state(device):
-    """This process's random generators, as tensors and plain Python types (torch.load weights_only).
-    On CUDA only this rank's device: the others are not ours, and a resume may see fewer GPUs."""
-    np_state = np.random.get_state()
-    return {"python": random.getstate(), "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-
-
-def set_rng_state(state, device):
-    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
-    np.random.set_state((state["numpy"][0], np.array(state["numpy"][1], dtype=np.uint32), *state["numpy"][2:]))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 def save_checkpoint(folder, raw_model, tokenizer, meta, trainer_state=None):
     """A Hugging Face model folder + meta.json (+ trainer_state.pt), atomically (temp folder, rename)."""
     with staged_dir(folder) as tmp:  # folder is always the old or the new complete checkpoint (see recover_dir)
@@ -422,6 +351,28 @@ def save_checkpoint(folder, raw_model, tokenizer, meta, trainer_state=None):
         write_json(tmp / "meta.json", meta)
         if trainer_state is not None:
             torch.save(trainer_state, tmp / "trainer_state.pt")
+
+
+def check_resumable(meta, args, world, data_info, last_dir):
+    """Refuse to resume from last_dir (meta: its meta.json) a run that would not continue the same
+    training: other flags that shape it, another number of processes (so another data order),
+    other training rows or weights, other curriculum stages. Raises UsageError naming the change."""
+    defaults = vars(get_args([]))  # the flags a run made before they existed ran with
+    for key in ("data", "weights", "denominator", "batch_size", "grad_accum", "seed", "max_len", "model", "lr",
+                "min_lr", "warmup_steps", "weight_decay", "curriculum", "lora_rank", "lora_alpha", "lora_targets",
+                "fsdp") + (("max_steps",) if args.curriculum else ()):  # the curriculum's split depends on max_steps
+        if meta["args"].get(key, defaults[key]) != getattr(args, key):  # a key an older run lacks: the default
+            raise UsageError(f"{last_dir} was trained with --{key.replace('_', '-')} {meta['args'].get(key)}, "
+                             f"not {getattr(args, key)}: use another --out, or --resume never to start over")
+    if meta.get("world_size", world) != world:  # another global batch: the data order would differ
+        raise UsageError(f"{last_dir} was trained on {meta['world_size']} processes, not {world} (the global batch "
+                         f"is batch_size * grad_accum * processes): resume with the same number of processes, "
+                         f"use another --out, or --resume never to start over")
+    if meta["data"]["fingerprint"] != data_info["fingerprint"]:  # same file name, other rows or weights
+        raise UsageError(f"{last_dir} was trained on other training rows (or severity weights) than {args.data} "
+                         f"holds now: use another --out, or --resume never to start over")
+    if meta["data"].get("curriculum") != data_info.get("curriculum"):
+        raise UsageError(f"{last_dir} was trained with other curriculum stages: use another --out, or --resume never")
 
 
 def matmul_params(model):
@@ -439,31 +390,13 @@ def main(argv=None):
     rank, world, device = setup_dist(args.device)
     progress = {"step": None}  # the loop's step, for the message when the run is stopped
     try:
-        if rank == 0:
-            check_out_dir(args.out, RUN_FILES)  # before any work: a folder of the user's is never written into
-        with output_lock(args.out) if rank == 0 else nullcontext():  # two runs cannot share an --out
-            return train(args, rank, world, device, progress)
-    except KeyboardInterrupt:
-        raise SystemExit(f"interrupted{stopped_at(args, progress)}") from None
-    except OSError as e:
-        if e.errno != errno.ENOSPC:
-            raise
-        raise SystemExit(f"disk full ({e.filename or args.out}){stopped_at(args, progress)}; free some space "
-                         f"first") from None
+        with stop_cleanly(args.out, progress, checkpoint=Path(args.out) / "last"):  # Ctrl-C, full disk: one line
+            if rank == 0:
+                check_out_dir(args.out, RUN_FILES)  # before any work: a folder of the user's is never written into
+            with output_lock(args.out) if rank == 0 else nullcontext():  # two runs cannot share an --out
+                return train(args, rank, world, device, progress)
     finally:
         cleanup_dist()
-
-
-def stopped_at(args, progress):
-    """' at step N; the last checkpoint is step M; ...': what a stopped run tells the user."""
-    try:
-        saved = json.loads((Path(args.out) / "last" / "meta.json").read_text(encoding="utf-8"))["step"]
-    except (OSError, ValueError, KeyError):
-        saved = None
-    where = f" at step {progress['step']}" if progress["step"] is not None else ""
-    if saved is None:
-        return f"{where}; no checkpoint was written yet: run the same command to start again"
-    return f"{where}; the last checkpoint is step {saved} in {Path(args.out) / 'last'}: run the same command to resume"
 
 
 def train(args, rank, world, device, progress):
@@ -596,22 +529,7 @@ def train(args, rank, world, device, progress):
     if resume:
         state = torch.load(last_dir / "trainer_state.pt", map_location="cpu", weights_only=True)
         meta = json.loads((last_dir / "meta.json").read_text(encoding="utf-8"))
-        defaults = vars(get_args([]))  # the flags a run made before they existed ran with
-        for key in ("data", "weights", "denominator", "batch_size", "grad_accum", "seed", "max_len", "model", "lr",
-                    "min_lr", "warmup_steps", "weight_decay", "curriculum", "lora_rank", "lora_alpha", "lora_targets",
-                    "fsdp") + (("max_steps",) if args.curriculum else ()):  # the curriculum's split depends on max_steps
-            if meta["args"].get(key, defaults[key]) != getattr(args, key):  # a key an older run lacks: the default
-                raise UsageError(f"{last_dir} was trained with --{key.replace('_', '-')} {meta['args'].get(key)}, "
-                                 f"not {getattr(args, key)}: use another --out, or --resume never to start over")
-        if meta.get("world_size", world) != world:  # another global batch: the data order would differ
-            raise UsageError(f"{last_dir} was trained on {meta['world_size']} processes, not {world} (the global batch "
-                             f"is batch_size * grad_accum * processes): resume with the same number of processes, "
-                             f"use another --out, or --resume never to start over")
-        if meta["data"]["fingerprint"] != data_info["fingerprint"]:  # same file name, other rows or weights
-            raise UsageError(f"{last_dir} was trained on other training rows (or severity weights) than {args.data} "
-                             f"holds now: use another --out, or --resume never to start over")
-        if meta["data"].get("curriculum") != data_info.get("curriculum"):
-            raise UsageError(f"{last_dir} was trained with other curriculum stages: use another --out, or --resume never")
+        check_resumable(meta, args, world, data_info, last_dir)
         load_optimizer_state(sharded, optimizer, state["optimizer"])
         step, epoch, data_pos, best_val = state["step"], state["epoch"], state["data_pos"], state["best_val"]
         set_rng_state(state["rng"][rank % len(state["rng"])], device)

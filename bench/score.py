@@ -9,7 +9,7 @@ classifier's tokenizer, then score_severity.main streams --rows questions (the d
 repeated) through it, exactly as a user's run would. Model loading is outside the timed part
 (score_severity's clock starts after loading). Beside it, when transformers is installed, the
 model alone: our BertForSequenceClassification and transformers' (the same saved folder, SDPA
-attention) on the same tokenized, length-sorted, padded batches (train_classifier.predict_logits),
+attention) on the same tokenized, length-sorted, padded batches (classifier.predict_logits),
 alternating, logits checked equal. Prints one line per batch size, writes JSON.
 """
 import argparse
@@ -30,7 +30,8 @@ from common import pick_device  # noqa: E402
 from common import DEMO_DATA, SEVERITIES, read_jsonl, write_jsonl  # noqa: E402
 from models import Tokenizer  # noqa: E402
 from models.bert import BertConfig, BertForSequenceClassification  # noqa: E402
-from train_classifier import SPECIAL_TOKENS, encode_texts, predict_logits, save_classifier, train_wordpiece  # noqa: E402
+from classifier import encode_texts, predict_logits  # noqa: E402
+from train_classifier import SPECIAL_TOKENS, save_classifier, train_wordpiece  # noqa: E402
 
 BERT_BASE = dict(vocab_size=64000, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                  intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2)

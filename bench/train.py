@@ -42,6 +42,7 @@ import train_lm
 from common import adamw, bf16_supported, pick_device
 from models import build_model
 from models.loss import fused_linear_cross_entropy
+from prompt import build_example
 
 NO_DROPOUT = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
 LLAMA3_ROPE = dict(rope_type="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
@@ -137,7 +138,7 @@ def demo_prompt_share():
     tok = Tokenizer.from_folder(train_lm.DEMO_TOKENIZER)
     n_all = n_answer = 0
     for _, row in read_jsonl(DEMO_DATA, required=("question", "answer")):
-        ex = train_lm.build_example(tok, row["question"], row["answer"], 1024)
+        ex = build_example(tok, row["question"], row["answer"], 1024)
         n_all, n_answer = n_all + len(ex["input_ids"]), n_answer + ex["n_answer"]
     return 1 - n_answer / n_all
 

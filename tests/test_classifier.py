@@ -1,4 +1,5 @@
-"""train_classifier.py: it learns, its folder opens in transformers, and its metrics are right.
+"""train_classifier.py and classifier.py: it learns, its folder opens in transformers, and its
+metrics are right.
 
 References: hand-computed confusion/F1/ECE values, a grid search for the temperature, NLL from
 F.cross_entropy in float64, and transformers' BertForSequenceClassification for the saved folder.
@@ -11,8 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import classifier
 import train_classifier as tc
-from common import SEVERITIES, DataError
+from common import SEVERITIES, DataError, pad_batch
 from conftest import write_rows
 
 # a keyword decides the class; the rest of the sentence is shared filler
@@ -77,12 +79,12 @@ def test_saved_folder_opens_in_transformers(trained):
     from models import load_pretrained
     ours, tok = load_pretrained(out)
     texts = [r["question"] for r in rows if r["split"] == "test"]
-    seqs, _ = tc.encode_texts(tok, texts, 32)
+    seqs, _ = classifier.encode_texts(tok, texts, 32)
     assert seqs == transformers.AutoTokenizer.from_pretrained(out)(texts)["input_ids"]
-    ids, mask = tc.pad_batch(seqs, tok.pad_id, "cpu")
+    ids, mask = pad_batch(seqs, tok.pad_id, "cpu")
     with torch.no_grad():
         expected = hf(input_ids=ids, attention_mask=mask).logits
-    got = tc.predict_logits(ours, seqs, tok.pad_id, batch_size=5, device=torch.device("cpu"))
+    got = classifier.predict_logits(ours, seqs, tok.pad_id, batch_size=5, device=torch.device("cpu"))
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
 
     # metrics.json holds the numbers of the saved (best) weights
@@ -191,7 +193,7 @@ def test_missing_val_split_raises(tmp_path):
 
 
 def test_arabert_preprocess():
-    p = tc.arabert_preprocess
+    p = classifier.arabert_preprocess
     assert p("مَرْحَباً بِكُمْ") == "مرحبا بكم"  # tashkeel stripped
     assert p("ألم شديــــد") == "ألم شديد"  # tatweel stripped
     assert p("أعاني من ألم!!!") == "أعاني من ألم ! !"  # 3+ repeats -> 2, punctuation spaced
@@ -200,10 +202,10 @@ def test_arabert_preprocess():
     assert p("صداع 😢 &quot;حمى&quot; & دوار") == 'صداع " حمى " دوار'  # emoji, "&" dropped; HTML unescaped
     assert p("راجع https://example.com/page") == "راجع [رابط]"
     assert p("إبرة آلام مؤلمة ئ ى ة") == "إبرة آلام مؤلمة ئ ى ة"  # letters NOT unified
-    assert tc.resolve_preprocess("auto", "models/bert-base-arabertv02") == "arabert"
-    assert tc.resolve_preprocess("auto", "models/all-MiniLM-L6-v2") == "none"
-    assert tc.resolve_preprocess("auto", None) == "none"
-    assert tc.resolve_preprocess("none", "bert-base-arabertv02") == "none"
+    assert classifier.resolve_preprocess("auto", "models/bert-base-arabertv02") == "arabert"
+    assert classifier.resolve_preprocess("auto", "models/all-MiniLM-L6-v2") == "none"
+    assert classifier.resolve_preprocess("auto", None) == "none"
+    assert classifier.resolve_preprocess("none", "bert-base-arabertv02") == "none"
 
 
 def test_wordpiece_keeps_arabic_letters():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import evaluate
-import train_lm
+import prompt as prompt_format  # the module; tests call token lists "prompt"
 from common import DataError, normalize_arabic
 from models import build_model, load_pretrained, save_pretrained
 from conftest import write_rows
@@ -93,10 +93,10 @@ def test_generate_mode(tmp_path, tiny_lm, minilm_dir):
         assert {k: g[k] for k in src} == src  # every input field kept, unchanged
         assert isinstance(g["generated"], str)
     assert sum(bool(g["generated"]) for g in gen) > len(gen) // 2
-    # greedy answers are exactly what generate() gives for the train_lm prompt, one at a time
+    # greedy answers are exactly what generate() gives for the training prompt, one at a time
     from models.generate import generate
     model, tok = load_pretrained(tiny_lm)
-    prompt = tok.encode(train_lm.format_prompt(test_rows[0]["question"]))
+    prompt = tok.encode(prompt_format.format_prompt(test_rows[0]["question"]))
     assert evaluate.prompt_ids(tok, test_rows[0]["question"], 122) == (prompt, False)
     alone = generate(model, [prompt], 6, tok.eos_id, tok.pad_id, vocab_limit=tok.vocab_size)[0]
     assert gen[0]["generated"] == tok.decode(alone).strip()
@@ -129,19 +129,19 @@ def test_prompt_truncation_keeps_separator(tiny_lm):
     _, tok = load_pretrained(tiny_lm, tokenizer=True)
     q = " ".join(["ألم في الصدر"] * 40)
     ids, truncated = evaluate.prompt_ids(tok, q, 30)
-    sep = tok.encode(train_lm.SEPARATOR)
+    sep = tok.encode(prompt_format.SEPARATOR)
     assert truncated and len(ids) == 30 and ids[-len(sep):] == sep
 
 
-def test_prompt_ids_are_train_lm_prompts(tiny_lm, monkeypatch):
-    """The prompt (also a truncated one) is exactly train_lm.build_example's: equal to its prompt for
-    a training example whose question was cut, and it follows a change of train_lm's separator."""
+def test_prompt_ids_are_training_prompts(tiny_lm, monkeypatch):
+    """The prompt (also a truncated one) is exactly prompt.build_example's: equal to its prompt for
+    a training example whose question was cut, and it follows a change of prompt.py's separator."""
     _, tok = load_pretrained(tiny_lm)
     q, a = " ".join(["ألم في الصدر منذ يومين"] * 12), "راحة ودواء مسكن"
-    ex = train_lm.build_example(tok, q, a, 40)
+    ex = prompt_format.build_example(tok, q, a, 40)
     assert ex["truncated"] == "question"
     assert evaluate.prompt_ids(tok, q, len(ex["prompt_ids"])) == (ex["prompt_ids"], True)
-    monkeypatch.setattr(train_lm, "SEPARATOR", "\nالرد:\n")  # someone edits the prompt format in train_lm.py
+    monkeypatch.setattr(prompt_format, "SEPARATOR", "\nالرد:\n")  # someone edits the prompt format in prompt.py
     sep = tok.encode("\nالرد:\n")
     assert evaluate.prompt_ids(tok, "صداع", 100) == (tok.encode("صداع\nالرد:\n"), False)
     ids, truncated = evaluate.prompt_ids(tok, q, 20)

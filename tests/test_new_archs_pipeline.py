@@ -14,6 +14,7 @@ import train_lm
 from conftest import write_rows
 from models import build_model, load_pretrained, save_pretrained
 from models.generate import generate
+from prompt import format_prompt
 from test_train_lm import make_rows
 
 
@@ -59,7 +60,7 @@ def test_train_then_evaluate(tmp_path, tok, kind):
     model, _ = load_pretrained(model_dir)
     ce, n = 0.0, 0
     for r in (r for r in rows if r["split"] == "train"):
-        prompt, answer = tok.encode(train_lm.format_prompt(r["question"])), tok.encode(r["answer"]) + [tok.eos_id]
+        prompt, answer = tok.encode(format_prompt(r["question"])), tok.encode(r["answer"]) + [tok.eos_id]
         with torch.no_grad():
             logits = model(torch.tensor([prompt + answer[:-1]])).double()[0, len(prompt) - 1:]
         ce += F.cross_entropy(logits, torch.tensor(answer), reduction="sum").item()
@@ -77,6 +78,6 @@ def test_train_then_evaluate(tmp_path, tok, kind):
     val = [r for r in rows if r["split"] == "val"]
     assert len(gen) == len(val) == res["n"]["overall"]
     first = next(g for g in gen if g["id"] == val[0]["id"])
-    prompt = tok.encode(train_lm.format_prompt(val[0]["question"]))
+    prompt = tok.encode(format_prompt(val[0]["question"]))
     alone = generate(trained, [prompt], 5, tok.eos_id, tok.pad_id, vocab_limit=tok.vocab_size)[0]
     assert first["generated"] == tok.decode(alone).strip()

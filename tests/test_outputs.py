@@ -2,6 +2,7 @@
 project wrote it, locked against a second run, written staged, and cleaned of killed runs'
 leftovers. Each test puts a user's file where a careless script would destroy it and checks that
 it is still there, byte for byte, after the run (or the refusal)."""
+import errno
 import json
 import math
 import os
@@ -14,7 +15,7 @@ import evaluate
 import prepare_data
 import train_classifier
 from common import (MARKER, DataError, OutputError, dumps, output_lock, recover_dir, remove_stale_temps, staged_dir,
-                    write_json)
+                    stop_cleanly, write_json)
 from conftest import write_rows
 
 ROWS = [{"id": f"r{i}", "question": q, "answer": a, "split": s, "severity": c}
@@ -244,6 +245,27 @@ def test_no_nan_in_written_json(tmp_path):
     line = dumps({"x": float("nan"), "q": "سؤال"})
     assert json.loads(line) == {"x": None, "q": "سؤال"} and "سؤال" in line
     assert not math.isnan(json.loads(dumps({"y": 1.5}))["y"])
+
+
+def test_a_stopped_run_says_where_in_one_line(tmp_path):
+    """common.stop_cleanly: Ctrl-C and a full disk become one line naming the step and the
+    checkpoint a rerun resumes from; every other error passes through unchanged."""
+    progress, last = {"step": None}, tmp_path / "last"
+    with pytest.raises(SystemExit) as e, stop_cleanly(tmp_path, progress, checkpoint=last):
+        progress["step"] = 7
+        raise KeyboardInterrupt
+    assert str(e.value) == "interrupted at step 7; no checkpoint was written yet: run the same command to start again"
+    last.mkdir()
+    (last / "meta.json").write_text(json.dumps({"step": 5}), encoding="utf-8")
+    with pytest.raises(SystemExit) as e, stop_cleanly(tmp_path, progress, checkpoint=last):
+        raise OSError(errno.ENOSPC, "No space left on device")  # names no file: the output is named
+    assert str(e.value) == (f"disk full ({tmp_path}) at step 7; the last checkpoint is step 5 in {last}: run the same "
+                            f"command to resume; free some space first")
+    with pytest.raises(SystemExit) as e, stop_cleanly(tmp_path):  # no step, no checkpoint
+        raise OSError(errno.ENOSPC, "No space left on device", "x.bin")
+    assert str(e.value) == "disk full (x.bin); free some space first"
+    with pytest.raises(PermissionError), stop_cleanly(tmp_path, progress, checkpoint=last):
+        raise PermissionError(errno.EACCES, "Permission denied")
 
 
 def test_saved_weights_are_readable_like_other_outputs(tmp_path):

@@ -12,6 +12,7 @@ import torch
 
 import score_severity as ss
 import train_classifier as tc
+from classifier import arabert_preprocess
 from common import SEVERITIES, DataError, check_probs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +33,7 @@ def classifier(tmp_path_factory):
     from models import Tokenizer
     from models.bert import BertConfig, BertForSequenceClassification
     torch.manual_seed(0)
-    texts = [tc.arabert_preprocess(q) for q in QUESTIONS] * 3
+    texts = [arabert_preprocess(q) for q in QUESTIONS] * 3
     special = {n.strip("[]").lower(): n for n in tc.SPECIAL_TOKENS}
     tok = Tokenizer(tc.train_wordpiece(texts, 200), special, 16)
     config = BertConfig.from_dict(dict(tc.SMALL_BERT, hidden_size=32, intermediate_size=64, max_position_embeddings=32,
@@ -62,7 +63,7 @@ def reference_probs(folder, questions):
     tok = Tokenizer.from_folder(folder)
     probs = []
     for q in questions:
-        ids = tok.encode(tc.arabert_preprocess(q))[:14]
+        ids = tok.encode(arabert_preprocess(q))[:14]
         ids = torch.tensor([[tok.cls_id, *ids, tok.sep_id]])
         with torch.no_grad():
             logits = hf(input_ids=ids).logits[0].double()

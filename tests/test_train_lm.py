@@ -24,6 +24,7 @@ import train_lm
 from common import DataError
 from models import build_model, load_pretrained, save_pretrained
 from conftest import write_rows
+from prompt import build_example, format_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 Q_WORDS = ["أعاني", "من", "ألم", "في", "الصدر", "صداع", "حمى", "سعال", "منذ", "يومين", "أسبوع", "طفلي",
@@ -99,15 +100,15 @@ def tensors(folder):
 def test_build_example_targets(tok):
     assert tok.pad_id == tok.eos_id == 0
     q, a = "أعاني من ألم في الصدر منذ يومين", "يجب مراجعة الطوارئ فورا"
-    ex = train_lm.build_example(tok, q, a, max_len=64)
-    prompt, answer = tok.encode(train_lm.format_prompt(q)), tok.encode(a) + [0]
+    ex = build_example(tok, q, a, max_len=64)
+    prompt, answer = tok.encode(format_prompt(q)), tok.encode(a) + [0]
     full = prompt + answer
-    assert train_lm.format_prompt(q) == q + "\nالجواب:\n"
+    assert format_prompt(q) == q + "\nالجواب:\n"
     assert ex["input_ids"] == full[:-1] and ex["prompt_ids"] == prompt and ex["truncated"] is None
     assert ex["labels"] == [-100] * (len(prompt) - 1) + answer  # the EOS (= pad id) is the last target
     assert ex["n_answer"] == len(answer)
     # in a right-padded batch (pad id 0 == eos id) the EOS target survives, the padding does not count
-    short = train_lm.build_example(tok, "صداع", "راحة", max_len=64)
+    short = build_example(tok, "صداع", "راحة", max_len=64)
     exs = [{k: np.array(e[k]) for k in ("input_ids", "labels")} | {"weight": 1.0, "n_answer": e["n_answer"], "id": i}
            for i, e in enumerate([ex, short])]
     mb = train_lm.collate(exs, [0, 1], pad_id=0, device="cpu")
@@ -119,11 +120,11 @@ def test_build_example_targets(tok):
 def test_overlong_examples_truncated_and_counted(tok, setup, tmp_path):
     q, a = " ".join(Q_WORDS * 3), "يجب مراجعة الطبيب"
     sep, q_ids, a_ids = tok.encode("\nالجواب:\n"), tok.encode(q), tok.encode(a) + [0]
-    ex = train_lm.build_example(tok, q, a, max_len=40)  # the question loses its end, the answer stays whole
+    ex = build_example(tok, q, a, max_len=40)  # the question loses its end, the answer stays whole
     assert ex["truncated"] == "question" and len(ex["input_ids"]) + 1 == 40
     assert ex["prompt_ids"] == q_ids[:40 - len(sep) - len(a_ids)] + sep and ex["labels"][-len(a_ids):] == a_ids
     long_a = " ".join(A_WORDS * 4)  # the answer alone is too long: question keeps max_len // 4, no EOS
-    ex = train_lm.build_example(tok, q, long_a, max_len=40)
+    ex = build_example(tok, q, long_a, max_len=40)
     assert ex["truncated"] == "answer" and len(ex["input_ids"]) + 1 == 40
     assert ex["prompt_ids"] == q_ids[:10] + sep and ex["labels"][-1] != 0
     assert ex["labels"][-ex["n_answer"]:] == tok.encode(long_a)[:ex["n_answer"]]
@@ -233,7 +234,7 @@ def test_grad_accum_equals_full_batch(setup):
     rows = make_rows(8, seed=3, val_every=100)
     exs = []
     for i, r in enumerate(rows):
-        ex = train_lm.build_example(tok, r["question"], r["answer"], 128)
+        ex = build_example(tok, r["question"], r["answer"], 128)
         exs.append({"id": r["id"], "n_answer": ex["n_answer"], "weight": 0.5 + i / 4,
                     "input_ids": np.array(ex["input_ids"]), "labels": np.array(ex["labels"])})
     assert len({len(e["input_ids"]) for e in exs}) > 3  # variable lengths: padding differs per split
@@ -271,7 +272,7 @@ def test_nan_loss_names_step_and_examples(setup, tmp_path):
     rows = [{**r, "question": " ".join(r["question"].split()[:3]), "answer": " ".join(r["answer"].split()[:2])}
             for r in make_rows()]
     rows[7]["answer"] = " ".join(A_WORDS)  # ex7 (train) is the only sequence past position 40
-    lengths = [len(train_lm.build_example(tok, r["question"], r["answer"], 64)["input_ids"]) for r in rows]
+    lengths = [len(build_example(tok, r["question"], r["answer"], 64)["input_ids"]) for r in rows]
     assert lengths[7] > 41 and max(lengths[:7] + lengths[8:]) <= 40
     model, _ = load_pretrained(setup["model"])
     with torch.no_grad():
@@ -374,7 +375,7 @@ def test_saved_model_opens_in_transformers(setup, tmp_path):
     train_lm.main(args_for(setup, out, "--max-steps", "3", "--eval-every", "100"))
     ours, tok = load_pretrained(out / "last")
     theirs = transformers.AutoModelForCausalLM.from_pretrained(out / "last").eval()
-    ids = torch.tensor([tok.encode(train_lm.format_prompt("عندي صداع شديد منذ يومين")) + [5, 6, 7]])
+    ids = torch.tensor([tok.encode(format_prompt("عندي صداع شديد منذ يومين")) + [5, 6, 7]])
     with torch.no_grad():
         torch.testing.assert_close(ours(ids), theirs(ids).logits, rtol=1e-5, atol=1e-5)
     hf_tok = transformers.AutoTokenizer.from_pretrained(out / "last")
