@@ -210,7 +210,8 @@ def prompt_ids(tokenizer, question, max_len):
 def generate_answers(model, tokenizer, questions, args, show_progress=True):
     """Greedy/sampled answers (decoded text) for a list of questions; returns (answers, n_truncated)."""
     n_ctx = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
-    max_prompt = n_ctx - args.max_new_tokens
+    # generate() reads prompt + max_new_tokens - 1 positions: the last new token is never fed back
+    max_prompt = n_ctx - args.max_new_tokens + 1
     if max_prompt < 8:
         raise UsageError(f"--max-new-tokens {args.max_new_tokens} leaves no room for a prompt in {n_ctx} positions")
     encoded = [prompt_ids(tokenizer, q, max_prompt) for q in questions]

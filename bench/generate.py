@@ -4,11 +4,12 @@
     python bench/generate.py --model out/demo/lm-balanced/best --new-tokens 128
     python bench/generate.py --device cuda --model models/aragpt2-base --batch 32
     python bench/generate.py --arch qwen2            # a demo-sized Qwen2 (grouped-query attention)
+    python bench/generate.py --arch gemma3           # a demo-sized Gemma-3 (1 KV head, sliding layers)
 
 Prompts are questions of the demo sample in the training prompt format. EOS is disabled so
 every row generates exactly --new-tokens tokens (equal work for every variant); greedy decoding,
 so the variants must produce the same tokens (checked; in fp32). Beside ours, when transformers is
-installed: the same weights in GPT2LMHeadModel / Qwen2ForCausalLM (SDPA), generate() with
+installed: the same weights in transformers' class for the architecture (SDPA), generate() with
 do_sample=False on the same left-padded prompts. Prints one table, writes JSON.
 """
 import argparse
@@ -27,8 +28,17 @@ from prompt import format_prompt  # noqa: E402
 from train_lm import DEMO_GPT2, DEMO_TOKENIZER  # noqa: E402
 
 
-QWEN2_DEMO = dict(model_type="qwen2", hidden_size=128, intermediate_size=512, num_hidden_layers=4,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True)
+# without --model: demo-sized models with grouped-query attention, KV-head ratios as in Qwen2.5 / Qwen3-0.6B
+# (2 query heads per KV head) and Gemma-3-1B (4 per KV head; 3 sliding layers with a window the answers outgrow)
+DEMO_ARCHS = {
+    "qwen2": dict(model_type="qwen2", hidden_size=128, intermediate_size=512, num_hidden_layers=4,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True),
+    "qwen3": dict(model_type="qwen3", hidden_size=128, intermediate_size=512, num_hidden_layers=4, head_dim=32,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True),
+    "gemma3": dict(model_type="gemma3_text", hidden_size=128, intermediate_size=512, num_hidden_layers=4, head_dim=32,
+                   num_attention_heads=4, num_key_value_heads=1, query_pre_attn_scalar=32, sliding_window=32,
+                   layer_types=["sliding_attention"] * 3 + ["full_attention"], max_position_embeddings=256),
+}
 
 
 def transformers_twin(model, device):
@@ -67,8 +77,8 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per variant (the fastest counts)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--seed", type=int, default=0, help="seed for the random weights")
-    p.add_argument("--arch", default="gpt2", choices=["gpt2", "qwen2"], help="without --model: the demo GPT-2, or "
-                                                                            "a Qwen2 of the same size with 2 KV heads")
+    p.add_argument("--arch", default="gpt2", choices=["gpt2", *DEMO_ARCHS], help="without --model: the demo GPT-2, "
+                   "or a Qwen2 / Qwen3 / Gemma-3 of about its size with grouped-query attention (DEMO_ARCHS)")
     p.add_argument("--no-recompute", action="store_true", help="skip our no-cache variant (quadratic)")
     p.add_argument("--no-transformers", action="store_true", help="skip transformers' generate")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "generate.json"), help="JSON results file")
@@ -81,8 +91,9 @@ def main(argv=None):
     else:
         tok = Tokenizer.from_folder(DEMO_TOKENIZER)
         cfg = {**DEMO_GPT2, "vocab_size": tok.vocab_size, "eos_token_id": tok.eos_id, "bos_token_id": tok.eos_id}
-        if args.arch == "qwen2":
-            cfg = {**QWEN2_DEMO, "vocab_size": tok.vocab_size, "eos_token_id": tok.eos_id, "bos_token_id": tok.eos_id}
+        if args.arch in DEMO_ARCHS:
+            cfg = {**DEMO_ARCHS[args.arch], "vocab_size": tok.vocab_size, "eos_token_id": tok.eos_id,
+                   "bos_token_id": tok.eos_id}
         model = build_model(cfg).to(device)
     model.eval()
     hf = None if args.no_transformers else transformers_twin(model, device)
@@ -120,7 +131,7 @@ def main(argv=None):
         row["vs_transformers"] = row["kv_cache_tok_s"] / row["transformers_tok_s"] if hf is not None else None
         results.append(row)
 
-    print(f"device {device}, model {args.model or 'demo GPT-2 (random weights)'}, {n_params / 1e6:.2f}M parameters, "
+    print(f"device {device}, model {args.model or f'demo {args.arch} (random weights)'}, {n_params / 1e6:.2f}M parameters, "
           f"torch {torch.__version__}")
     fmt = lambda r, k, f: format(r[k], f) if r.get(k) is not None else "-"  # noqa: E731
     print(f"{'batch':>5} {'new tok':>7} | {'KV cache tok/s':>14} {'no cache tok/s':>14} {'transformers':>12} | "

@@ -32,10 +32,9 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from models.gpt2 import ACTIVATIONS, attention_mask_4d, default_position_ids
-from models.qwen2 import Qwen2ForCausalLM, apply_rope, rope_cos_sin
+from models.qwen2 import Qwen2ForCausalLM, apply_rope, gqa_attention, rope_cos_sin
 from models.rope import rope_spec
 
 LAYER_TYPES = ("sliding_attention", "full_attention")
@@ -182,10 +181,8 @@ class Gemma3Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, nkv, S, hs): every slot; the mask applies the window
-        k = k.repeat_interleave(self.nh // self.nkv, dim=1)  # (B, nh, S, hs): GQA
-        v = v.repeat_interleave(self.nh // self.nkv, dim=1)  # (B, nh, S, hs)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=self.scale,
-                                           dropout_p=self.attention_dropout if self.training else 0.0)
+        # a decode step's mask is (B or 1, 1, 1, S) in sliding layers too (the window lives in the mask)
+        y = gqa_attention(q, k, v, attn_mask, is_causal, self.attention_dropout if self.training else 0.0, self.scale)
         y = y.transpose(1, 2).contiguous().view(B, T, self.nh * self.hs)  # (B, T, nh * hs)
         return self.o_proj(y)
 

@@ -111,6 +111,30 @@ def apply_rope(x, cos, sin):
     return x * cos[:, None] + rotated * sin[:, None]
 
 
+def gqa_attention(q, k, v, attn_mask, is_causal, dropout_p=0.0, scale=None):
+    """Grouped-query attention: each of the nkv key/value heads serves g = nh // nkv query heads
+    (query head h reads KV head h // g). Shared by Qwen2 / Llama, Qwen3 and Gemma-3.
+
+    q (B, nh, T, hs); k, v (B, nkv, S, hs); attn_mask None or a boolean mask of shape (B or 1, 1, T, S)
+    (one mask for every head); scale None: hs ** -0.5. Returns (B, nh, T, hs).
+    A decode step (T == 1, not causal) never repeats the cache: the g query heads of a KV head become
+    g query rows of one SDPA call over that head's keys, and the (B, 1, 1, S) mask broadcasts over
+    them. Every other call takes the reference path, k and v repeated to nh heads.
+    """
+    B, nh, T, hs = q.shape
+    nkv = k.shape[1]
+    g = nh // nkv
+    if T == 1 and not is_causal:  # one query per row: the same numbers as the reference below
+        y = F.scaled_dot_product_attention(q.reshape(B, nkv, g, hs), k, v, attn_mask=attn_mask,  # (B, nkv, g, hs)
+                                           dropout_p=dropout_p, scale=scale)
+        return y.view(B, nh, 1, hs)  # (B, nh, 1, hs): row i of KV head j is query head j * g + i
+    if g > 1:
+        k = k.repeat_interleave(g, dim=1)  # (B, nh, S, hs)
+        v = v.repeat_interleave(g, dim=1)  # (B, nh, S, hs)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout_p,
+                                          scale=scale)  # (B, nh, T, hs)
+
+
 class Qwen2RMSNorm(nn.Module):
     def __init__(self, dim, eps):
         super().__init__()
@@ -143,17 +167,7 @@ class Qwen2Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, nkv, S, hs) with S = past + T
-        # grouped-query attention: each KV head serves g = nh // nkv query heads
-        g = self.nh // self.nkv
-        if T == 1 and not is_causal:  # a decode step: the g queries of a KV head become its g rows
-            y = F.scaled_dot_product_attention(q.reshape(B, self.nkv, g, self.hs), k, v, attn_mask=attn_mask,
-                                               dropout_p=self.attention_dropout if self.training else 0.0)
-            y = y.view(B, self.nh, 1, self.hs)  # (B, nh, 1, hs): the cache was never repeated
-        else:
-            k = k.repeat_interleave(g, dim=1)  # (B, nh, S, hs)
-            v = v.repeat_interleave(g, dim=1)  # (B, nh, S, hs)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
-                                               dropout_p=self.attention_dropout if self.training else 0.0)
+        y = gqa_attention(q, k, v, attn_mask, is_causal, self.attention_dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, self.nh * self.hs)  # (B, T, nh * hs)
         return self.o_proj(y)
 

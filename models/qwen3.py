@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch.nn as nn
-import torch.nn.functional as F
 
 from models.qwen2 import (Qwen2Attention, Qwen2Config, Qwen2ForCausalLM, Qwen2MLP, Qwen2RMSNorm,
-                          apply_rope)
+                          apply_rope, gqa_attention)
 
 
 @dataclass
@@ -58,10 +57,7 @@ class Qwen3Attention(Qwen2Attention):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # after the norm, as Qwen3 does
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, nkv, S, hs) with S = past + T
-        k = k.repeat_interleave(self.nh // self.nkv, dim=1)  # (B, nh, S, hs): GQA
-        v = v.repeat_interleave(self.nh // self.nkv, dim=1)  # (B, nh, S, hs)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
-                                           dropout_p=self.attention_dropout if self.training else 0.0)
+        y = gqa_attention(q, k, v, attn_mask, is_causal, self.attention_dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, self.nh * self.hs)  # (B, T, nh * hs)
         return self.o_proj(y)
 

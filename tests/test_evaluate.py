@@ -148,6 +148,37 @@ def test_prompt_ids_are_training_prompts(tiny_lm, monkeypatch):
     assert truncated and ids == tok.encode(q)[:20 - len(sep)] + sep
 
 
+def test_longest_prompt_fits_the_context_exactly(tiny_lm, monkeypatch):
+    """generate() reads prompt + max_new_tokens - 1 positions (the last new token is never fed back),
+    so a prompt of n_positions - max_new_tokens + 1 tokens is kept whole and the last step reads all
+    n_positions; one token more is truncated to that length."""
+    _, tok = load_pretrained(tiny_lm)
+    torch.manual_seed(0)
+    model = build_model(dict(model_type="gpt2", vocab_size=tok.vocab_size, n_positions=32, n_embd=16, n_layer=1,
+                             n_head=2, eos_token_id=0, initializer_range=0.5)).eval()
+    fits = "ألم في الصدر منذ يومين"
+    longer = fits + " " + next(w for w in WORDS if len(tok.encode(train_lm.format_prompt(fits + " " + w)))
+                               == len(tok.encode(train_lm.format_prompt(fits))) + 1)
+    whole = tok.encode(train_lm.format_prompt(fits))
+    max_new = 32 - len(whole) + 1
+    assert max_new >= 8
+    fed, real_generate = [], evaluate.generate
+    def run_every_step(model, prompts, max_new_tokens, eos_id, pad_id, **kw):  # no EOS: the last step always runs
+        fed.extend(prompts)
+        return real_generate(model, prompts, max_new_tokens, None, pad_id, **kw)
+    monkeypatch.setattr(evaluate, "generate", run_every_step)
+    args = evaluate.get_args(["--model", "m", "--data", "d", "--max-new-tokens", str(max_new), "--batch-size", "2"])
+    answers, n_truncated = evaluate.generate_answers(model, tok, [fits, longer], args, show_progress=False)
+    assert n_truncated == 1 and len(answers) == 2
+    assert fed[0] == whole  # kept whole (equal lengths: the sort keeps the input order, one batch)
+    assert len(fed[1]) == len(whole) and fed[1] != tok.encode(train_lm.format_prompt(longer))
+    new = real_generate(model, [whole], max_new, None, tok.pad_id, vocab_limit=tok.vocab_size)[0]
+    assert len(new) == max_new and tok.decode(new).strip() == answers[0]
+    with torch.no_grad():  # the last token is the argmax after exactly n_positions = 32 tokens
+        ctx = torch.tensor([whole + new[:-1]])
+        assert ctx.shape[1] == 32 and model(ctx)[0, -1].argmax().item() == new[-1]
+
+
 def scored_rows(n, seed, good):
     """Rows with a 'generated' answer: good = close to the reference (urgent advice kept)."""
     rng = random.Random(seed)

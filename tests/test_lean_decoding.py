@@ -1,17 +1,27 @@
 """Lean decoding (issue 14): the paths models/generate.py takes without padding, without
-penalties and with grouped-query attention on the KV cache, against transformers' generate and
-against recomputing the whole context; masks built on the inputs' device."""
+penalties and with grouped-query attention on the KV cache (Qwen2 / Llama, Qwen3, Gemma-3 with
+sliding layers: models/qwen2.py's gqa_attention), against transformers' generate and against
+recomputing the whole context; a decode step never repeats the cache; masks built on the inputs'
+device."""
 import pytest
 import torch
 
 from models.generate import KVCache, generate
 from models.gpt2 import attention_mask_4d
-from test_lm_models import hf_greedy, load_ours, meaningful_eos, hf_model
+from models.qwen2 import gqa_attention
+from test_lm_models import hf_greedy, load_ours, meaningful_eos, hf_model, padded_mask
 
 transformers = pytest.importorskip("transformers")
 
+# qwen2_tied_gqa, llama, qwen3: 2 query heads per KV head; gemma3: the same, and window 4 < every sequence here
+KINDS = ["gpt2", "qwen2_tied_gqa", "llama", "qwen3", "gemma3"]
 
-@pytest.fixture(scope="module", params=["gpt2", "qwen2_tied_gqa", "llama"])
+
+def n_layers(model):
+    return model.config.n_layer if hasattr(model.config, "n_layer") else model.config.num_hidden_layers
+
+
+@pytest.fixture(scope="module", params=KINDS)
 def pair(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(request.param)
     hf = hf_model(request.param)
@@ -40,8 +50,7 @@ def test_chunked_prefill_with_cache_matches_full_forward(pair):
     _, _, ours = pair
     ids = torch.randint(1, 256, (2, 11), generator=torch.Generator().manual_seed(3))
     full = ours(ids)
-    n_layers = ours.config.n_layer if hasattr(ours.config, "n_layer") else ours.config.num_hidden_layers
-    cache = KVCache(n_layers, 11)
+    cache = KVCache(n_layers(ours), 11)
     parts = [ours(ids[:, s:e], cache=cache) for s, e in ((0, 4), (4, 7), (7, 8), (8, 11))]
     torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-5, atol=1e-5)
 
@@ -55,3 +64,66 @@ def test_masks_are_built_on_the_inputs_device():
     m = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
     got, _ = attention_mask_4d(m, 4, 1)
     assert got.tolist() == [[[[False, False, True, True, True]]], [[[True] * 5]]]
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "per_row", "shared"])
+@pytest.mark.parametrize("nh, nkv", [(4, 2), (4, 1), (6, 3), (3, 3)])
+def test_gqa_decode_step_equals_repeated_cache(nh, nkv, mask_kind):
+    """gqa_attention's decode step (query heads folded into rows of their KV head) against SDPA over
+    the cache repeated to nh heads, with the masks a decode step gets: none, (B, 1, 1, S), (1, 1, 1, S)."""
+    g = torch.Generator().manual_seed(nh * 10 + nkv)
+    B, S, hs = 3, 9, 8
+    q = torch.randn(B, nh, 1, hs, generator=g)
+    k, v = torch.randn(B, nkv, S, hs, generator=g), torch.randn(B, nkv, S, hs, generator=g)
+    mask = {"none": None, "per_row": torch.rand(B, 1, 1, S, generator=g) > 0.4,
+            "shared": torch.rand(1, 1, 1, S, generator=g) > 0.4}[mask_kind]
+    if mask is not None:
+        mask[..., -1] = True  # every query sees itself, as the models' masks guarantee
+    for scale in (None, 0.3):
+        k_rep, v_rep = k.repeat_interleave(nh // nkv, dim=1), v.repeat_interleave(nh // nkv, dim=1)  # (B, nh, S, hs)
+        ref = torch.nn.functional.scaled_dot_product_attention(q, k_rep, v_rep, attn_mask=mask, scale=scale)
+        torch.testing.assert_close(gqa_attention(q, k, v, mask, False, scale=scale), ref, rtol=1e-6, atol=1e-6)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("padded", [False, True])
+def test_decode_step_logits_equal_recompute(pair, padded):
+    """Every decode step's logits (fp32) equal a full forward over the whole context, without padding
+    (no mask) and left-padded (a (B, 1, 1, S) mask; in Gemma-3's sliding layers the windowed one),
+    for 14 steps: well past Gemma-3's window of 4."""
+    _, _, ours = pair
+    B, L, steps = 3, 6, 14
+    ids = torch.randint(2, 256, (B, L + steps), generator=torch.Generator().manual_seed(5))
+    mask = padded_mask([6, 3, 1], L + steps, left=True) if padded else None
+    if padded:
+        mask[:, L:] = 1  # the generated columns are real tokens
+        ids = ids.masked_fill(mask == 0, 1)
+    sub = lambda n: None if mask is None else mask[:, :n]  # noqa: E731
+    cache = KVCache(n_layers(ours), L + steps)
+    ours(ids[:, :L], attention_mask=sub(L), cache=cache)  # prefill
+    for n in range(L + 1, L + steps + 1):  # context of n columns, the newest one fed alone
+        step = ours(ids[:, n - 1:n], attention_mask=sub(n), cache=cache)[:, -1]  # (B, V)
+        full = ours(ids[:, :n], attention_mask=sub(n))[:, -1]  # (B, V)
+        torch.testing.assert_close(step, full, rtol=1e-5, atol=1e-5, msg=f"context of {n} columns")
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("padded", [False, True])
+def test_decode_step_does_not_repeat_the_cache(pair, padded, monkeypatch):
+    """No repeat_interleave in a decode step (the lean GQA path cannot silently fall back to the
+    repeated cache); the counter does see the prefill's calls in the GQA models."""
+    kind, _, ours = pair
+    calls = []
+    method, function = torch.Tensor.repeat_interleave, torch.repeat_interleave
+    monkeypatch.setattr(torch.Tensor, "repeat_interleave", lambda *a, **kw: calls.append(1) or method(*a, **kw))
+    monkeypatch.setattr(torch, "repeat_interleave", lambda *a, **kw: calls.append(1) or function(*a, **kw))
+    ids = torch.randint(2, 256, (2, 10), generator=torch.Generator().manual_seed(6))
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1, 1, 1], [1] * 10]) if padded else None
+    sub = lambda n: None if mask is None else mask[:, :n]  # noqa: E731
+    cache = KVCache(n_layers(ours), 10)
+    ours(ids[:, :7], attention_mask=sub(7), cache=cache)  # prefill: 7 > Gemma-3's window of 4
+    assert len(calls) == (0 if kind == "gpt2" else 2 * n_layers(ours))  # k and v per layer: the counter works
+    calls.clear()
+    for n in (8, 9, 10):
+        ours(ids[:, n - 1:n], attention_mask=sub(n), cache=cache)
+    assert calls == []
