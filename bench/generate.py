@@ -99,7 +99,8 @@ def main(argv=None):
     hf = None if args.no_transformers else transformers_twin(model, device)
     n_params = sum(t.numel() for t in model.parameters())
     questions = [row["question"] for _, row in read_jsonl(args.data, required=("question",))]
-    max_prompt = getattr(model.config, "n_positions", 1024) - args.new_tokens
+    n_ctx = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
+    max_prompt = n_ctx - args.new_tokens + 1  # the last new token is never fed back (as evaluate.py)
 
     results = []
     for B in [int(b) for b in args.batch.split(",")]:

@@ -1,4 +1,4 @@
-"""Batched generation with a KV cache for the decoder LMs in models/ (GPT-2, Qwen2, Llama).
+"""Batched generation with a KV cache for the decoder LMs in models/ (GPT-2/AraGPT2, Qwen2/Qwen3, Llama, Gemma-3).
 
     from models.generate import generate
     new_tokens = generate(model, [[5, 17, 3], [9, 2]], max_new_tokens=64, eos_id=0, pad_id=0)
