@@ -12,11 +12,13 @@ Parts, in this order (estimates for one H100/H200, torch 2.11; each part has its
                           Gemma-3) against transformers, random weights, through save_pretrained +
                           load_pretrained: max |logit diff| in fp32 (TF32 off) and in bf16 autocast, beside
                           transformers' own bf16 error; greedy tokens in fp32 equal, or the first divergence
-  loss      110 s  150 s  bench/loss.py's measure(): fused vs eager reference vs torch.compile'd reference
-                          (+ torch's chunked F.linear_cross_entropy, Liger-Kernel and cut-cross-entropy when
-                          importable) at AraGPT2 (d 768, V 64000) and Qwen2.5 (d 896, V 151936) shapes,
-                          N 4096 and 16384, 5 repeats: fwd+bwd ms and peak memory; then the fused chunk-size
-                          sweep (512-4096 rows at N 16384) that sets models/loss.py CHUNK_ELEMENTS
+  loss      110 s  150 s  bench/loss.py's measure(): fused (its element-wise work eager and compiled) vs
+                          eager reference vs torch.compile'd reference (+ torch's chunked
+                          F.linear_cross_entropy, Liger-Kernel and cut-cross-entropy when importable) at
+                          AraGPT2 (d 768, V 64000) and Qwen2.5 (d 896, V 151936) shapes, N 4096 and 16384,
+                          5 repeats: fwd+bwd ms and peak memory; first the chunk-size sweep of both fused
+                          variants (512-4096 rows at N 16384) that sets models/loss.py CHUNK_ELEMENTS["cuda"]
+                          and COMPILED_BY_DEFAULT["cuda"]
   train     150 s  240 s  bench/train.py's step (train_lm.forward_backward + fused AdamW), B 8, T 1024, 2
                           warm-up + 5 timed steps: tokens/s, MFU, peak memory for AraGPT2-base and
                           Qwen2.5-0.5B shapes, ours eager, ours torch.compile'd, transformers (usual loss)

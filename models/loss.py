@@ -42,11 +42,16 @@ from torch.autograd.function import once_differentiable
 # dz, ~1 GB of temporaries under autocast): V = 64000 (AraGPT2) -> C = 2048, V = 151936 (Qwen2.5)
 # -> C = 512. Not smaller, because every chunk also reads and writes the whole fp32 [V, d]
 # weight-gradient buffer (545 MB for Qwen2.5): with C in the hundreds that traffic costs as much as
-# the matmuls themselves. CPU: from bench/loss.py --sweep on 2 cores (README "Performance").
-CHUNK_ELEMENTS = {"cuda": 2**27, "cpu": 2**27}
+# the matmuls themselves. CPU: 2**28 (1 GB of fp32 logits: Qwen2.5 -> 1024 rows, AraGPT2 -> 4096),
+# from `bench/loss.py --sweep 128,256,512,1024 --tokens 1024` on 2 cores: every halving of the
+# chunk cost time (Qwen2.5: 8.3 s at 1024 rows, 9.6-10.0 s at 256-512, 14.3 s at 128; AraGPT2:
+# 3.3 s at 512-1024, 4.3 s at 128), because each chunk re-reads and re-writes the [V, d] gradient.
+CHUNK_ELEMENTS = {"cuda": 2**27, "cpu": 2**28}
 # The chunk's element-wise work (max, exp, sum, softmax gradient) as one torch.compile'd function
-# (chunk_stats_compiled) rather than six eager passes over [C, V]: on by default where it pays
-# (README "Performance"); fused_linear_cross_entropy(compiled=...) overrides.
+# (chunk_stats_compiled) rather than six eager passes over [C, V]: on CUDA, where those passes are
+# memory-bound work beside fast bf16 matmuls (GPU_NOTES: ~46 bytes moved per logit); not on CPU,
+# where the same sweep found it no faster (within +-10% of eager at every chunk size; the eager
+# passes reuse the logits' buffer in place). fused_linear_cross_entropy(compiled=...) overrides.
 COMPILED_BY_DEFAULT = {"cuda": True, "cpu": False}
 
 

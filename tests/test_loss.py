@@ -255,6 +255,9 @@ def test_no_grad_computes_only_the_loss():
 
 def test_default_chunk_size():
     assert default_chunk_size(10**6, 64000) == 2048 and default_chunk_size(10**6, 151936) == 512
+    assert default_chunk_size(10**6, 151936, "cuda") == 512  # the budget is per device
+    assert default_chunk_size(10**6, 151936, "cpu") == 1024 and default_chunk_size(10**6, 64000, "cpu") == 4096
+    assert default_chunk_size(10**6, 64000, "mps") == 2048  # unknown devices take CUDA's budget
     assert default_chunk_size(100, 64000) == 100 and default_chunk_size(5, 10**9) == 1
 
 
