@@ -264,7 +264,7 @@ def run_generation(args):
                                                   "repetition_penalty", "no_repeat_ngram", "seed")}
         extra = {"mode": "generate", "model": str(args.model), "data": str(args.data), "split": args.split,
                  "limit": args.limit, "decoding": {**decoding, "greedy": args.temperature == 0},
-                 "prompt": "train_lm.format_prompt (question + '\\nالجواب:\\n')", "prompts_truncated": n_trunc,
+                 "prompt": "prompt.format_prompt (question + '\\nالجواب:\\n')", "prompts_truncated": n_trunc,
                  "dtype": str(dtype).replace("torch.", ""), "world_size": world,
                  "generation_seconds": round(seconds, 2)}
         return rows, extra

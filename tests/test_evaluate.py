@@ -157,9 +157,9 @@ def test_longest_prompt_fits_the_context_exactly(tiny_lm, monkeypatch):
     model = build_model(dict(model_type="gpt2", vocab_size=tok.vocab_size, n_positions=32, n_embd=16, n_layer=1,
                              n_head=2, eos_token_id=0, initializer_range=0.5)).eval()
     fits = "ألم في الصدر منذ يومين"
-    longer = fits + " " + next(w for w in WORDS if len(tok.encode(train_lm.format_prompt(fits + " " + w)))
-                               == len(tok.encode(train_lm.format_prompt(fits))) + 1)
-    whole = tok.encode(train_lm.format_prompt(fits))
+    longer = fits + " " + next(w for w in WORDS if len(tok.encode(prompt_format.format_prompt(fits + " " + w)))
+                               == len(tok.encode(prompt_format.format_prompt(fits))) + 1)
+    whole = tok.encode(prompt_format.format_prompt(fits))
     max_new = 32 - len(whole) + 1
     assert max_new >= 8
     fed, real_generate = [], evaluate.generate
@@ -171,7 +171,7 @@ def test_longest_prompt_fits_the_context_exactly(tiny_lm, monkeypatch):
     answers, n_truncated = evaluate.generate_answers(model, tok, [fits, longer], args, show_progress=False)
     assert n_truncated == 1 and len(answers) == 2
     assert fed[0] == whole  # kept whole (equal lengths: the sort keeps the input order, one batch)
-    assert len(fed[1]) == len(whole) and fed[1] != tok.encode(train_lm.format_prompt(longer))
+    assert len(fed[1]) == len(whole) and fed[1] != tok.encode(prompt_format.format_prompt(longer))
     new = real_generate(model, [whole], max_new, None, tok.pad_id, vocab_limit=tok.vocab_size)[0]
     assert len(new) == max_new and tok.decode(new).strip() == answers[0]
     with torch.no_grad():  # the last token is the argmax after exactly n_positions = 32 tokens
