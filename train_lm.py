@@ -50,6 +50,7 @@ moment resumes from a complete checkpoint; resuming gives the same weights as no
 Prompt format (prompt.py; evaluate.py uses the same): <question> "\\nالجواب:\\n" <answer> <EOS>
 """
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -136,9 +137,11 @@ def get_args(argv=None):
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
                    help="auto: bf16 autocast on GPUs that support it, fp32 elsewhere (weights stay fp32)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (the raw module is saved)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (the raw module is saved); on "
+                                                          "CUDA also the fused loss's per-chunk element-wise work")
     p.add_argument("--fused-loss", action=argparse.BooleanOptionalAction, default=True,
-                   help="chunked lm_head + cross-entropy (models/loss.py); --no-fused-loss materializes the logits")
+                   help="chunked lm_head + cross-entropy (models/loss.py); --no-fused-loss materializes the logits "
+                        "in training (validation always uses the chunked per-token loss)")
     # models that do not fit plain DDP (README: "what fits where")
     p.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank on the frozen model "
                                                             "(models/lora.py; 0 = full fine-tuning)")
@@ -325,7 +328,7 @@ def forward_backward(model, lm_head_weight, micro_batches, denom, world_size, lo
                 else:
                     hidden = model(mb["input_ids"], return_hidden=True)  # (B, T, C)
                     h, y, w = hidden.flatten(0, 1), mb["labels"].flatten(), token_weights.flatten()
-                    if loss_fn is fused_linear_cross_entropy:  # the output layer only where there is loss
+                    if loss_fn is not linear_cross_entropy_reference:  # fused: the output layer only where there is loss
                         h, y, w = (t.index_select(0, mb["label_pos"]) for t in (h, y, w))
                     loss_sum = loss_fn(h, lm_head_weight, y, w)
             (loss_sum / denom * world_size).backward()
@@ -406,6 +409,8 @@ def train(args, rank, world, device, progress):
     use_bf16 = args.dtype == "bf16" or (args.dtype == "auto" and bf16_supported(device))
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
     loss_fn = fused_linear_cross_entropy if args.fused_loss else linear_cross_entropy_reference
+    if args.fused_loss and args.compile and device.type == "cuda":  # the loss chunks' element-wise work too
+        loss_fn = functools.partial(fused_linear_cross_entropy, compiled=True)  # (on a CPU it does not pay)
     acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
     if rank == 0:
         remove_stale_temps(out / "metrics.jsonl")  # left by a run killed while rewriting it

@@ -12,13 +12,13 @@ Parts, in this order (estimates for one H100/H200, torch 2.11; each part has its
                           Gemma-3) against transformers, random weights, through save_pretrained +
                           load_pretrained: max |logit diff| in fp32 (TF32 off) and in bf16 autocast, beside
                           transformers' own bf16 error; greedy tokens in fp32 equal, or the first divergence
-  loss      110 s  150 s  bench/loss.py's measure(): fused (its element-wise work eager and compiled) vs
+  loss      130 s  180 s  bench/loss.py's measure(): fused (its element-wise work eager and compiled) vs
                           eager reference vs torch.compile'd reference (+ torch's chunked
                           F.linear_cross_entropy, Liger-Kernel and cut-cross-entropy when importable) at
                           AraGPT2 (d 768, V 64000) and Qwen2.5 (d 896, V 151936) shapes, N 4096 and 16384,
                           5 repeats: fwd+bwd ms and peak memory; first the chunk-size sweep of both fused
                           variants (512-4096 rows at N 16384) that sets models/loss.py CHUNK_ELEMENTS["cuda"]
-                          and COMPILED_BY_DEFAULT["cuda"]
+                          and shows what train_lm.py --compile's compiled chunks gain on CUDA
   train     150 s  240 s  bench/train.py's step (train_lm.forward_backward + fused AdamW), B 8, T 1024, 2
                           warm-up + 5 timed steps: tokens/s, MFU, peak memory for AraGPT2-base and
                           Qwen2.5-0.5B shapes, ours eager, ours torch.compile'd, transformers (usual loss)
@@ -58,6 +58,7 @@ sync check marked not applicable (it needs CUDA).
 import argparse
 import copy
 import datetime
+import functools
 import json
 import math
 import os
@@ -83,8 +84,8 @@ import torch  # noqa: E402
 from common import DEMO_DATA, atomic_open, write_json  # noqa: E402
 
 PARTS = ("parity", "loss", "train", "generate", "score", "syncs", "e2e")
-ESTIMATE_S = {"parity": 70, "loss": 110, "train": 150, "generate": 40, "score": 30, "syncs": 15, "e2e": 70}
-BUDGET_S = {"parity": 120, "loss": 150, "train": 240, "generate": 75, "score": 60, "syncs": 45, "e2e": 120}
+ESTIMATE_S = {"parity": 70, "loss": 130, "train": 150, "generate": 40, "score": 30, "syncs": 15, "e2e": 70}
+BUDGET_S = {"parity": 120, "loss": 180, "train": 240, "generate": 75, "score": 60, "syncs": 45, "e2e": 120}
 SMOKE_BUDGET_S = 600  # per part on a small shared CPU (compiles dominate)
 MIN_PART_S = 10  # a part is not started with less time than this left
 
@@ -340,7 +341,7 @@ def part_loss(rec, smoke):
     for shape in S["loss_shapes"]:
         for chunk in S["chunk_sweep"]:
             args.chunk_size = chunk
-            for variant in ("fused_eager", "fused_compiled"):  # the element-wise work eager or compiled
+            for variant in ("fused", "fused_compiled"):  # the element-wise work eager or compiled
                 try:
                     r = bench_loss.measure(variant, shape, N, args)
                 except Exception as e:  # measure catches the step's errors; this is for its inputs
@@ -366,13 +367,14 @@ def part_loss(rec, smoke):
                     r["loss_rel_diff"] = abs(r["loss"] - ref["loss"]) / max(abs(ref["loss"]), 1e-30)
                 rec.add({"kind": "variant", **r})
                 free(device)
-    from models.loss import CHUNK_ELEMENTS, COMPILED_BY_DEFAULT, default_chunk_size
+    from models.loss import CHUNK_ELEMENTS, default_chunk_size
     N, dev = max(S["loss_tokens"]), device.type
     for shape in S["loss_shapes"]:
         V = bench_loss.SHAPES[shape][1]
+        budget = CHUNK_ELEMENTS.get(dev, CHUNK_ELEMENTS["cuda"])
         rec.notes.append(f"{shape}: the current default chunk on {dev} is {default_chunk_size(N, V, dev)} rows "
-                         f"(CHUNK_ELEMENTS[{dev!r}] = 2**{CHUNK_ELEMENTS.get(dev, CHUNK_ELEMENTS['cuda']).bit_length() - 1}), "
-                         f"element-wise work {'compiled' if COMPILED_BY_DEFAULT.get(dev) else 'eager'}")
+                         f"(CHUNK_ELEMENTS[{dev!r}] = 2**{budget.bit_length() - 1}); fused_compiled = train_lm.py "
+                         f"--compile on CUDA")
     rec.save()
 
 
@@ -381,6 +383,7 @@ def part_train(rec, smoke):
 
     import train_lm
     from models import build_model
+    from models.loss import fused_linear_cross_entropy
     device, S, autocast, dtype = setup(smoke)
     B, T = S["train_batch"], S["train_seq"]
     bargs = SimpleNamespace(warmup=S["train_warmup"], steps=S["train_steps"])
@@ -406,6 +409,8 @@ def part_train(rec, smoke):
                 model = make().train().to(device)
                 free(device)
                 fn = bench_train.hf_step if impl == "transformers" else bench_train.ours_step
+                if impl == "ours compiled" and device.type == "cuda":  # as train_lm.py --compile on CUDA
+                    fn = functools.partial(fn, loss_fn=functools.partial(fused_linear_cross_entropy, compiled=True))
                 r = bench_train.measure(fn, model, mb, bargs, device, autocast)
                 sec = r["step_ms"] / 1000
                 row.update(tokens_per_s=B * T / sec, step_ms=r["step_ms"], peak_mem_gb=r["peak_mem_gb"],
@@ -506,6 +511,9 @@ def part_syncs(rec, smoke):
     phases = {
         "forward+backward": lambda st: st.update(sums=train_lm.forward_backward(
             model, model.lm_head.weight, mbs, denom, 1, fused_linear_cross_entropy, autocast)),
+        "forward+backward, compiled loss chunks (--compile)": lambda st: st.update(sums=train_lm.forward_backward(
+            model, model.lm_head.weight, mbs, denom, 1, functools.partial(fused_linear_cross_entropy, compiled=cuda),
+            autocast)),
         "clip_grad_norm_": lambda st: st.update(gnorm=torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)),
         "optimizer step": lambda st: (opt.step(), opt.zero_grad(set_to_none=True)),
         # the one deliberate host sync of train_lm's step: losses, denominator and grad norm together
@@ -533,7 +541,7 @@ def part_syncs(rec, smoke):
         where = sorted({f"{Path(w.filename).name}:{w.lineno}" for w in syncs})
         row.update(applicable=cuda, sync_warnings=len(syncs) if cuda else None, where=", ".join(where[:8]) or None)
         rec.add(row)
-    loss = sum(st["stats"][:-2]) / st["stats"][-2]
+    loss = sum(st["stats"][:-1]) / denom  # the micro-batches' weighted sums over the host denominator
     rec.add({"phase": "step result", "loss": loss, "grad_norm": st["stats"][-1], "applicable": cuda})
     rec.notes.append("world size 1: DDP's all-reduce and no_sync are not on this path")
 

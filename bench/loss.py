@@ -2,10 +2,10 @@
 
 Variants (all compute sum_t w_t * ce_t over non-ignored tokens and its gradients for hidden and
 the lm_head weight):
-  fused          models/loss.py fused_linear_cross_entropy (chunked, gradients in forward), with the
-                 device's default for the chunk's element-wise work (eager on CPU, compiled on CUDA)
-  fused_eager    the same with compiled=False: models/loss.py chunk_stats, six eager passes per chunk
-  fused_compiled the same with compiled=True: chunk_stats_compiled (skip with --no-compile)
+  fused          models/loss.py fused_linear_cross_entropy (chunked, gradients in forward), each
+                 chunk's element-wise work eager (chunk_stats: six passes), the default
+  fused_compiled the same with compiled=True (chunk_stats_compiled, what train_lm.py --compile uses
+                 on CUDA; skip with --no-compile)
   reference      models/loss.py linear_cross_entropy_reference, eager (full fp32 logits)
   compiled       the same reference under torch.compile (skip with --no-compile)
   torch_chunked  torch's own F.linear_cross_entropy(..., options=LinearCrossEntropyOptions()),
@@ -16,7 +16,7 @@ liger and cce are GPU-only Triton kernels, run only on CUDA when importable (els
 
 Shapes: aragpt2 (d 768, V 64000) and qwen2.5-0.5b (d 896, V 151936).
 
-    python bench/loss.py                   # CPU, fp32, N 1024 and 2048: ~3-4 minutes on 2 cores
+    python bench/loss.py                   # CPU, fp32, N 1024 and 2048: ~6-8 minutes on 2 cores
     python bench/loss.py --device cuda     # GPU, bf16 autocast, N 4096, 8192, 16384
     python bench/loss.py --shapes qwen2.5-0.5b --tokens 4096 --no-compile --repeats 5
     python bench/loss.py --sweep 128,256,512,1024,2048 --tokens 2048 --repeats 3   # chunk sizes, both
@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.loss import fused_linear_cross_entropy, linear_cross_entropy_reference  # noqa: E402
 
 SHAPES = {"aragpt2": (768, 64000), "qwen2.5-0.5b": (896, 151936), "tiny": (64, 1000)}  # name: (d, V); tiny: smoke runs
-VARIANTS = ("fused", "fused_eager", "fused_compiled", "reference", "compiled", "torch_chunked", "liger", "cce")
+VARIANTS = ("fused", "fused_compiled", "reference", "compiled", "torch_chunked", "liger", "cce")
 DEFAULT_TOKENS = {"cpu": "1024,2048", "cuda": "4096,8192,16384"}
 # torch_chunked is opt-in on CPU (--variants ...,torch_chunked): one more ~minute of matmuls
 DEFAULT_VARIANTS = {"cpu": "fused,fused_compiled,reference,compiled,liger,cce", "cuda": ",".join(VARIANTS)}
@@ -68,7 +68,7 @@ parser.add_argument("--variants", default=None, help=f"comma-separated, from {li
 parser.add_argument("--repeats", type=int, default=None, help="timed runs after the warm-up (default: cpu 1, cuda 10)")
 parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
 parser.add_argument("--chunk-size", type=int, default=None, help="fused chunk size (default: models.loss default)")
-parser.add_argument("--sweep", default=None, help="comma-separated chunk sizes: time fused_eager and "
+parser.add_argument("--sweep", default=None, help="comma-separated chunk sizes: time fused and "
                     "fused_compiled at each (instead of the variant table); the fastest is marked")
 parser.add_argument("--out", default=str(Path(__file__).with_suffix(".json")), help="JSON output path")
 parser.add_argument("--child", action="store_true", help="internal: run one variant/shape/N here, print JSON")
@@ -80,7 +80,7 @@ def make_loss_fn(variant, args):
     if variant.startswith("fused"):
         if variant == "fused_compiled" and args.no_compile:
             return "skipped (--no-compile)"
-        compiled = {"fused": None, "fused_eager": False, "fused_compiled": True}[variant]
+        compiled = variant == "fused_compiled"
         return lambda h, W, t, w: fused_linear_cross_entropy(h, W, t, w, chunk_size=args.chunk_size, compiled=compiled)
     if variant == "reference":
         return linear_cross_entropy_reference
@@ -188,14 +188,14 @@ def measure_in_subprocess(variant, shape, N, args):
 
 
 def sweep(args, shapes, tokens):
-    """Time of fused_eager and fused_compiled at each chunk size (--sweep): the data behind
-    models/loss.py CHUNK_ELEMENTS and COMPILED_BY_DEFAULT. Prints one table, writes --out."""
+    """Time of fused and fused_compiled at each chunk size (--sweep): the data behind
+    models/loss.py CHUNK_ELEMENTS and the choice of eager or compiled chunks. Prints one table, writes --out."""
     results = []
     for shape in shapes:
         for N in tokens:
             for chunk in [int(c) for c in args.sweep.split(",")]:
                 args.chunk_size = chunk
-                for variant in ("fused_eager", "fused_compiled"):
+                for variant in ("fused", "fused_compiled"):
                     if args.device == "cpu":
                         r = measure_in_subprocess(variant, shape, N, args)
                     else:
@@ -217,7 +217,7 @@ def sweep(args, shapes, tokens):
                     if r["chunk_size"] == chunk:
                         cell[r["variant"]] = f"{r['ms']:.1f}" + ("*" if r is best else "")
                 print(f"{shape:<13} {N:>6} {chunk:>6} {'2^%.1f' % math.log2(chunk * SHAPES[shape][1]):>9} "
-                      f"{cell.get('fused_eager', '-'):>9} {cell.get('fused_compiled', '-'):>12}")
+                      f"{cell.get('fused', '-'):>9} {cell.get('fused_compiled', '-'):>12}")
     out = {"device": args.device, "torch": torch.__version__, "args": vars(args), "sweep": results}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

@@ -18,7 +18,7 @@ weights. Both run in the same process on the same inputs; the first step's losse
 so the comparison is visibly like for like.
 
 Both use the same optimizer as train_lm.py: AdamW, fused where torch has it (CUDA; CPU from torch
-2.4), which is also the Hugging Face Trainer's default (adamw_torch_fused).
+2.4), which is also the Hugging Face Trainer's default (adamw_torch_fused) from torch 2.8.
 CUDA: bf16 autocast, timings after torch.cuda.synchronize, peak memory =
 torch.cuda.max_memory_allocated per configuration, MFU against --peak-flops (default 989e12:
 H100 dense bf16). CPU: fp32; memory and MFU are not measured (null).
@@ -155,9 +155,9 @@ def make_batch(B, T, V, device, prompt_share, seed=0):
     return train_lm.collate(exs, list(range(B)), 0, device)
 
 
-def ours_step(model, opt, mb, autocast):
+def ours_step(model, opt, mb, autocast, loss_fn=fused_linear_cross_entropy):
     denom = float(mb["n_tokens"])
-    sums = train_lm.forward_backward(model, model.lm_head.weight, [mb], denom, 1, fused_linear_cross_entropy, autocast)
+    sums = train_lm.forward_backward(model, model.lm_head.weight, [mb], denom, 1, loss_fn, autocast)
     opt.step()
     opt.zero_grad(set_to_none=True)
     return sums[0] / denom

@@ -6,7 +6,7 @@ targets y [N] (ignore_index = not counted) and per-token weights w [N]:
     loss = sum over tokens t with y_t != ignore_index of  w_t * ce_t,
     ce_t = logsumexp_v(z_tv) - z_t,y_t,   z = h @ W^T + b
 
-as one fp32 scalar. The caller divides by the global answer-token count (DESIGN.md section 5).
+as one fp32 scalar. The caller divides by the global answer-token count (README, "The loss").
 
 Why fused. The reference materializes the logits z [N, V]: Qwen2.5-0.5B (V = 151936) at 16k
 tokens holds 5 GB of bf16 logits, and the usual path (upcast to fp32, log_softmax, its gradient)
@@ -43,16 +43,11 @@ from torch.autograd.function import once_differentiable
 # -> C = 512. Not smaller, because every chunk also reads and writes the whole fp32 [V, d]
 # weight-gradient buffer (545 MB for Qwen2.5): with C in the hundreds that traffic costs as much as
 # the matmuls themselves. CPU: 2**28 (1 GB of fp32 logits: Qwen2.5 -> 1024 rows, AraGPT2 -> 4096),
-# from `bench/loss.py --sweep 128,256,512,1024 --tokens 1024` on 2 cores: every halving of the
-# chunk cost time (Qwen2.5: 8.3 s at 1024 rows, 9.6-10.0 s at 256-512, 14.3 s at 128; AraGPT2:
-# 3.3 s at 512-1024, 4.3 s at 128), because each chunk re-reads and re-writes the [V, d] gradient.
+# from `bench/loss.py --sweep 128,256,512,1024 --tokens 1024` on 2 cores: smaller chunks cost
+# time (Qwen2.5: 8.3 s at 1024 rows, 9.6-10.0 s at 256-512, 14.3 s at 128; AraGPT2: 3.3 s at
+# 512 and 1024, 4.3 s at 128), because each chunk re-reads and re-writes the [V, d] gradient;
+# AraGPT2's 2048-4096 rows are extrapolated (the sweep stopped at 1024).
 CHUNK_ELEMENTS = {"cuda": 2**27, "cpu": 2**28}
-# The chunk's element-wise work (max, exp, sum, softmax gradient) as one torch.compile'd function
-# (chunk_stats_compiled) rather than six eager passes over [C, V]: on CUDA, where those passes are
-# memory-bound work beside fast bf16 matmuls (GPU_NOTES: ~46 bytes moved per logit); not on CPU,
-# where the same sweep found it no faster (within +-10% of eager at every chunk size; the eager
-# passes reuse the logits' buffer in place). fused_linear_cross_entropy(compiled=...) overrides.
-COMPILED_BY_DEFAULT = {"cuda": True, "cpu": False}
 
 
 def default_chunk_size(n_tokens, vocab_size, device_type="cuda"):
@@ -75,7 +70,8 @@ def linear_cross_entropy_reference(hidden, weight, targets, token_weights, bias=
 
 def chunk_stats(z, y, w, need_grad):
     """One chunk's per-token ce [C] (fp32) and dz = w * (softmax(z) - onehot(y)) [C, V] in z's dtype
-    (None without need_grad), from its logits z [C, V]; eager and in place (z is consumed).
+    (None without need_grad), from its logits z [C, V]; eager, six passes over [C, V], in place on
+    z's fp32 form (so an fp32 z is consumed; pass a temporary, so a bf16 one is freed early).
 
     log-sum-exp = m + log(s) with s = sum(exp(z - m)), m the row max; ce and the softmax are formed
     from (z - m) and s directly, never as z - lse: at logits ~1e4 rounding the lse to fp32 alone
@@ -97,7 +93,8 @@ def chunk_stats(z, y, w, need_grad):
 
 def _chunk_stats_fusable(z, y, w):
     """chunk_stats(z, y, w, need_grad=True) written without in-place ops, for torch.compile: the
-    reductions and the gradient become a few kernels that read z and write dz once."""
+    reductions and the gradient become a few kernels that read z (a bf16 z is never copied to
+    fp32) and write dz once, instead of six passes with an fp32 copy."""
     zf = z.float()
     m = zf.amax(dim=1, keepdim=True)  # (C, 1)
     e = torch.exp(zf - m)  # (C, V), never stored by the compiled kernels
@@ -110,16 +107,22 @@ def _chunk_stats_fusable(z, y, w):
 
 @functools.cache
 def _compiled():
-    return torch.compile(_chunk_stats_fusable, dynamic=True)  # dynamic: every chunk length shares one graph
+    return torch.compile(_chunk_stats_fusable)
 
 
 def chunk_stats_compiled(z, y, w, need_grad=True):
-    """chunk_stats through torch.compile (_chunk_stats_fusable). Where compiling fails (no Triton or
-    C++ compiler), it says so once and computes eagerly from then on."""
+    """chunk_stats through torch.compile (_chunk_stats_fusable). The chunk length is marked dynamic,
+    so every length shares one graph per vocabulary size (a 1-row chunk goes the eager way: a
+    dynamic dimension cannot start at size 1). Where compiling fails (no Triton or C++ compiler),
+    it says so once and computes eagerly from then on."""
     global _compile_failed
-    if need_grad and not _compile_failed:
+    if need_grad and not _compile_failed and z.shape[0] > 1:
+        for t in (z, y, w):
+            torch._dynamo.mark_dynamic(t, 0)
         try:
             return _compiled()(z, y, w)
+        except torch.cuda.OutOfMemoryError:  # a real out-of-memory, not a compiler failure
+            raise
         except Exception as e:  # the inductor's failures have many types; the eager path is always right
             _compile_failed = True
             warnings.warn(f"fused loss: torch.compile of the chunk statistics failed ({type(e).__name__}: "
@@ -158,9 +161,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         for i in range(0, N, chunk_size):
             h = hidden[i:i + chunk_size].to(dtype)  # (C, d)
             y, wc = safe_targets[i:i + chunk_size], w[i:i + chunk_size]
-            z = F.linear(h, W, b)  # (C, V) logits in the matmul dtype
-            ce, dz = stats(z, y, wc, need_grad)
-            del z  # (the eager path reused its buffer for dz)
+            ce, dz = stats(F.linear(h, W, b), y, wc, need_grad)  # from the (C, V) logits, not kept
             loss += (wc * ce).sum()
             if need_w:
                 ce_all[i:i + chunk_size] = torch.where(valid[i:i + chunk_size], ce, 0.0)
@@ -212,7 +213,7 @@ def matmul_dtype(hidden, weight):
 
 
 def fused_linear_cross_entropy(hidden, weight, targets, token_weights, bias=None, ignore_index=-100,
-                               chunk_size=None, compiled=None):
+                               chunk_size=None, compiled=False):
     """Same value and gradients as linear_cross_entropy_reference, without the [N, V] logits.
 
     hidden [N, d] (or [..., d], flattened with targets and token_weights), weight [V, d] (the lm_head
@@ -220,7 +221,7 @@ def fused_linear_cross_entropy(hidden, weight, targets, token_weights, bias=None
     token_weights [N], bias [V] or None. Returns a 0-dim fp32 tensor. chunk_size = rows of hidden
     per chunk (default: default_chunk_size for the device). compiled: run each chunk's element-wise
     work as one torch.compile'd function (chunk_stats_compiled) instead of the eager chunk_stats
-    (default: COMPILED_BY_DEFAULT for the device). Gradients flow to hidden, weight, bias and
+    (train_lm.py does under --compile on CUDA). Gradients flow to hidden, weight, bias and
     token_weights, each only when it requires grad (a frozen lm_head costs no weight gradient); under
     torch.no_grad only the loss is computed.
     """
@@ -228,7 +229,6 @@ def fused_linear_cross_entropy(hidden, weight, targets, token_weights, bias=None
     hidden, targets, token_weights = hidden.reshape(-1, d), targets.reshape(-1), token_weights.reshape(-1)
     dev, dtype = hidden.device.type, matmul_dtype(hidden, weight)
     chunk_size = chunk_size or default_chunk_size(hidden.shape[0], weight.shape[0], dev)
-    compiled = COMPILED_BY_DEFAULT.get(dev, False) if compiled is None else compiled
     grad_enabled = torch.is_grad_enabled()  # (inside forward it is always off)
     with torch.autocast(dev, enabled=False):  # dtypes inside are explicit, see the module docstring
         return FusedLinearCrossEntropy.apply(hidden, weight, targets, token_weights, bias, ignore_index,
@@ -250,6 +250,6 @@ def token_cross_entropy(hidden, weight, targets, bias=None, ignore_index=-100, c
     ce = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
     with torch.autocast(dev, enabled=False):
         for i in range(0, hidden.shape[0], chunk_size):
-            z = F.linear(hidden[i:i + chunk_size].to(dtype), W, b)  # (C, V)
+            z = F.linear(hidden[i:i + chunk_size].to(dtype), W, b)  # (C, V), handed over (not kept)
             ce[i:i + chunk_size] = chunk_stats(z, safe_targets[i:i + chunk_size], None, need_grad=False)[0]
     return torch.where(valid, ce, 0.0)

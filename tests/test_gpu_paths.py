@@ -103,12 +103,22 @@ def test_train_lm_takes_fused_adamw(monkeypatch, setup):
     real = common.adamw
     monkeypatch.setattr(train_lm, "adamw", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
     run(setup, "which_adamw", "--dtype", "fp32", "--max-steps", "1")
-    try:
-        torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], fused=True)
-        has_fused = True
-    except (RuntimeError, ValueError, TypeError):
-        has_fused = False
-    assert made and made[0].defaults["fused"] is has_fused
+    has_fused = common.fused_adamw_works(torch.device("cpu"), torch.float32)
+    assert made and all(bool(g["fused"]) is has_fused for g in made[0].param_groups)
+
+
+def test_adamw_falls_back_where_the_fused_kernel_fails(monkeypatch):
+    """Where fused AdamW does not run (an old torch, another device), common.adamw builds the
+    plain one: the groups must not carry fused=True into it (torch writes defaults into them)."""
+    import common
+    monkeypatch.setattr(common, "fused_adamw_works", lambda device, dtype: False)
+    w, b = torch.nn.Parameter(torch.randn(3, 3)), torch.nn.Parameter(torch.zeros(3))
+    groups = [{"params": [w], "weight_decay": 0.1}, {"params": [b], "weight_decay": 0.0}]
+    opt = common.adamw(groups, lr=1e-3)
+    assert not any(g["fused"] for g in opt.param_groups) and "fused" not in groups[0]
+    w.grad, b.grad = torch.ones_like(w), torch.ones_like(b)
+    opt.step()  # the plain kernel: no error
+    assert common.adamw([torch.nn.Parameter(torch.zeros(2))], lr=1e-3).param_groups[0]["fused"] is None
 
 
 @pytest.mark.slow

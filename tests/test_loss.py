@@ -291,8 +291,11 @@ def test_fusable_chunk_stats_equals_the_in_place_one():
 def test_compiled_elementwise_matches_reference():
     """compiled=True (each chunk's element-wise work under torch.compile) against float64, in the
     cases that break chunked losses: N not a multiple of the chunk, a bias, a wholly ignored chunk,
-    zero weights, logits ~1e4; and under CPU bf16 autocast. One dynamic graph per dtype serves
-    every chunk length."""
+    zero weights, logits ~1e4, a one-row chunk; and under CPU bf16 autocast. One graph per dtype
+    and vocabulary serves every chunk length (counted)."""
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
     fused = lambda *a, **k: fused_linear_cross_entropy(*a, compiled=True, **k)  # noqa: E731
     x = make_inputs(N=200, bias=True, seed=21)
     assert_matches(run(fused, *x, chunk_size=64), reference64(*x))
@@ -302,10 +305,14 @@ def test_compiled_elementwise_matches_reference():
     assert_matches(run(fused, hidden, weight, targets, tw, chunk_size=32), reference64(hidden, weight, targets, tw))
     x = make_inputs(N=100, seed=23, scale=300.0)  # logits ~1e4
     assert_matches(run(fused, *x, chunk_size=50), reference64(*x))
+    x = make_inputs(N=129, seed=25)  # a last chunk of one row (eager: a dynamic size cannot start at 1)
+    assert_matches(run(fused, *x, chunk_size=64), reference64(*x))
     hidden, weight, targets, tw, _ = make_inputs(N=128, seed=24)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = run(fused, hidden, weight, targets, tw, chunk_size=64)
     assert_matches(got, reference64(hidden, weight, targets, tw), tol=BF16_TOL)
+    assert 1 <= counters["frames"]["ok"] <= 2, dict(counters["frames"])  # fp32 and bf16: one graph each
+    torch._dynamo.reset()
 
 
 def test_compile_failure_falls_back_to_eager(monkeypatch):
