@@ -117,6 +117,7 @@ def chunk_stats_compiled(z, y, w, need_grad=True):
     it says so once and computes eagerly from then on."""
     global _compile_failed
     if need_grad and not _compile_failed and z.shape[0] > 1:
+        import torch._dynamo  # (not imported by `import torch` on every version)
         for t in (z, y, w):
             torch._dynamo.mark_dynamic(t, 0)
         try:
