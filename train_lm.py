@@ -195,18 +195,22 @@ def read_rows(path, need_probs):
     return splits["train"], splits["val"]
 
 
-def weights_arg(text):
-    """argparse type of --weights: a preset name or three finite non-negative numbers, not all 0."""
-    if text in SEVERITY_WEIGHTS:
-        return text
+def custom_alpha(text):
+    """The class weights of a custom --weights 'a,b,c': three finite non-negative numbers, not all
+    0; None for anything else."""
     try:
         raw = [float(x) for x in text.split(",")]
     except ValueError:
-        raw = []
-    if len(raw) != 3 or not all(math.isfinite(x) and x >= 0 for x in raw) or sum(raw) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected one of {', '.join(SEVERITY_WEIGHTS)} or three "
-                                         f"finite non-negative numbers 'mild,moderate,critical', not all 0")
-    return text
+        return None
+    return raw if len(raw) == 3 and all(math.isfinite(x) and x >= 0 for x in raw) and sum(raw) > 0 else None
+
+
+def weights_arg(text):
+    """argparse type of --weights: a preset name or three finite non-negative numbers, not all 0."""
+    if text in SEVERITY_WEIGHTS or custom_alpha(text) is not None:
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: expected one of {', '.join(SEVERITY_WEIGHTS)} or three "
+                                     f"finite non-negative numbers 'mild,moderate,critical', not all 0")
 
 
 def severity_alpha(preset, probs, n_answer):
@@ -225,13 +229,11 @@ def severity_alpha(preset, probs, n_answer):
     elif preset in SEVERITY_WEIGHTS:
         raw = np.array(SEVERITY_WEIGHTS[preset], dtype=np.float64)
     else:
-        try:
-            raw = np.array([float(x) for x in preset.split(",")], dtype=np.float64)
-        except ValueError:
-            raw = np.array([])
-        if len(raw) != 3 or not np.isfinite(raw).all() or (raw < 0).any() or raw.sum() <= 0:
+        raw = custom_alpha(preset)
+        if raw is None:
             raise UsageError(f"--weights {preset!r}: expected one of {', '.join(SEVERITY_WEIGHTS)} or three "
                              f"non-negative numbers 'mild,moderate,critical'")
+        raw = np.array(raw, dtype=np.float64)
     token_mean = float((n_answer * (probs @ raw)).sum() / n_answer.sum())
     if not token_mean > 0:
         raise UsageError(f"--weights {preset}: every training example would weigh 0 (no probability mass on the "
