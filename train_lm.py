@@ -293,8 +293,7 @@ def collate(examples, indices, pad_id, device, rows=None):
     pos = (y.view(-1) != -100).nonzero().view(-1)
     to_dev = lambda t: (t.pin_memory() if pin and not t.is_pinned() else t).to(device, non_blocking=pin)  # noqa: E731
     return {"input_ids": to_dev(x), "labels": to_dev(y), "weights": to_dev(w), "label_pos": to_dev(pos),
-            "n_tokens": sum(examples[i]["n_answer"] for i in indices),
-            "weight_mass": sum(examples[i]["n_answer"] * examples[i]["weight"] for i in indices)}
+            "n_tokens": sum(examples[i]["n_answer"] for i in indices)}
 
 
 def step_denominator(examples, step_batches, denominator):
@@ -687,8 +686,8 @@ def train(args, rank, world, device, progress):
             ahead = {(stage and stage["name"], epoch, data_pos + steps_batches):
                      collate_step(batches[data_pos:data_pos + steps_batches])}
         stats = torch.cat([sums, grad_norm.float().view(1)]).tolist()  # the step's one host sync
-        mb_sums, denom_value, gnorm = stats[:-1], denom, stats[-1]
-        loss = sum(mb_sums) / denom_value
+        mb_sums, gnorm = stats[:-1], stats[-1]
+        loss = sum(mb_sums) / denom
         if not (math.isfinite(loss) and math.isfinite(gnorm)):
             bad = [j for j, s in enumerate(mb_sums) if not math.isfinite(s)] or range(len(step_batches))
             ids = [train_ex[i]["id"] for j in bad for i in step_batches[j]]

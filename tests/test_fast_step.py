@@ -90,10 +90,11 @@ def _denominator_worker(rank, world, port, results):
         out = []
         for s in range(0, len(batches) - grad_accum * world + 1, grad_accum * world):
             step_batches = batches[s:s + grad_accum * world]
-            mbs = [train_lm.collate(exs, idx, 0, "cpu") for idx in step_batches[rank::world]]
-            for kind, key in (("tokens", "n_tokens"), ("weights", "weight_mass")):
+            mine = [i for idx in step_batches[rank::world] for i in idx]  # this rank's micro-batches' rows
+            for kind, count in (("tokens", lambda e: e["n_answer"]),
+                                ("weights", lambda e: e["n_answer"] * e["weight"])):
                 # the all-reduced way: this rank's micro-batches, then a sum over ranks (float64)
-                t = torch.tensor(sum(mb[key] for mb in mbs), dtype=torch.float64)
+                t = torch.tensor(sum(count(exs[i]) for i in mine), dtype=torch.float64)
                 dist.all_reduce(t)
                 out.append((kind, t.item(), train_lm.step_denominator(exs, step_batches, kind)))
         results[rank] = out
