@@ -22,7 +22,7 @@ import hashlib
 
 import numpy as np
 
-from common import SEVERITIES
+from common import SEVERITIES, UsageError
 
 CURRICULA = ("disjoint", "cumulative")
 
@@ -35,10 +35,10 @@ def curriculum_stages(classes, mode, max_steps):
     classes: each training row's class index into SEVERITIES (len(SEVERITIES) = no severity).
     """
     if mode not in CURRICULA:
-        raise ValueError(f"--curriculum {mode!r}: expected one of {', '.join(CURRICULA)}")
+        raise UsageError(f"--curriculum {mode!r}: expected one of {', '.join(CURRICULA)}")
     classes = np.asarray(classes)
     if (classes >= len(SEVERITIES)).any():
-        raise ValueError(f"--curriculum: {int((classes >= len(SEVERITIES)).sum())} training rows have neither "
+        raise UsageError(f"--curriculum: {int((classes >= len(SEVERITIES)).sum())} training rows have neither "
                          f"severity nor severity_probs, so they belong to no stage")
     present = [k for k in range(len(SEVERITIES)) if (classes == k).any()]
     members = [np.flatnonzero(classes == k if mode == "disjoint" else classes <= k) for k in present]

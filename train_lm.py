@@ -503,7 +503,7 @@ def train(args, rank, world, device, progress):
                          f"{steps_batches} micro-batches of {args.batch_size}: lower --batch-size or --grad-accum")
     for st in stages or []:
         if len(stage_batches(train_lengths, args.batch_size, args.seed, 0, st)) < steps_batches:
-            raise ValueError(f"--curriculum: stage {st['name']} has {len(st['rows'])} training rows, fewer than "
+            raise UsageError(f"--curriculum: stage {st['name']} has {len(st['rows'])} training rows, fewer than "
                              f"grad_accum * world_size = {steps_batches} micro-batches of {args.batch_size}")
 
     # validation batches, fixed: a seeded sample of at most eval_batches * batch_size rows,
@@ -520,7 +520,7 @@ def train(args, rank, world, device, progress):
     if args.activation_checkpointing:
         checkpoint_blocks(raw_model)
     if args.fsdp and world == 1:
-        raise ValueError("--fsdp shards the model over torchrun's ranks: run it under torchrun --nproc_per_node N")
+        raise UsageError("--fsdp shards the model over torchrun's ranks: run it under torchrun --nproc_per_node N")
     sharded = shard_model(raw_model, loss_fn, bf16=use_bf16) if args.fsdp else None
 
     # ---- optimizer: AdamW, weight decay on every >= 2-D tensor (matmuls and embeddings, as
