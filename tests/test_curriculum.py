@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import train_lm
+from common import UsageError
 from conftest import write_rows
 from curriculum import curriculum_stages, stage_at
 from test_train_lm import args_for, make_rows, metrics, setup, tensors, tiny_model_dir, tok  # noqa: F401 (fixtures)
@@ -31,7 +32,7 @@ def test_stage_order_membership_and_split():
     s = curriculum_stages([0, 0, 2], "cumulative", 9)
     assert [(x["name"], x["steps"]) for x in s] == [("mild", 4), ("critical", 5)]
     assert [stage_at(s, k)["name"] for k in range(11)] == ["mild"] * 4 + ["critical"] * 7
-    with pytest.raises(ValueError, match="neither severity nor severity_probs"):
+    with pytest.raises(UsageError, match="neither severity nor severity_probs"):
         curriculum_stages([0, 3], "disjoint", 4)
 
 
@@ -119,5 +120,5 @@ def test_tiny_stage_is_refused(setup, tmp_path):
             r["severity"] = "moderate"
     rows[1]["severity"] = "critical"  # one critical training row: less than a step's 2 micro-batches
     data = write_rows(tmp_path / "d.jsonl", rows)
-    with pytest.raises(ValueError, match="stage critical has 1 training rows"):
+    with pytest.raises(UsageError, match="stage critical has 1 training rows"):
         train_lm.main(args_for(setup, tmp_path / "run", "--data", str(data), "--curriculum", "disjoint"))

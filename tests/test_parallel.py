@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import train_lm
+from common import UsageError
 from models import load_pretrained
 from models.parallel import checkpoint_blocks
 from test_train_lm import args_for, make_rows, metrics, setup, tensors, tiny_model_dir, tiny_qwen2_dir, tok  # noqa: F401
@@ -48,7 +49,7 @@ def test_train_lm_activation_checkpointing_same_weights(setup, tmp_path):
 
 
 def test_fsdp_needs_torchrun(setup, tmp_path):
-    with pytest.raises(ValueError, match="torchrun"):
+    with pytest.raises(UsageError, match="torchrun"):
         train_lm.main(args_for(setup, tmp_path / "run", "--fsdp"))
 
 
