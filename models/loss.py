@@ -251,6 +251,6 @@ def token_cross_entropy(hidden, weight, targets, bias=None, ignore_index=-100, c
     ce = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
     with torch.autocast(dev, enabled=False):
         for i in range(0, hidden.shape[0], chunk_size):
-            z = F.linear(hidden[i:i + chunk_size].to(dtype), W, b)  # (C, V), handed over (not kept)
-            ce[i:i + chunk_size] = chunk_stats(z, safe_targets[i:i + chunk_size], None, need_grad=False)[0]
+            h, y = hidden[i:i + chunk_size].to(dtype), safe_targets[i:i + chunk_size]
+            ce[i:i + chunk_size] = chunk_stats(F.linear(h, W, b), y, None, need_grad=False)[0]  # logits not kept
     return torch.where(valid, ce, 0.0)

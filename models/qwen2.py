@@ -185,10 +185,12 @@ class Qwen2MLP(nn.Module):
 
 
 class Qwen2DecoderLayer(nn.Module):
+    attn_cls = Qwen2Attention  # (Qwen3's block swaps in its attention: models/qwen3.py)
+
     def __init__(self, config, layer_idx):
         super().__init__()
         self.input_layernorm = Qwen2RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Qwen2Attention(config, layer_idx)
+        self.self_attn = self.attn_cls(config, layer_idx)
         self.post_attention_layernorm = Qwen2RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = Qwen2MLP(config)
 

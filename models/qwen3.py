@@ -15,9 +15,7 @@ vocab 151936, theta 1e6, tied. Sliding-window layers (use_sliding_window) are re
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch.nn as nn
-
-from models.qwen2 import (Qwen2Attention, Qwen2Config, Qwen2ForCausalLM, Qwen2MLP, Qwen2RMSNorm,
+from models.qwen2 import (Qwen2Attention, Qwen2Config, Qwen2DecoderLayer, Qwen2ForCausalLM, Qwen2RMSNorm,
                           apply_rope, gqa_attention)
 
 
@@ -62,17 +60,9 @@ class Qwen3Attention(Qwen2Attention):
         return self.o_proj(y)
 
 
-class Qwen3DecoderLayer(nn.Module):
-    def __init__(self, config, layer_idx):
-        super().__init__()
-        self.input_layernorm = Qwen2RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Qwen3Attention(config, layer_idx)
-        self.post_attention_layernorm = Qwen2RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = Qwen2MLP(config)
-
-    def forward(self, x, cos, sin, attn_mask, is_causal, cache):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_mask, is_causal, cache)
-        return x + self.mlp(self.post_attention_layernorm(x))
+class Qwen3DecoderLayer(Qwen2DecoderLayer):
+    """Qwen2's block with Qwen3's attention."""
+    attn_cls = Qwen3Attention
 
 
 class Qwen3ForCausalLM(Qwen2ForCausalLM):
