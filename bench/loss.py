@@ -187,6 +187,15 @@ def measure_in_subprocess(variant, shape, N, args):
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+def measure_here_or_apart(variant, shape, N, args):
+    """measure() on CUDA (then the cache is emptied for the next one); on CPU in a fresh process."""
+    if args.device == "cpu":
+        return measure_in_subprocess(variant, shape, N, args)
+    r = measure(variant, shape, N, args)
+    torch.cuda.empty_cache()
+    return r
+
+
 def sweep(args, shapes, tokens):
     """Time of fused and fused_compiled at each chunk size (--sweep): the data behind
     models/loss.py CHUNK_ELEMENTS and the choice of eager or compiled chunks. Prints one table, writes --out."""
@@ -196,10 +205,7 @@ def sweep(args, shapes, tokens):
             for chunk in [int(c) for c in args.sweep.split(",")]:
                 args.chunk_size = chunk
                 for variant in ("fused", "fused_compiled"):
-                    if args.device == "cpu":
-                        r = measure_in_subprocess(variant, shape, N, args)
-                    else:
-                        r = measure(variant, shape, N, args)
+                    r = measure_here_or_apart(variant, shape, N, args)
                     results.append({**r, "chunk_size": chunk, "chunk_elements": chunk * SHAPES[shape][1]})
                     print(f"  {variant} {shape} N={N} chunk {chunk}: "
                           + (f"{r['ms']:.0f} ms" if "ms" in r else r["note"]), file=sys.stderr)
@@ -245,11 +251,7 @@ def main(argv=None):
     for shape in shapes:
         for N in tokens:
             for variant in variants:
-                if args.device == "cpu":
-                    r = measure_in_subprocess(variant, shape, N, args)
-                else:
-                    r = measure(variant, shape, N, args)
-                    torch.cuda.empty_cache()
+                r = measure_here_or_apart(variant, shape, N, args)
                 results.append(r)
                 print(f"  {variant} {shape} N={N}: " + (f"{r['ms']:.0f} ms, {r['peak_mb']:.0f} MB"
                                                           if "ms" in r else r["note"]), file=sys.stderr)
