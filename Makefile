@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # the CPU wheel the project is tested with (it lies on this project's machines); any torch >= 2.4 works
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: demo demo-data test test-fast bench clean
+.PHONY: demo demo-data test test-fast bench gpu-wheels clean
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,13 @@ bench: $(VENV)/.dev
 	$(PY) bench/loss.py
 	$(PY) bench/train.py
 	$(PY) bench/generate.py
+
+# Liger-Kernel and cut-cross-entropy (pure-Python Triton wheels) for bench/gpu_check.py's loss part,
+# downloaded into .whl/ for a GPU machine without internet; install them there with
+#   python3 -m pip install --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+gpu-wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
+		liger-kernel==0.8.5 cut-cross-entropy==25.1.1
 
 clean:
 	rm -rf out

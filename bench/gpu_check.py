@@ -15,13 +15,15 @@ Parts, in this order (estimates for one H100/H200, torch 2.11; each part has its
   loss      130 s  180 s  bench/loss.py's measure(): fused (its element-wise work eager and compiled) vs
                           eager reference vs torch.compile'd reference (+ torch's chunked
                           F.linear_cross_entropy, Liger-Kernel and cut-cross-entropy when importable) at
-                          AraGPT2 (d 768, V 64000) and Qwen2.5 (d 896, V 151936) shapes, N 4096 and 16384,
-                          5 repeats: fwd+bwd ms and peak memory; first the chunk-size sweep of both fused
-                          variants (512-4096 rows at N 16384) that sets models/loss.py CHUNK_ELEMENTS["cuda"]
-                          and shows what train_lm.py --compile's compiled chunks gain on CUDA
+                          Qwen2.5 (d 896, V 151936) and AraGPT2 (d 768, V 64000) shapes, N 16384 and 4096
+                          (the target first, the compiled reference last), 5 repeats: fwd+bwd ms and peak
+                          memory; then the chunk-size sweep of both fused variants (512-4096 rows at N 16384)
+                          that sets models/loss.py CHUNK_ELEMENTS["cuda"] and shows what train_lm.py
+                          --compile's compiled chunks gain on CUDA
   train     150 s  240 s  bench/train.py's step (train_lm.forward_backward + fused AdamW), B 8, T 1024, 2
                           warm-up + 5 timed steps: tokens/s, MFU, peak memory for AraGPT2-base and
-                          Qwen2.5-0.5B shapes, ours eager, ours torch.compile'd, transformers (usual loss)
+                          Qwen2.5-0.5B shapes, ours eager, transformers (usual loss), then ours
+                          torch.compile'd (the slow compiles last, so a timeout loses no baseline)
   generate   40 s   75 s  models/generate.py vs transformers generate, bf16 weights, greedy, batch 1 and 32,
                           64-token prompts, 128 new tokens (EOS off, so equal work): tokens/s
   score      30 s   60 s  bench/score.py: score_severity.py rows/s, BERT-base shape, 20k rows, batch 64/256/512
@@ -56,7 +58,6 @@ minutes on a small CPU; tests/test_gpu_paths.py compiles train_lm.py with induct
 sync check marked not applicable (it needs CUDA).
 """
 import argparse
-import copy
 import datetime
 import functools
 import json
@@ -72,7 +73,6 @@ import tempfile
 import time
 import traceback
 import warnings
-from contextlib import nullcontext
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -335,30 +335,21 @@ def part_loss(rec, smoke):
     if device.type == "cpu":
         rec.notes.append("CPU: peak_mb is the process's peak RSS so far (one process for every variant): not a "
                          "per-variant figure; run bench/loss.py for those")
-    # first the chunk sweep of the fused loss at the largest N (the data behind models/loss.py
-    # CHUNK_ELEMENTS; seconds), then the variants (the compiled one compiles for a while)
-    N = max(S["loss_tokens"])
-    for shape in S["loss_shapes"]:
-        for chunk in S["chunk_sweep"]:
-            args.chunk_size = chunk
-            for variant in ("fused", "fused_compiled"):  # the element-wise work eager or compiled
-                try:
-                    r = bench_loss.measure(variant, shape, N, args)
-                except Exception as e:  # measure catches the step's errors; this is for its inputs
-                    r = {"variant": variant, "shape": shape, "tokens": N, "note": f"failed: {error_text(e)}"}
-                rec.add({"kind": "chunk sweep", **r, "chunk_size": chunk,
-                         "chunk_elements": chunk * bench_loss.SHAPES[shape][1]})
-                free(device)
-    args.chunk_size = None  # the variants use the default chunk
-    variants = ["reference"] + [v for v in bench_loss.VARIANTS if v != "reference"]  # the baseline first
-    for shape in S["loss_shapes"]:
-        for N in S["loss_tokens"]:
+    def measure(variant, shape, N):
+        try:
+            return bench_loss.measure(variant, shape, N, args)
+        except Exception as e:  # measure catches the step's errors; this is for its inputs
+            return {"variant": variant, "shape": shape, "tokens": N, "note": f"failed: {error_text(e)}"}
+
+    # The variants first, the issue's target (Qwen2.5, largest N) leading and the compiled reference
+    # (a compile per shape) last; then the chunk sweep, quick once fused_compiled has compiled.
+    order = ["reference", "fused", "cce", "liger", "torch_chunked", "fused_compiled", "compiled"]
+    variants = order + [v for v in bench_loss.VARIANTS if v not in order]
+    for shape in sorted(S["loss_shapes"], key=lambda s: -bench_loss.SHAPES[s][1]):  # the bigger vocabulary first
+        for N in sorted(S["loss_tokens"], reverse=True):
             ref = None
             for variant in variants:
-                try:
-                    r = bench_loss.measure(variant, shape, N, args)
-                except Exception as e:  # as above
-                    r = {"variant": variant, "shape": shape, "tokens": N, "note": f"failed: {error_text(e)}"}
+                r = measure(variant, shape, N)
                 if variant == "reference" and "ms" in r:
                     ref = r
                 if ref is not None and "ms" in r:
@@ -367,6 +358,16 @@ def part_loss(rec, smoke):
                     r["loss_rel_diff"] = abs(r["loss"] - ref["loss"]) / max(abs(ref["loss"]), 1e-30)
                 rec.add({"kind": "variant", **r})
                 free(device)
+    # the chunk sweep of both fused variants at the largest N: the data behind CHUNK_ELEMENTS
+    N = max(S["loss_tokens"])
+    for shape in S["loss_shapes"]:
+        for chunk in S["chunk_sweep"]:
+            args.chunk_size = chunk
+            for variant in ("fused", "fused_compiled"):  # the element-wise work eager or compiled
+                rec.add({"kind": "chunk sweep", **measure(variant, shape, N), "chunk_size": chunk,
+                         "chunk_elements": chunk * bench_loss.SHAPES[shape][1]})
+                free(device)
+    args.chunk_size = None
     from models.loss import CHUNK_ELEMENTS, default_chunk_size
     N, dev = max(S["loss_tokens"]), device.type
     for shape in S["loss_shapes"]:
@@ -391,22 +392,31 @@ def part_train(rec, smoke):
     rec.notes.append(f"{dtype}; B {B}, T {T}; {S['train_warmup']} warm-up + {S['train_steps']} timed steps; "
                      f"compiled with the {S['compile_backend']} backend; {share:.0%} of each row is prompt "
                      f"(the demo data's share; the output layer runs on the answer positions only)")
-    for shape in S["train_shapes"]:
-        cfg = bench_train.SHAPES[shape]
+
+    def fresh(shape):  # the same random weights for every implementation: seed 0
         torch.manual_seed(0)
-        ours = build_model(cfg).train()
-        c = ours.config
+        return build_model(bench_train.SHAPES[shape]).train()
+
+    def step_flops(shape):  # as bench/train.py counts them, from the shapes alone (no memory)
+        with torch.device("meta"):
+            m = build_model(bench_train.SHAPES[shape])
+        c = m.config
         L, d = getattr(c, "n_layer", None) or c.num_hidden_layers, getattr(c, "n_embd", None) or c.hidden_size
-        flops = 6 * train_lm.matmul_params(ours) * B * T + 12 * L * d * T * T * B  # as bench/train.py counts
-        mb = bench_train.make_batch(B, T, cfg["vocab_size"], device, share)
-        pristine = copy.deepcopy(ours)  # measuring trains `ours`: the others start from the same weights
-        impls = [("ours eager", lambda: ours), ("transformers", lambda: hf_copy(pristine, cfg)),
-                 ("ours compiled", lambda: torch.compile(pristine, backend=S["compile_backend"]))]
-        rows = {}
-        for impl, make in impls:
-            row = {"shape": shape, "impl": impl, "batch": B, "seq": T}
+        return 6 * train_lm.matmul_params(m) * B * T + 12 * L * d * T * T * B
+
+    impls = {"ours eager": fresh, "transformers": lambda shape: hf_copy(fresh(shape), bench_train.SHAPES[shape]),
+             "ours compiled": lambda shape: torch.compile(fresh(shape), backend=S["compile_backend"])}
+    rows = {}
+    # every shape's eager and transformers rows before any compiled one: compiling is the slow part,
+    # so a timeout loses a compiled row, never the baselines of the targets
+    for impl, make in impls.items():
+        for shape in S["train_shapes"]:
+            cfg = bench_train.SHAPES[shape]
+            row, model = {"shape": shape, "impl": impl, "batch": B, "seq": T}, None
             try:
-                model = make().train().to(device)
+                flops = step_flops(shape)
+                model = make(shape).to(device)
+                mb = bench_train.make_batch(B, T, cfg["vocab_size"], device, share)
                 free(device)
                 fn = bench_train.hf_step if impl == "transformers" else bench_train.ours_step
                 if impl == "ours compiled" and device.type == "cuda":  # as train_lm.py --compile on CUDA
@@ -415,22 +425,19 @@ def part_train(rec, smoke):
                 sec = r["step_ms"] / 1000
                 row.update(tokens_per_s=B * T / sec, step_ms=r["step_ms"], peak_mem_gb=r["peak_mem_gb"],
                            mfu=flops / sec / 989e12 if device.type == "cuda" else None, first_loss=r["first_loss"])
-                model.cpu()
-                del model
             except Exception as e:
                 row["error"] = error_text(e)
                 traceback.print_exc()
-            rows[impl] = rec.add(row)
+            del model  # its memory goes back before the next model is built
+            rows[shape, impl] = rec.add(row)
             free(device)
-        hf_row = rows.get("transformers", {})
-        for impl in ("ours eager", "ours compiled"):  # ratios to transformers, filled in once it is measured
-            r = rows.get(impl, {})
-            if "tokens_per_s" in r and "tokens_per_s" in hf_row:
-                r["speed_vs_transformers"] = r["tokens_per_s"] / hf_row["tokens_per_s"]
-                if r["peak_mem_gb"] and hf_row["peak_mem_gb"]:
-                    r["mem_vs_transformers"] = r["peak_mem_gb"] / hf_row["peak_mem_gb"]
-        rec.save()
-        del ours, pristine
+            for mine in ("ours eager", "ours compiled"):  # ratios to transformers, once both are measured
+                r, hf_row = rows.get((shape, mine), {}), rows.get((shape, "transformers"), {})
+                if "tokens_per_s" in r and "tokens_per_s" in hf_row:
+                    r["speed_vs_transformers"] = r["tokens_per_s"] / hf_row["tokens_per_s"]
+                    if r["peak_mem_gb"] and hf_row["peak_mem_gb"]:
+                        r["mem_vs_transformers"] = r["peak_mem_gb"] / hf_row["peak_mem_gb"]
+            rec.save()
 
 
 def part_generate(rec, smoke):
