@@ -127,7 +127,8 @@ def gqa_attention(q, k, v, attn_mask, is_causal, dropout_p=0.0, scale=None):
     if T == 1 and not is_causal:  # one query per row: the same numbers as the reference below
         y = F.scaled_dot_product_attention(q.reshape(B, nkv, g, hs), k, v, attn_mask=attn_mask,  # (B, nkv, g, hs)
                                            dropout_p=dropout_p, scale=scale)
-        return y.view(B, nh, 1, hs)  # (B, nh, 1, hs): row i of KV head j is query head j * g + i
+        # reshape, not view: CUDA's memory-efficient kernel returns y stored as (B, g, nkv, hs)
+        return y.reshape(B, nh, 1, hs)  # (B, nh, 1, hs): row i of KV head j is query head j * g + i
     if g > 1:
         k = k.repeat_interleave(g, dim=1)  # (B, nh, S, hs)
         v = v.repeat_interleave(g, dim=1)  # (B, nh, S, hs)

@@ -66,11 +66,26 @@ def test_masks_are_built_on_the_inputs_device():
     assert got.tolist() == [[[[False, False, True, True, True]]], [[[True] * 5]]]
 
 
+def sdpa_strided_like_cuda(q, k, v, **kw):
+    """SDPA whose output has CUDA's memory-efficient kernel layout: (B, H, T, K) values stored as
+    (B, T, H, K), as that kernel allocates them; the CPU kernels return a contiguous output."""
+    y = SDPA(q, k, v, **kw)
+    return y.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+SDPA = torch.nn.functional.scaled_dot_product_attention
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "cuda_mem_efficient"])
 @pytest.mark.parametrize("mask_kind", ["none", "per_row", "shared"])
 @pytest.mark.parametrize("nh, nkv", [(4, 2), (4, 1), (6, 3), (3, 3)])
-def test_gqa_decode_step_equals_repeated_cache(nh, nkv, mask_kind):
+def test_gqa_decode_step_equals_repeated_cache(nh, nkv, mask_kind, layout, monkeypatch):
     """gqa_attention's decode step (query heads folded into rows of their KV head) against SDPA over
-    the cache repeated to nh heads, with the masks a decode step gets: none, (B, 1, 1, S), (1, 1, 1, S)."""
+    the cache repeated to nh heads, with the masks a decode step gets: none, (B, 1, 1, S), (1, 1, 1, S);
+    also with SDPA's output laid out as CUDA's memory-efficient kernel returns it (not contiguous),
+    which a .view of the folded heads cannot take."""
+    if layout == "cuda_mem_efficient":
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", sdpa_strided_like_cuda)
     g = torch.Generator().manual_seed(nh * 10 + nkv)
     B, S, hs = 3, 9, 8
     q = torch.randn(B, nh, 1, hs, generator=g)
