@@ -29,7 +29,8 @@ Run it:
 can read the previous attempt's addresses and fail to connect; pytorch/pytorch#135712, #167288.)
 Without --model a 4-layer GPT-2 (d 128, 256 positions) is trained from scratch with the shipped
 tokenizer data/demo_tokenizer/ (tools/make_demo_tokenizer.py), so the demo runs offline on a CPU
-in a couple of minutes. One GPU or N GPUs: the same command under torchrun (DDP, nccl; gloo on CPU).
+in a couple of minutes. One GPU or N GPUs: the same command under torchrun (DDP, nccl; gloo on CPU;
+DDP even with one process, so a 1-GPU torchrun run checks that path; plain python: no DDP).
 The global batch is batch_size * grad_accum * world_size sequences.
 
 Reads --data (JSONL; common.read_jsonl): fields question, answer, split ("train" rows are
@@ -544,7 +545,8 @@ def train(args, rank, world, device, progress):
         mark_dir(out)  # created once every check has passed, marked as the project's (so it may be resumed into)
 
     model = sharded if sharded is not None else raw_model
-    if sharded is None and world > 1:
+    parallel = "fsdp" if sharded is not None else "ddp" if dist.is_available() and dist.is_initialized() else "none"
+    if parallel == "ddp":  # every torchrun launch, one rank too: a 1-GPU torchrun run checks the DDP path
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     if args.compile:  # compile the DDP module (PyTorch's guidance): its all-reduce still overlaps the backward
         model = torch.compile(model)
@@ -552,7 +554,7 @@ def train(args, rank, world, device, progress):
     n_layer = getattr(cfg, "n_layer", None) or getattr(cfg, "num_hidden_layers")
     d_model = getattr(cfg, "n_embd", None) or getattr(cfg, "hidden_size")
     metrics_path = out / "metrics.jsonl"
-    meta = {"args": vars(args), "weights": weights_info, "data": data_info, "world_size": world}
+    meta = {"args": vars(args), "weights": weights_info, "data": data_info, "world_size": world, "parallel": parallel}
 
     def log(record):
         if rank == 0:
