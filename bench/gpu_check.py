@@ -1,40 +1,44 @@
 """Every GPU measurement of the project in one command: results in files as each part ends.
 
-    python bench/gpu_check.py --out out/gpu_check            # one CUDA GPU: about 8 minutes
+    python bench/gpu_check.py --out out/gpu_check            # one CUDA GPU: about 9 minutes
     python bench/gpu_check.py --out out/gpu_check --only loss,train   # rerun some parts (the others are kept)
     python bench/gpu_check.py --out out/smoke --smoke        # the same sequence on a CPU, tiny shapes
 
 Parts, in this order (estimates for one H100/H200, torch 2.11; each part has its own time budget):
 
   part      est.  budget  what it measures
-  parity     70 s  120 s  our GPT-2 (AraGPT2-base shape), Qwen2 (Qwen2.5-0.5B), Llama and BERT-base (and
+  parity     75 s  120 s  our GPT-2 (AraGPT2-base shape), Qwen2 (Qwen2.5-0.5B), Llama and BERT-base (and
                           every other architecture models/hf_io.py opens: Qwen3, Llama-3 RoPE scaling,
                           Gemma-3) against transformers, random weights, through save_pretrained +
                           load_pretrained: max |logit diff| in fp32 (TF32 off) and in bf16 autocast, beside
                           transformers' own bf16 error; greedy tokens in fp32 equal, or the first divergence
-  loss      130 s  180 s  bench/loss.py's measure(): fused (its element-wise work eager and compiled) vs
+  loss      140 s  200 s  bench/loss.py's measure(): fused (its element-wise work eager and compiled) vs
                           eager reference vs torch.compile'd reference (+ torch's chunked
                           F.linear_cross_entropy, Liger-Kernel and cut-cross-entropy when importable) at
-                          Qwen2.5 (d 896, V 151936) and AraGPT2 (d 768, V 64000) shapes, N 16384 and 4096
-                          (the target first, the compiled reference last), 5 repeats: fwd+bwd ms and peak
-                          memory; then the chunk-size sweep of both fused variants (512-4096 rows at N 16384)
-                          that sets models/loss.py CHUNK_ELEMENTS["cuda"] and shows what train_lm.py
-                          --compile's compiled chunks gain on CUDA
-  train     150 s  240 s  bench/train.py's step (train_lm.forward_backward + fused AdamW), B 8, T 1024, 2
+                          Qwen2.5 (d 896, V 151936) and AraGPT2 (d 768, V 64000) shapes, N 16384 and 4096,
+                          5 repeats: fwd+bwd ms and peak memory. Ours first (the issue's target, Qwen2.5 at
+                          N 16384, leading), then the chunk-size sweep of both fused variants (512-4096 rows at
+                          N 16384) that sets models/loss.py CHUNK_ELEMENTS["cuda"] and shows what train_lm.py
+                          --compile's compiled chunks gain on CUDA, then the third-party kernels and the
+                          compiled reference (a compile per shape and N); each shape compiles static
+  train     160 s  260 s  bench/train.py's step (train_lm.forward_backward + fused AdamW), B 8, T 1024, 2
                           warm-up + 5 timed steps: tokens/s, MFU, peak memory for AraGPT2-base and
                           Qwen2.5-0.5B shapes, ours eager, transformers (usual loss), then ours
                           torch.compile'd (the slow compiles last, so a timeout loses no baseline)
-  generate   40 s   75 s  models/generate.py vs transformers generate, bf16 weights, greedy, batch 1 and 32,
+  generate   45 s   90 s  models/generate.py vs transformers generate, bf16 weights, greedy, batch 1 and 32,
                           64-token prompts, 128 new tokens (EOS off, so equal work): tokens/s
   score      30 s   60 s  bench/score.py: score_severity.py rows/s, BERT-base shape, 20k rows, batch 64/256/512
-  syncs      15 s   45 s  one train_lm step after a warm-up step, under torch.cuda.set_sync_debug_mode("warn")
+  syncs      20 s   45 s  one train_lm step after a warm-up step, under torch.cuda.set_sync_debug_mode("warn")
                           around forward+backward, clipping and the optimizer step (not the batch copies):
                           the warnings each phase raises, and the step's one deliberate sync (.tolist())
-  e2e        70 s  120 s  torchrun --nproc_per_node 1 train_lm.py --compile on the demo data, 20 steps, then
-                          a resume to 30: exit codes, loss, tokens/s, MFU, memory, recompiles (TORCH_LOGS)
+  e2e        75 s  130 s  torchrun --nproc_per_node 1 train_lm.py --compile on the demo data, 20 steps, then
+                          a resume to 30 (DDP on one rank, nccl): exit codes, loss, tokens/s, MFU, memory,
+                          recompiles (TORCH_LOGS)
 
-Total about 8 minutes; --time-limit (default 570 s, under a 10-minute slot) caps the whole run: a part
-that would start with less than 10 s left is recorded as skipped, to be rerun with --only.
+Total about 9 minutes; --time-limit (default 570 s, under a 10-minute slot) caps the whole run. A part
+gets its budget, but beyond its estimate no time the later parts' estimates need, so one slow part
+cannot starve the rest; a part that would start with less than 10 s left is recorded as skipped, to
+be rerun with --only. Inside each part the measurements behind the issue's targets come first.
 
 How it survives. Each part runs in a fresh child process (its own CUDA context, its memory freed
 when it ends) under its budget; a timed-out child is killed with its process group (torchrun and
@@ -84,8 +88,8 @@ import torch  # noqa: E402
 from common import DEMO_DATA, atomic_open, write_json  # noqa: E402
 
 PARTS = ("parity", "loss", "train", "generate", "score", "syncs", "e2e")
-ESTIMATE_S = {"parity": 70, "loss": 130, "train": 150, "generate": 40, "score": 30, "syncs": 15, "e2e": 70}
-BUDGET_S = {"parity": 120, "loss": 180, "train": 240, "generate": 75, "score": 60, "syncs": 45, "e2e": 120}
+ESTIMATE_S = {"parity": 75, "loss": 140, "train": 160, "generate": 45, "score": 30, "syncs": 20, "e2e": 75}
+BUDGET_S = {"parity": 120, "loss": 200, "train": 260, "generate": 90, "score": 60, "syncs": 45, "e2e": 130}
 SMOKE_BUDGET_S = 600  # per part on a small shared CPU (compiles dominate)
 MIN_PART_S = 10  # a part is not started with less time than this left
 
@@ -109,10 +113,11 @@ PARITY_GPU = {
                                                rope_scaling={"rope_type": "llama3", "factor": 32.0,
                                                              "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                                              "original_max_position_embeddings": 8192}),
-    "qwen3 (Qwen3-0.6B)": dict(model_type="qwen3", vocab_size=151936, hidden_size=1024, num_hidden_layers=28,
-                               num_attention_heads=16, num_key_value_heads=8, head_dim=128, intermediate_size=3072,
-                               rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True,
-                               max_position_embeddings=40960),
+    "qwen3 (Qwen3-0.6B widths, 8 layers)": dict(model_type="qwen3", vocab_size=151936, hidden_size=1024,
+                                                num_hidden_layers=8, num_attention_heads=16, num_key_value_heads=8,
+                                                head_dim=128, intermediate_size=3072, rope_theta=1e6,
+                                                rms_norm_eps=1e-6, tie_word_embeddings=True,
+                                                max_position_embeddings=40960),
     "gemma3_text (Gemma-3-1B, 8 layers)": dict(model_type="gemma3_text", vocab_size=262144, hidden_size=1152,
                                      num_hidden_layers=8, num_attention_heads=4, num_key_value_heads=1,
                                      head_dim=256, intermediate_size=6912, sliding_window=512,
@@ -147,8 +152,8 @@ SIZES = {
                 loss_no_compile=False, chunk_sweep=[512, 1024, 2048, 4096],
                 train_shapes=["aragpt2-base", "qwen2.5-0.5b"], train_batch=8, train_seq=1024, train_warmup=2,
                 train_steps=5, compile_backend="inductor",
-                gen_shapes=["aragpt2-base", "qwen2.5-0.5b"], gen_batches=[1, 32], gen_prompt=64, gen_new=128,
-                gen_repeats=2, score_rows=20000, score_batches="64,256,512", score_extra=[],
+                gen_shapes=["qwen2.5-0.5b", "aragpt2-base"], gen_batches=[1, 32], gen_prompt=64, gen_new=128,
+                gen_repeats=1, score_rows=20000, score_batches="64,256,512", score_extra=[],
                 sync_shape="aragpt2-base", sync_batch=8, sync_seq=512,
                 e2e_steps=20, e2e_resume_steps=30, e2e_extra=["--compile", "--eval-every", "10", "--save-every", "10"]),
     "smoke": dict(parity=PARITY_SMOKE, parity_batch=2, parity_seq=24, parity_prompt=6, parity_new=8,
@@ -202,6 +207,10 @@ class Rows:
         print(json.dumps(row, default=str), flush=True)
         return row
 
+    def note(self, text):
+        self.notes.append(text)
+        self.save()
+
     def save(self):
         write_json(self.path, {"rows": self.rows, "notes": self.notes})
 
@@ -215,6 +224,13 @@ def setup(smoke):
     bf16 = not cuda or torch.cuda.is_bf16_supported()
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
     return device, S, autocast, "bf16 autocast" if bf16 else "fp32"
+
+
+def static_shapes():
+    """Compile each new shape as its own static graph, as a run with one model and fixed shapes does:
+    by default dynamo turns a size that changed between calls into a symbolic one (other kernels)."""
+    import torch._dynamo
+    torch._dynamo.config.automatic_dynamic_shapes = False  # mark_dynamic (the loss chunk length) still holds
 
 
 def sync(device):
@@ -242,7 +258,8 @@ def first_divergence(a, b):
 def hf_copy(ours, cfg):
     """bench/train.py's transformers model of a bench SHAPES config, with our weights (as its main does)."""
     from bench import train as bench_train
-    theirs = bench_train.hf_model(cfg)
+    with torch.device(next(ours.parameters()).device):  # built where ours lives (no CPU init at real shapes)
+        theirs = bench_train.hf_model(cfg)
     missing, unexpected = theirs.load_state_dict(ours.hf_state_dict(), strict=False)
     if unexpected or not all("lm_head" in k for k in missing):
         raise ValueError(f"weights do not transfer to transformers: missing {missing[:3]}, unexpected {unexpected[:3]}")
@@ -327,38 +344,47 @@ def parity_one(cfg, S, device, autocast, transformers, load_pretrained, generate
 
 def part_loss(rec, smoke):
     from bench import loss as bench_loss
+    from models import loss as model_loss
     device, S, _, _ = setup(smoke)
+    static_shapes()
     args = bench_loss.parser.parse_args(["--device", device.type, "--repeats", str(S["loss_repeats"])])
     args.no_compile = S["loss_no_compile"]
     if args.no_compile:
-        rec.notes.append("--smoke: the torch.compile variant is skipped (inductor builds take minutes on a small CPU)")
+        rec.note("--smoke: the torch.compile variant is skipped (inductor builds take minutes on a small CPU)")
     if device.type == "cpu":
-        rec.notes.append("CPU: peak_mb is the process's peak RSS so far (one process for every variant): not a "
-                         "per-variant figure; run bench/loss.py for those")
+        rec.note("CPU: peak_mb is the process's peak RSS so far (one process for every variant): not a "
+                 "per-variant figure; run bench/loss.py for those")
+
     def measure(variant, shape, N):
         try:
             return bench_loss.measure(variant, shape, N, args)
         except Exception as e:  # measure catches the step's errors; this is for its inputs
             return {"variant": variant, "shape": shape, "tokens": N, "note": f"failed: {error_text(e)}"}
 
-    # The variants first, the issue's target (Qwen2.5, largest N) leading and the compiled reference
-    # (a compile per shape) last; then the chunk sweep, quick once fused_compiled has compiled.
-    order = ["reference", "fused", "cce", "liger", "torch_chunked", "fused_compiled", "compiled"]
-    variants = order + [v for v in bench_loss.VARIANTS if v not in order]
-    for shape in sorted(S["loss_shapes"], key=lambda s: -bench_loss.SHAPES[s][1]):  # the bigger vocabulary first
-        for N in sorted(S["loss_tokens"], reverse=True):
-            ref = None
-            for variant in variants:
-                r = measure(variant, shape, N)
-                if variant == "reference" and "ms" in r:
-                    ref = r
-                if ref is not None and "ms" in r:
-                    r["time_vs_ref"] = r["ms"] / ref["ms"]
-                    r["mem_vs_ref"] = r["peak_mb"] / ref["peak_mb"] if ref["peak_mb"] > 0 else None
-                    r["loss_rel_diff"] = abs(r["loss"] - ref["loss"]) / max(abs(ref["loss"]), 1e-30)
-                rec.add({"kind": "variant", **r})
-                free(device)
-    # the chunk sweep of both fused variants at the largest N: the data behind CHUNK_ELEMENTS
+    combos = [(shape, N) for shape in sorted(S["loss_shapes"], key=lambda s: -bench_loss.SHAPES[s][1])
+              for N in sorted(S["loss_tokens"], reverse=True)]  # the issue's target first: Qwen2.5, largest N
+    refs = {}
+
+    def variant_row(variant, shape, N):
+        r = measure(variant, shape, N)
+        if variant == "reference" and "ms" in r:
+            refs[shape, N] = r
+        ref = refs.get((shape, N))
+        if ref is not None and "ms" in r:
+            r["time_vs_ref"] = r["ms"] / ref["ms"]
+            r["mem_vs_ref"] = r["peak_mb"] / ref["peak_mb"] if ref["peak_mb"] > 0 else None
+            r["loss_rel_diff"] = abs(r["loss"] - ref["loss"]) / max(abs(ref["loss"]), 1e-30)
+        if variant == "fused_compiled" and "ms" in r:
+            r["compile_failed"] = model_loss._compile_failed  # True: these are eager timings
+        rec.add({"kind": "variant", **r})
+        free(device)
+
+    # ours first; then the chunk sweep of both fused variants at the largest N (the data behind
+    # CHUNK_ELEMENTS; quick once fused_compiled has compiled); then the third-party Triton kernels
+    # (a sticky CUDA error there would end this process) and the compiled reference (a compile per row)
+    for shape, N in combos:
+        for variant in ("reference", "fused", "fused_compiled", "torch_chunked"):
+            variant_row(variant, shape, N)
     N = max(S["loss_tokens"])
     for shape in S["loss_shapes"]:
         for chunk in S["chunk_sweep"]:
@@ -368,14 +394,17 @@ def part_loss(rec, smoke):
                          "chunk_elements": chunk * bench_loss.SHAPES[shape][1]})
                 free(device)
     args.chunk_size = None
+    for shape, N in combos:
+        for variant in ("cce", "liger", "compiled"):
+            variant_row(variant, shape, N)
     from models.loss import CHUNK_ELEMENTS, default_chunk_size
     N, dev = max(S["loss_tokens"]), device.type
     for shape in S["loss_shapes"]:
         V = bench_loss.SHAPES[shape][1]
         budget = CHUNK_ELEMENTS.get(dev, CHUNK_ELEMENTS["cuda"])
-        rec.notes.append(f"{shape}: the current default chunk on {dev} is {default_chunk_size(N, V, dev)} rows "
-                         f"(CHUNK_ELEMENTS[{dev!r}] = 2**{budget.bit_length() - 1}); fused_compiled = train_lm.py "
-                         f"--compile on CUDA")
+        rec.note(f"{shape}: the current default chunk on {dev} is {default_chunk_size(N, V, dev)} rows "
+                 f"(CHUNK_ELEMENTS[{dev!r}] = 2**{budget.bit_length() - 1}); fused_compiled = train_lm.py "
+                 f"--compile on CUDA")
     rec.save()
 
 
@@ -384,25 +413,31 @@ def part_train(rec, smoke):
 
     import train_lm
     from models import build_model
-    from models.loss import fused_linear_cross_entropy
+    from models import loss as model_loss
     device, S, autocast, dtype = setup(smoke)
+    static_shapes()
     B, T = S["train_batch"], S["train_seq"]
     bargs = SimpleNamespace(warmup=S["train_warmup"], steps=S["train_steps"])
     share = bench_train.demo_prompt_share()  # prompt positions carry no loss, as in training
-    rec.notes.append(f"{dtype}; B {B}, T {T}; {S['train_warmup']} warm-up + {S['train_steps']} timed steps; "
-                     f"compiled with the {S['compile_backend']} backend; {share:.0%} of each row is prompt "
-                     f"(the demo data's share; the output layer runs on the answer positions only)")
+    rec.note(f"{dtype}; B {B}, T {T}; {S['train_warmup']} warm-up + {S['train_steps']} timed steps; "
+             f"compiled with the {S['compile_backend']} backend; {share:.0%} of each row is prompt "
+             f"(the demo data's share; the output layer runs on the answer positions only)")
+    rec.note("mfu counts the model's FLOPs on every position, the output layer included (PaLM's "
+             "definition, one count for every implementation); ours runs the output layer on the answer "
+             "positions only, so mfu_executed counts the FLOPs it runs (transformers: the same as mfu)")
 
-    def fresh(shape):  # the same random weights for every implementation: seed 0
+    def fresh(shape):  # the same random weights for every implementation: seed 0, drawn on the device
         torch.manual_seed(0)
-        return build_model(bench_train.SHAPES[shape]).train()
+        with torch.device(device):
+            return build_model(bench_train.SHAPES[shape]).train()
 
-    def step_flops(shape):  # as bench/train.py counts them, from the shapes alone (no memory)
+    def step_flops(shape):  # (counted as bench/train.py does, executed by ours), from the shapes alone
         with torch.device("meta"):
             m = build_model(bench_train.SHAPES[shape])
         c = m.config
         L, d = getattr(c, "n_layer", None) or c.num_hidden_layers, getattr(c, "n_embd", None) or c.hidden_size
-        return 6 * train_lm.matmul_params(m) * B * T + 12 * L * d * T * T * B
+        flops = 6 * train_lm.matmul_params(m) * B * T + 12 * L * d * T * T * B
+        return flops, flops - 6 * m.lm_head.weight.numel() * B * round(share * T)  # ours: none on the prompts
 
     impls = {"ours eager": fresh, "transformers": lambda shape: hf_copy(fresh(shape), bench_train.SHAPES[shape]),
              "ours compiled": lambda shape: torch.compile(fresh(shape), backend=S["compile_backend"])}
@@ -414,17 +449,23 @@ def part_train(rec, smoke):
             cfg = bench_train.SHAPES[shape]
             row, model = {"shape": shape, "impl": impl, "batch": B, "seq": T}, None
             try:
-                flops = step_flops(shape)
-                model = make(shape).to(device)
+                flops, executed = step_flops(shape)
+                executed = flops if impl == "transformers" else executed
+                model = make(shape)
                 mb = bench_train.make_batch(B, T, cfg["vocab_size"], device, share)
                 free(device)
                 fn = bench_train.hf_step if impl == "transformers" else bench_train.ours_step
                 if impl == "ours compiled" and device.type == "cuda":  # as train_lm.py --compile on CUDA
-                    fn = functools.partial(fn, loss_fn=functools.partial(fused_linear_cross_entropy, compiled=True))
+                    fn = functools.partial(fn, loss_fn=functools.partial(model_loss.fused_linear_cross_entropy,
+                                                                         compiled=True))
                 r = bench_train.measure(fn, model, mb, bargs, device, autocast)
+                if impl == "ours compiled" and device.type == "cuda":
+                    row["chunk_compile_failed"] = model_loss._compile_failed  # True: the loss chunks ran eagerly
                 sec = r["step_ms"] / 1000
                 row.update(tokens_per_s=B * T / sec, step_ms=r["step_ms"], peak_mem_gb=r["peak_mem_gb"],
-                           mfu=flops / sec / 989e12 if device.type == "cuda" else None, first_loss=r["first_loss"])
+                           mfu=flops / sec / 989e12 if device.type == "cuda" else None,
+                           mfu_executed=executed / sec / 989e12 if device.type == "cuda" else None,
+                           first_loss=r["first_loss"])
             except Exception as e:
                 row["error"] = error_text(e)
                 traceback.print_exc()
@@ -450,7 +491,8 @@ def part_generate(rec, smoke):
     for shape in S["gen_shapes"]:
         cfg = bench_train.SHAPES[shape]
         torch.manual_seed(0)
-        ours = build_model(cfg).eval()
+        with torch.device(device):
+            ours = build_model(cfg).eval()
         theirs = hf_copy(ours, cfg).eval()
         ours.to(device, dtype)
         theirs.to(device, dtype)
@@ -486,7 +528,7 @@ def part_generate(rec, smoke):
 def part_score(rec, smoke):
     from bench import score as bench_score
     device, S, _, _ = setup(smoke)
-    rec.notes.append("rows/s as score_severity.py reports it (its clock may include model loading: GPU_NOTES.md)")
+    rec.note("rows/s as score_severity.py reports it: tokenizing and scoring, the clock started after loading")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "score.json"
         bench_score.main(["--rows", str(S["score_rows"]), "--batch-size", S["score_batches"],
@@ -532,7 +574,7 @@ def part_syncs(rec, smoke):
         fn(st)
     sync(device)
     if not cuda:
-        rec.notes.append("not applicable on CPU: torch.cuda.set_sync_debug_mode needs CUDA; the step ran unchecked")
+        rec.note("not applicable on CPU: torch.cuda.set_sync_debug_mode needs CUDA; the step ran unchecked")
     for phase, fn in phases.items():
         row = {"phase": phase}
         with warnings.catch_warnings(record=True) as caught:
@@ -550,7 +592,7 @@ def part_syncs(rec, smoke):
         rec.add(row)
     loss = sum(st["stats"][:-1]) / denom  # the micro-batches' weighted sums over the host denominator
     rec.add({"phase": "step result", "loss": loss, "grad_norm": st["stats"][-1], "applicable": cuda})
-    rec.notes.append("world size 1: DDP's all-reduce and no_sync are not on this path")
+    rec.note("the plain model (no DDP): the e2e part runs the DDP path")
 
 
 def part_e2e(rec, smoke, out_dir, deadline):
@@ -586,7 +628,12 @@ def part_e2e(rec, smoke, out_dir, deadline):
 
         vals = [r for r in records if "val_loss" in r]
         resumed = [r["resumed_at"] for r in records if "resumed_at" in r]
-        rec.add({"run": f"{label} {first}->{steps}", "compile": "--compile" in cmd, "status": status,
+        try:  # "ddp": under torchrun train_lm.py wraps DDP even with one rank
+            parallel = json.loads((run / "last" / "meta.json").read_text())["parallel"]
+        except (OSError, ValueError, KeyError):
+            parallel = None
+        rec.add({"run": f"{label} {first}->{steps}", "compile": "--compile" in cmd, "parallel": parallel,
+                 "status": status,
                  "wall_s": time.time() - t0,
                  "last_step": mine[-1]["step"] if mine else None, "loss": mine[-1]["loss"] if mine else None,
                  "val_loss": vals[-1]["val_loss"] if vals else None, "tokens_per_s_median": med("tokens_per_s"),
@@ -596,8 +643,9 @@ def part_e2e(rec, smoke, out_dir, deadline):
                  "log": str(log.relative_to(out_dir))})
         if status != "ok":
             raise RuntimeError(f"train_lm.py {label} run {status}: {err} (see {log})")
-    rec.notes.append("torchrun --nproc_per_node 1: world size 1, so train_lm.py's DDP path (nccl all-reduce, "
-                     "no_sync) is not exercised; recompiles = 'Recompiling function' lines of TORCH_LOGS=recompiles")
+    rec.note("torchrun --nproc_per_node 1: train_lm.py takes its DDP path under torchrun on one rank too "
+             "(parallel = ddp: DDP's bucket all-reduce over nccl, no_sync across --grad-accum micro-batches), "
+             "with nothing to overlap; recompiles = 'Recompiling function' lines of TORCH_LOGS=recompiles")
 
 
 def run_part(args):
@@ -753,6 +801,16 @@ def write_report(out, results):
         f.write("\n".join(md).rstrip() + "\n")
 
 
+def part_budget(part, later, left, smoke=False, scale=1.0):
+    """Seconds for `part` with `left` seconds to go and the parts `later` still to run: its budget,
+    but beyond its own estimate none of the time the later parts' estimates need (--smoke: no
+    estimates, each part its budget)."""
+    if smoke:
+        return min(SMOKE_BUDGET_S * scale, left)
+    reserved = sum(ESTIMATE_S[q] for q in later) * scale
+    return min(BUDGET_S[part] * scale, left, max(left - reserved, ESTIMATE_S[part] * scale))
+
+
 def main(argv=None):
     args = get_args(argv)
     if args.part:
@@ -774,9 +832,8 @@ def main(argv=None):
             results = {}
     results["device"] = device_info(args.smoke)
     write_report(out, results)
-    for part in selected:
-        budget = (SMOKE_BUDGET_S if args.smoke else BUDGET_S[part]) * args.budget_scale
-        budget = min(budget, deadline - time.time())
+    for i, part in enumerate(selected):
+        budget = part_budget(part, selected[i + 1:], deadline - time.time(), args.smoke, args.budget_scale)
         sec = {"status": "skipped", "estimate_s": None if args.smoke else ESTIMATE_S[part], "budget_s": budget,
                "rows": [], "notes": []}
         if budget < MIN_PART_S:

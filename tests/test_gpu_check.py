@@ -78,6 +78,8 @@ def test_smoke_run_writes_every_section(tmp_path):
     # e2e: 4 steps, then a resume from step 4 to 6
     fresh, resume = rows["e2e"]
     assert (fresh["last_step"], resume["resumed_at"], resume["last_step"]) == (4, 4, 6)
+    assert fresh["parallel"] == resume["parallel"] == "ddp"  # torchrun on one rank takes the DDP path
+    assert any("DDP" in n for n in res["e2e"]["notes"])  # notes written after a part's last row are kept
     assert res["targets"] == []  # no real shapes in a smoke run
 
 
@@ -142,3 +144,16 @@ def test_targets_from_measured_rows():
     assert t["loss qwen2.5 N 16384: fused within 1.5x of cut-cross-entropy's time"] == (1.8, False)
     assert t["generate aragpt2-base batch 1: >= transformers tokens/s"] == (1.6, True)
     assert len(t) == 8
+
+
+def test_part_budget_keeps_time_for_the_later_parts():
+    """A part gets its budget, but beyond its estimate none of the time the later parts' estimates need."""
+    from bench.gpu_check import BUDGET_S, ESTIMATE_S, PARTS, part_budget
+    later = PARTS[1:]
+    spare = 1000 - sum(ESTIMATE_S[p] for p in later)
+    assert part_budget("parity", later, 1000) == min(BUDGET_S["parity"], spare)  # plenty of time: its budget
+    assert part_budget("parity", later, 560) == 560 - sum(ESTIMATE_S[p] for p in later)  # the slack over its estimate
+    assert part_budget("parity", later, 300) == ESTIMATE_S["parity"]  # short of time: its estimate, no more
+    assert part_budget("e2e", [], 40) == 40  # the last part: what is left
+    assert part_budget("loss", ["train"], 1000, scale=2) == 2 * BUDGET_S["loss"]
+    assert part_budget("loss", ["train"], 5000, smoke=True) == 600  # --smoke: no estimates, each its budget
