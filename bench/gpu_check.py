@@ -24,7 +24,9 @@ Parts, in this order (estimates for one H100/H200, torch 2.11; each part has its
   train     160 s  260 s  bench/train.py's step (train_lm.forward_backward + fused AdamW), B 8, T 1024, 2
                           warm-up + 5 timed steps: tokens/s, MFU, peak memory for AraGPT2-base and
                           Qwen2.5-0.5B shapes, ours eager, transformers (usual loss), then ours
-                          torch.compile'd (the slow compiles last, so a timeout loses no baseline)
+                          torch.compile'd as train_lm.py --compile (sequence dimension dynamic), then
+                          compiled with static shapes (the cost of the dynamic graph); the slow compiles
+                          last, so a timeout loses no baseline
   generate   45 s   90 s  models/generate.py vs transformers generate, bf16 weights, greedy, batch 1 and 32,
                           64-token prompts, 128 new tokens (EOS off, so equal work): tokens/s
   score      30 s   60 s  bench/score.py: score_severity.py rows/s, BERT-base shape, 20k rows, batch 64/256/512
@@ -439,11 +441,15 @@ def part_train(rec, smoke):
         flops = 6 * train_lm.matmul_params(m) * B * T + 12 * L * d * T * T * B
         return flops, flops - 6 * m.lm_head.weight.numel() * B * round(share * T)  # ours: none on the prompts
 
+    compiled = lambda shape: torch.compile(fresh(shape), backend=S["compile_backend"])  # noqa: E731
     impls = {"ours eager": fresh, "transformers": lambda shape: hf_copy(fresh(shape), bench_train.SHAPES[shape]),
-             "ours compiled": lambda shape: torch.compile(fresh(shape), backend=S["compile_backend"])}
+             "ours compiled": compiled, "ours compiled static T": compiled}
     rows = {}
     # every shape's eager and transformers rows before any compiled one: compiling is the slow part,
-    # so a timeout loses a compiled row, never the baselines of the targets
+    # so a timeout loses a compiled row, never the baselines of the targets. "ours compiled" runs as
+    # train_lm.py --compile does (sequence dimension dynamic; on CUDA the loss chunks compiled too);
+    # "static T" bakes this batch's shape in (what padding to one length would run): their ratio is
+    # what the dynamic graph costs
     for impl, make in impls.items():
         for shape in S["train_shapes"]:
             cfg = bench_train.SHAPES[shape]
@@ -451,15 +457,17 @@ def part_train(rec, smoke):
             try:
                 flops, executed = step_flops(shape)
                 executed = flops if impl == "transformers" else executed
+                if impl.startswith("ours compiled"):
+                    torch._dynamo.reset()  # a fresh cache: the other compiled row's graphs would pass its guards
                 model = make(shape)
                 mb = bench_train.make_batch(B, T, cfg["vocab_size"], device, share)
+                if impl == "ours compiled":
+                    mb = bench_train.dynamic_seq(mb)
                 free(device)
-                fn = bench_train.hf_step if impl == "transformers" else bench_train.ours_step
-                if impl == "ours compiled" and device.type == "cuda":  # as train_lm.py --compile on CUDA
-                    fn = functools.partial(fn, loss_fn=functools.partial(model_loss.fused_linear_cross_entropy,
-                                                                         compiled=True))
+                fn = {"ours eager": bench_train.ours_step, "transformers": bench_train.hf_step}.get(impl) or \
+                    bench_train.compiled_step(device)
                 r = bench_train.measure(fn, model, mb, bargs, device, autocast)
-                if impl == "ours compiled" and device.type == "cuda":
+                if impl.startswith("ours compiled") and device.type == "cuda":
                     row["chunk_compile_failed"] = model_loss._compile_failed  # True: the loss chunks ran eagerly
                 sec = r["step_ms"] / 1000
                 row.update(tokens_per_s=B * T / sec, step_ms=r["step_ms"], peak_mem_gb=r["peak_mem_gb"],
@@ -472,12 +480,15 @@ def part_train(rec, smoke):
             del model  # its memory goes back before the next model is built
             rows[shape, impl] = rec.add(row)
             free(device)
-            for mine in ("ours eager", "ours compiled"):  # ratios to transformers, once both are measured
+            for mine in ("ours eager", "ours compiled", "ours compiled static T"):  # ratios, once both are measured
                 r, hf_row = rows.get((shape, mine), {}), rows.get((shape, "transformers"), {})
                 if "tokens_per_s" in r and "tokens_per_s" in hf_row:
                     r["speed_vs_transformers"] = r["tokens_per_s"] / hf_row["tokens_per_s"]
                     if r["peak_mem_gb"] and hf_row["peak_mem_gb"]:
                         r["mem_vs_transformers"] = r["peak_mem_gb"] / hf_row["peak_mem_gb"]
+            dyn, static = rows.get((shape, "ours compiled"), {}), rows.get((shape, "ours compiled static T"), {})
+            if "tokens_per_s" in dyn and "tokens_per_s" in static:
+                static["dynamic_vs_static"] = dyn["tokens_per_s"] / static["tokens_per_s"]
             rec.save()
 
 

@@ -4,6 +4,7 @@
     python bench/train.py --shapes aragpt2-base,qwen2.5-0.5b --seq 512,1024 --batch 8   # one GPU
     python bench/train.py --shapes small-aragpt2,small-qwen3,small-llama3,small-gemma3   # CPU, new families
     python bench/train.py --shapes aragpt2-mega,qwen3-0.6b,gemma-3-1b,llama-3.2-1b --seq 1024   # GPU, real sizes
+    python bench/train.py --shapes small --seq 256 --compile --no-transformers   # compiled: dynamic vs static T
 
 One step = forward to the final hidden states, the fused weighted cross-entropy
 (models/loss.py), backward, AdamW step: exactly train_lm.forward_backward on one micro-batch
@@ -17,6 +18,12 @@ transformers lacks) with the usual loss: logits.float(), F.cross_entropy(reducti
 weights. Both run in the same process on the same inputs; the first step's losses are reported
 so the comparison is visibly like for like.
 
+--compile adds ours under torch.compile twice, each from the same initial weights and a fresh
+compile cache: "compiled" as train_lm.py --compile runs it (the sequence dimension marked dynamic,
+so one graph serves every batch length; on CUDA the loss chunks compiled too) and "compiled static"
+(the shapes of this batch baked in: what padding every batch to one fixed length would run, at the
+price of a compile per length). Their ratio is the cost of the dynamic graph.
+
 Both use the same optimizer as train_lm.py: AdamW, fused where torch has it (CUDA; CPU from torch
 2.4), which is also the Hugging Face Trainer's default (adamw_torch_fused) from torch 2.8.
 CUDA: bf16 autocast, timings after torch.cuda.synchronize, peak memory =
@@ -27,6 +34,8 @@ FLOPs per step = 6 * (matmul parameters) * tokens + 12 * layers * d_model * seq^
 Prints one table and writes --out (default bench/train.json).
 """
 import argparse
+import copy
+import functools
 import json
 import platform
 import sys
@@ -36,6 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 import torch
+import torch._dynamo  # (not imported by `import torch` on every version)
 import torch.nn.functional as F
 
 import train_lm
@@ -113,6 +123,8 @@ def get_args(argv=None):
                                                             "run of a big shape on a CPU; say so with the figures)")
     p.add_argument("--peak-flops", type=float, default=989e12, help="device peak FLOP/s for MFU (CUDA only)")
     p.add_argument("--no-transformers", action="store_true", help="skip the transformers comparison")
+    p.add_argument("--compile", action="store_true", help="also time ours torch.compile'd, with the sequence "
+                   "dimension dynamic (as train_lm.py --compile) and static (see the module docstring)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "train.json"), help="JSON results file")
     return p.parse_args(argv)
 
@@ -153,6 +165,21 @@ def make_batch(B, T, V, device, prompt_share, seed=0):
     exs = [{"input_ids": x[r].numpy(), "labels": y[r].numpy(), "weight": float(w[r]),
             "n_answer": int((y[r] != -100).sum())} for r in range(B)]
     return train_lm.collate(exs, list(range(B)), 0, device)
+
+
+def dynamic_seq(mb):
+    """mb with a copy of input_ids whose sequence dimension is marked dynamic, as train_lm.py --compile
+    marks every micro-batch (a copy: the mark stays on the tensor, and the static run must not see it)."""
+    x = mb["input_ids"].clone()
+    torch._dynamo.mark_dynamic(x, 1)
+    return {**mb, "input_ids": x}
+
+
+def compiled_step(device):
+    """ours_step as train_lm.py --compile runs it: on CUDA the loss chunks' element-wise work compiled too."""
+    if device.type != "cuda":
+        return ours_step
+    return functools.partial(ours_step, loss_fn=functools.partial(fused_linear_cross_entropy, compiled=True))
 
 
 def ours_step(model, opt, mb, autocast, loss_fn=fused_linear_cross_entropy):
@@ -214,6 +241,7 @@ def main(argv=None):
         for T in [int(s) for s in args.seq.split(",")]:
             torch.manual_seed(0)
             ours = build_model(cfg).train()
+            pristine = copy.deepcopy(ours) if args.compile else None  # the compiled runs start from these weights
             n_matmul = train_lm.matmul_params(ours)
             c = ours.config
             L, d = getattr(c, "n_layer", None) or c.num_hidden_layers, getattr(c, "n_embd", None) or c.hidden_size
@@ -235,33 +263,43 @@ def main(argv=None):
                         torch.cuda.empty_cache()
                     runs[impl].append(measure(fn, model, mb, args, device, autocast))
                     model.cpu()  # free the device for the next one
+            for impl, batch in (("compiled", dynamic_seq(mb)), ("compiled static", mb)) if args.compile else ():
+                torch._dynamo.reset()  # a fresh cache: the other mode's graphs would pass these guards
+                model = torch.compile(copy.deepcopy(pristine).to(device))
+                runs[impl] = [measure(compiled_step(device), model, batch, args, device, autocast)
+                              for _ in range(args.rounds)]  # the first warm-up compiles
+                del model
             for impl, rs in runs.items():
                 best = min(rs, key=lambda r: r["step_ms"])
                 row[impl] = {**best, "first_loss": rs[0]["first_loss"],  # loss of the untrained weights
                              "tokens_per_s": args.batch * T / (best["step_ms"] / 1000),  # all real: no padding
                              "mfu": flops / (best["step_ms"] / 1000) / args.peak_flops if device.type == "cuda" else None}
+            if args.compile:
+                row["dynamic_vs_static"] = row["compiled"]["tokens_per_s"] / row["compiled static"]["tokens_per_s"]
             if theirs is not None:
                 row["speedup"] = row["ours"]["tokens_per_s"] / row["transformers"]["tokens_per_s"]
                 if device.type == "cuda":
                     row["memory_ratio"] = row["ours"]["peak_mem_gb"] / row["transformers"]["peak_mem_gb"]
             results.append(row)
-            del ours, impls, theirs
+            del ours, impls, theirs, pristine
 
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
     print(f"\ndevice: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else platform.processor() or 'cpu'}), "
           f"{'bf16 autocast' if use_bf16 else 'fp32'}, torch {torch.__version__}, prompt share {share:.3f}"
           f"{f', {args.layers} layers' if args.layers else ''}")
-    print(f"{'shape':<15}{'seq':>6}{'batch':>6}  {'impl':<13}{'tok/s':>10}{'ms/step':>10}{'MFU':>7}{'mem GB':>8}"
+    print(f"{'shape':<15}{'seq':>6}{'batch':>6}  {'impl':<16}{'tok/s':>10}{'ms/step':>10}{'MFU':>7}{'mem GB':>8}"
           f"{'loss@1':>9}{'ours/hf':>9}")
     for row in results:
-        for impl in ("ours", "transformers"):
+        for impl in ("ours", "transformers", "compiled", "compiled static"):
             if impl not in row:
                 continue
             r = row[impl]
             mfu = fmt(None if r["mfu"] is None else 100 * r["mfu"], ".1f")
-            print(f"{row['shape']:<15}{row['seq']:>6}{row['batch']:>6}  {impl:<13}{r['tokens_per_s']:>10.0f}"
+            print(f"{row['shape']:<15}{row['seq']:>6}{row['batch']:>6}  {impl:<16}{r['tokens_per_s']:>10.0f}"
                   f"{r['step_ms']:>10.1f}{mfu:>7}{fmt(r['peak_mem_gb'], '.2f'):>8}{r['first_loss']:>9.4f}"
                   f"{fmt(row.get('speedup') if impl == 'ours' else None, '.2f'):>9}")
+        if "dynamic_vs_static" in row:
+            print(f"{'':<29}compiled with a dynamic sequence dimension / static: {row['dynamic_vs_static']:.3f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"device": str(device), "bf16": use_bf16, "torch": torch.__version__,
                                           "args": vars(args), "results": results}, indent=2) + "\n")
