@@ -30,7 +30,7 @@ can read the previous attempt's addresses and fail to connect; pytorch/pytorch#1
 Without --model a 4-layer GPT-2 (d 128, 256 positions) is trained from scratch with the shipped
 tokenizer data/demo_tokenizer/ (tools/make_demo_tokenizer.py), so the demo runs offline on a CPU
 in a couple of minutes. One GPU or N GPUs: the same command under torchrun (DDP, nccl; gloo on CPU;
-DDP even with one process, so a 1-GPU torchrun run checks that path; plain python: no DDP).
+with one process no DDP unless --force-ddp, which checks the multi-GPU path on one GPU).
 The global batch is batch_size * grad_accum * world_size sequences.
 
 Reads --data (JSONL; common.read_jsonl): fields question, answer, split ("train" rows are
@@ -143,6 +143,8 @@ def get_args(argv=None):
     p.add_argument("--fused-loss", action=argparse.BooleanOptionalAction, default=True,
                    help="chunked lm_head + cross-entropy (models/loss.py); --no-fused-loss materializes the logits "
                         "in training (validation always uses the chunked per-token loss)")
+    p.add_argument("--force-ddp", action="store_true", help="under torchrun, wrap the model in DDP with one "
+                   "process too: a check of the multi-GPU code path on one GPU (same results, some overhead)")
     # models that do not fit plain DDP (README: "what fits where")
     p.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank on the frozen model "
                                                             "(models/lora.py; 0 = full fine-tuning)")
@@ -167,6 +169,8 @@ def get_args(argv=None):
         p.error("--lora-rank must be >= 0 and --lora-dropout in [0, 1)")
     if args.fsdp and (args.lora_rank or args.compile):  # not built or tested together; LoRA needs no sharding
         p.error("--fsdp does not combine with --lora-rank or --compile")
+    if args.fsdp and args.force_ddp:
+        p.error("--force-ddp and --fsdp: choose one way to parallelize")
     args.lora_alpha = args.lora_alpha if args.lora_alpha is not None else 2.0 * args.lora_rank
     return args
 
@@ -522,6 +526,8 @@ def train(args, rank, world, device, progress):
         checkpoint_blocks(raw_model)
     if args.fsdp and world == 1:
         raise UsageError("--fsdp shards the model over torchrun's ranks: run it under torchrun --nproc_per_node N")
+    if args.force_ddp and not (dist.is_available() and dist.is_initialized()):
+        raise UsageError("--force-ddp wraps the model in DDP under torchrun: run it under torchrun --nproc_per_node 1")
     sharded = shard_model(raw_model, loss_fn, bf16=use_bf16) if args.fsdp else None
 
     # ---- optimizer: AdamW, weight decay on every >= 2-D tensor (matmuls and embeddings, as
@@ -545,8 +551,8 @@ def train(args, rank, world, device, progress):
         mark_dir(out)  # created once every check has passed, marked as the project's (so it may be resumed into)
 
     model = sharded if sharded is not None else raw_model
-    parallel = "fsdp" if sharded is not None else "ddp" if dist.is_available() and dist.is_initialized() else "none"
-    if parallel == "ddp":  # every torchrun launch, one rank too: a 1-GPU torchrun run checks the DDP path
+    parallel = "fsdp" if sharded is not None else "ddp" if world > 1 or args.force_ddp else "none"
+    if parallel == "ddp":
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     if args.compile:  # compile the DDP module (PyTorch's guidance): its all-reduce still overlaps the backward
         model = torch.compile(model)

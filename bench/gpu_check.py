@@ -21,26 +21,26 @@ Parts, in this order (estimates for one H100/H200, torch 2.11; each part has its
                           N 16384) that sets models/loss.py CHUNK_ELEMENTS["cuda"] and shows what train_lm.py
                           --compile's compiled chunks gain on CUDA, then the third-party kernels and the
                           compiled reference (a compile per shape and N); each shape compiles static
-  train     160 s  260 s  bench/train.py's step (train_lm.forward_backward + fused AdamW), B 8, T 1024, 2
+  train     180 s  280 s  bench/train.py's step (train_lm.forward_backward + fused AdamW), B 8, T 1024, 2
                           warm-up + 5 timed steps: tokens/s, MFU, peak memory for AraGPT2-base and
                           Qwen2.5-0.5B shapes, ours eager, transformers (usual loss), then ours
                           torch.compile'd as train_lm.py --compile (sequence dimension dynamic), then
-                          compiled with static shapes (the cost of the dynamic graph); the slow compiles
-                          last, so a timeout loses no baseline
+                          compiled with static shapes at Qwen2.5 (the cost of the dynamic graph); the slow
+                          compiles last, so a timeout loses no baseline
   generate   45 s   90 s  models/generate.py vs transformers generate, bf16 weights, greedy, batch 1 and 32,
                           64-token prompts, 128 new tokens (EOS off, so equal work): tokens/s
-  score      30 s   60 s  bench/score.py: score_severity.py rows/s, BERT-base shape, 20k rows, batch 64/256/512
+  score      25 s   60 s  bench/score.py: score_severity.py rows/s, BERT-base shape, 10k rows, batch 64/256/512
   syncs      20 s   45 s  one train_lm step after a warm-up step, under torch.cuda.set_sync_debug_mode("warn")
                           around forward+backward, clipping and the optimizer step (not the batch copies):
                           the warnings each phase raises, and the step's one deliberate sync (.tolist())
-  e2e        75 s  130 s  torchrun --nproc_per_node 1 train_lm.py --compile on the demo data, 20 steps, then
-                          a resume to 30 (DDP on one rank, nccl): exit codes, loss, tokens/s, MFU, memory,
-                          recompiles (TORCH_LOGS)
+  e2e        75 s  130 s  torchrun --nproc_per_node 1 train_lm.py --compile --force-ddp on the demo data, 20
+                          steps, then a resume to 30 (DDP on one rank, nccl): exit codes, loss, tokens/s, MFU,
+                          memory, recompiles (TORCH_LOGS)
 
-Total about 9 minutes; --time-limit (default 570 s, under a 10-minute slot) caps the whole run. A part
-gets its budget, but beyond its estimate no time the later parts' estimates need, so one slow part
-cannot starve the rest; a part that would start with less than 10 s left is recorded as skipped, to
-be rerun with --only. Inside each part the measurements behind the issue's targets come first.
+Total about 9 1/2 minutes; --time-limit (default 570 s, under a 10-minute slot) caps the whole run.
+A part gets its budget, but beyond its estimate no time the later parts' estimates need, so one slow
+part cannot starve the rest; a part that would start with less than 10 s left is recorded as
+skipped, to be rerun with --only. Inside each part the measurements behind the targets come first.
 
 How it survives. Each part runs in a fresh child process (its own CUDA context, its memory freed
 when it ends) under its budget; a timed-out child is killed with its process group (torchrun and
@@ -90,8 +90,8 @@ import torch  # noqa: E402
 from common import DEMO_DATA, atomic_open, write_json  # noqa: E402
 
 PARTS = ("parity", "loss", "train", "generate", "score", "syncs", "e2e")
-ESTIMATE_S = {"parity": 75, "loss": 140, "train": 160, "generate": 45, "score": 30, "syncs": 20, "e2e": 75}
-BUDGET_S = {"parity": 120, "loss": 200, "train": 260, "generate": 90, "score": 60, "syncs": 45, "e2e": 130}
+ESTIMATE_S = {"parity": 75, "loss": 140, "train": 180, "generate": 45, "score": 25, "syncs": 20, "e2e": 75}
+BUDGET_S = {"parity": 120, "loss": 200, "train": 280, "generate": 90, "score": 60, "syncs": 45, "e2e": 130}
 SMOKE_BUDGET_S = 600  # per part on a small shared CPU (compiles dominate)
 MIN_PART_S = 10  # a part is not started with less time than this left
 
@@ -152,25 +152,26 @@ SIZES = {
     "gpu": dict(parity=PARITY_GPU, parity_batch=2, parity_seq=1024, parity_prompt=16, parity_new=32,
                 loss_shapes=["aragpt2", "qwen2.5-0.5b"], loss_tokens=[4096, 16384], loss_repeats=5,
                 loss_no_compile=False, chunk_sweep=[512, 1024, 2048, 4096],
-                train_shapes=["aragpt2-base", "qwen2.5-0.5b"], train_batch=8, train_seq=1024, train_warmup=2,
-                train_steps=5, compile_backend="inductor",
+                train_shapes=["qwen2.5-0.5b", "aragpt2-base"], train_static_shapes=["qwen2.5-0.5b"], train_batch=8,
+                train_seq=1024, train_warmup=2, train_steps=5, compile_backend="inductor",
                 gen_shapes=["qwen2.5-0.5b", "aragpt2-base"], gen_batches=[1, 32], gen_prompt=64, gen_new=128,
-                gen_repeats=1, score_rows=20000, score_batches="64,256,512", score_extra=[],
+                gen_repeats=1, score_rows=10000, score_batches="64,256,512", score_extra=[],
                 sync_shape="aragpt2-base", sync_batch=8, sync_seq=512,
-                e2e_steps=20, e2e_resume_steps=30, e2e_extra=["--compile", "--eval-every", "10", "--save-every", "10"]),
+                e2e_steps=20, e2e_resume_steps=30, e2e_extra=["--compile", "--force-ddp", "--eval-every", "10",
+                                                              "--save-every", "10"]),
     "smoke": dict(parity=PARITY_SMOKE, parity_batch=2, parity_seq=24, parity_prompt=6, parity_new=8,
                   loss_shapes=["tiny"], loss_tokens=[256], loss_repeats=1, loss_no_compile=True,
                   chunk_sweep=[32, 64, 128],
-                  train_shapes=["tiny"], train_batch=2, train_seq=32, train_warmup=1, train_steps=2,
-                  compile_backend="aot_eager",
+                  train_shapes=["tiny"], train_static_shapes=["tiny"], train_batch=2, train_seq=32, train_warmup=1,
+                  train_steps=2, compile_backend="aot_eager",
                   gen_shapes=["tiny"], gen_batches=[1, 4], gen_prompt=8, gen_new=8, gen_repeats=1,
                   score_rows=64, score_batches="32,64", score_extra=["--tiny"],
                   sync_shape="tiny", sync_batch=2, sync_seq=32,
                   # no --compile: inductor's cold C++ builds of train_lm take 5+ minutes on a shared 2-core
                   # CPU; tests/test_gpu_paths.py runs train_lm.py --compile once instead
-                  e2e_steps=4, e2e_resume_steps=6, e2e_extra=["--eval-every", "2", "--save-every", "2",
-                                                              "--eval-batches", "2", "--batch-size", "4",
-                                                              "--grad-accum", "1", "--device", "cpu"]),
+                  e2e_steps=4, e2e_resume_steps=6, e2e_extra=["--force-ddp", "--eval-every", "2", "--save-every",
+                                                              "2", "--eval-batches", "2", "--batch-size", "2",
+                                                              "--grad-accum", "2", "--device", "cpu"]),
 }
 
 
@@ -388,11 +389,14 @@ def part_loss(rec, smoke):
         for variant in ("reference", "fused", "fused_compiled", "torch_chunked"):
             variant_row(variant, shape, N)
     N = max(S["loss_tokens"])
-    for shape in S["loss_shapes"]:
+    for shape in dict.fromkeys(shape for shape, _ in combos):  # Qwen2.5 first
         for chunk in S["chunk_sweep"]:
             args.chunk_size = chunk
             for variant in ("fused", "fused_compiled"):  # the element-wise work eager or compiled
-                rec.add({"kind": "chunk sweep", **measure(variant, shape, N), "chunk_size": chunk,
+                r = measure(variant, shape, N)
+                if variant == "fused_compiled" and "ms" in r:
+                    r["compile_failed"] = model_loss._compile_failed  # True: these are eager timings
+                rec.add({"kind": "chunk sweep", **r, "chunk_size": chunk,
                          "chunk_elements": chunk * bench_loss.SHAPES[shape][1]})
                 free(device)
     args.chunk_size = None
@@ -451,7 +455,7 @@ def part_train(rec, smoke):
     # "static T" bakes this batch's shape in (what padding to one length would run): their ratio is
     # what the dynamic graph costs
     for impl, make in impls.items():
-        for shape in S["train_shapes"]:
+        for shape in S["train_static_shapes"] if impl == "ours compiled static T" else S["train_shapes"]:
             cfg = bench_train.SHAPES[shape]
             row, model = {"shape": shape, "impl": impl, "batch": B, "seq": T}, None
             try:
@@ -639,7 +643,7 @@ def part_e2e(rec, smoke, out_dir, deadline):
 
         vals = [r for r in records if "val_loss" in r]
         resumed = [r["resumed_at"] for r in records if "resumed_at" in r]
-        try:  # "ddp": under torchrun train_lm.py wraps DDP even with one rank
+        try:  # "ddp": --force-ddp wraps DDP with one rank
             parallel = json.loads((run / "last" / "meta.json").read_text())["parallel"]
         except (OSError, ValueError, KeyError):
             parallel = None
@@ -654,9 +658,10 @@ def part_e2e(rec, smoke, out_dir, deadline):
                  "log": str(log.relative_to(out_dir))})
         if status != "ok":
             raise RuntimeError(f"train_lm.py {label} run {status}: {err} (see {log})")
-    rec.note("torchrun --nproc_per_node 1: train_lm.py takes its DDP path under torchrun on one rank too "
-             "(parallel = ddp: DDP's bucket all-reduce over nccl, no_sync across --grad-accum micro-batches), "
-             "with nothing to overlap; recompiles = 'Recompiling function' lines of TORCH_LOGS=recompiles")
+    rec.note(f"torchrun --nproc_per_node 1 --force-ddp: train_lm.py's DDP path on one rank (parallel = ddp: "
+             f"DDP's bucket all-reduce over {'gloo' if smoke else 'nccl'}, no_sync across the 2 micro-batches "
+             f"of a step), "
+             f"with nothing to overlap; recompiles = 'Recompiling function' lines of TORCH_LOGS=recompiles")
 
 
 def run_part(args):

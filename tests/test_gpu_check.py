@@ -63,9 +63,12 @@ def test_smoke_run_writes_every_section(tmp_path):
     assert all(r["loss_rel_diff"] < 1e-4 for r in ran if r["kind"] == "variant")
     assert sorted(r["chunk_size"] for r in ran if r["kind"] == "chunk sweep" and r["variant"] == "fused") == \
         gpu_check.SIZES["smoke"]["chunk_sweep"]
-    # train: the three implementations start from the same weights, so their first losses agree
+    # train: the four implementations start from the same weights, so their first losses agree
     first = {r["impl"]: r["first_loss"] for r in rows["train"]}
-    assert set(first) == {"ours eager", "transformers", "ours compiled"}
+    assert set(first) == {"ours eager", "transformers", "ours compiled", "ours compiled static T"}
+    static = next(r for r in rows["train"] if r["impl"] == "ours compiled static T")
+    dynamic = next(r for r in rows["train"] if r["impl"] == "ours compiled")
+    assert static["dynamic_vs_static"] == pytest.approx(dynamic["tokens_per_s"] / static["tokens_per_s"])
     assert max(first.values()) - min(first.values()) < 2e-2 * first["transformers"]
     assert all(r["tokens_per_s"] > 0 for r in rows["train"])
     # generate: both implementations ran every batch size

@@ -53,6 +53,14 @@ def test_fsdp_needs_torchrun(setup, tmp_path):
         train_lm.main(args_for(setup, tmp_path / "run", "--fsdp"))
 
 
+def test_force_ddp_needs_torchrun_and_no_fsdp(setup, tmp_path):
+    with pytest.raises(UsageError, match="torchrun"):
+        train_lm.main(args_for(setup, tmp_path / "run", "--force-ddp"))
+    with pytest.raises(SystemExit):  # an argparse error: one way to parallelize
+        train_lm.get_args(args_for(setup, tmp_path / "run", "--force-ddp", "--fsdp"))
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
 @pytest.mark.slow
 def test_fsdp_two_ranks_match_one(setup, tmp_path):
     """torchrun 2 ranks --fsdp x grad-accum 2 == 1 process x grad-accum 4 (1e-5), with activation

@@ -400,11 +400,12 @@ def torchrun(setup, out, nproc, *extra, restarts=0):
 def test_ddp_two_ranks_match_one(setup, tmp_path):
     """2 gloo ranks x grad-accum 2 == 1 process x grad-accum 4 (same global batch), and a 2-rank run
     killed at step 7 under torchrun --max-restarts 1 ends with the same weights as one that was not.
-    torchrun with one process takes the DDP path too (what a 1-GPU check exercises) and equals the plain loop."""
+    torchrun with one process and --force-ddp takes the DDP path (what a 1-GPU check exercises) and equals
+    the plain loop; without the flag one process is not wrapped."""
     common = ("--max-steps", "6", "--save-every", "3", "--eval-every", "3")
     train_lm.main(args_for(setup, tmp_path / "one", *common, "--grad-accum", "4"))
     torchrun(setup, tmp_path / "two", 2, *common, "--grad-accum", "2")
-    torchrun(setup, tmp_path / "one_rank", 1, *common, "--grad-accum", "4")
+    torchrun(setup, tmp_path / "one_rank", 1, *common, "--grad-accum", "4", "--force-ddp")
     r = torchrun(setup, tmp_path / "crash", 2, *common, "--grad-accum", "2", "--crash-at-step", "4", restarts=1)
     assert (tmp_path / "crash" / ".crashed").exists() and "resumed from" in r.stdout + r.stderr
     parallel = {run: json.loads((tmp_path / run / "last" / "meta.json").read_text())["parallel"]
