@@ -19,10 +19,10 @@ weights. Both run in the same process on the same inputs; the first step's losse
 so the comparison is visibly like for like.
 
 --compile adds ours under torch.compile twice, each from the same initial weights and a fresh
-compile cache: "compiled" as train_lm.py --compile runs it (the sequence dimension marked dynamic,
-so one graph serves every batch length; on CUDA the loss chunks compiled too) and "compiled static"
-(the shapes of this batch baked in: what padding every batch to one fixed length would run, at the
-price of a compile per length). Their ratio is the cost of the dynamic graph.
+compile cache: "compiled" as train_lm.py --compile runs it in one process (the sequence dimension
+marked dynamic, so one graph serves every batch length; on CUDA the loss chunks compiled too) and
+"compiled static" (the shapes of this batch baked in: what padding every batch to one fixed length
+would run, at the price of a compile per length). Their ratio is the cost of the dynamic graph.
 
 Both use the same optimizer as train_lm.py: AdamW, fused where torch has it (CUDA; CPU from torch
 2.4), which is also the Hugging Face Trainer's default (adamw_torch_fused) from torch 2.8.
