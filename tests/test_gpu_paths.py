@@ -1,11 +1,15 @@
 """The code paths a GPU run takes, exercised on the CPU: train_lm.py under bf16 autocast
 (--dtype bf16), under torch.compile (inductor), and with fused AdamW, each held against the plain
-fp32 eager run of the same steps. (The fused loss under CPU bf16 autocast against float64 is
+fp32 eager run of the same steps; and gpu_check's e2e path, torchrun --force-ddp --compile on one
+rank. (The fused loss under CPU bf16 autocast against float64 is
 tests/test_loss.py::test_cpu_autocast_bf16.)
 
 The runs use 8 training rows and --batch-size 8, so every step sees one micro-batch of one shape:
 the compiled run compiles once (recompiles on new lengths are issue 14's, not this file's)."""
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +22,7 @@ from conftest import write_rows
 from models import Tokenizer, build_model, save_pretrained
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +137,27 @@ def test_compile_matches_eager(setup, fp32, dtype):
     assert all(rel(a, b) < tol for a, b in zip(losses, ref_losses)), (losses, ref_losses)
     if dtype == "fp32":  # (in bf16, rounding alone moves 5 steps' update by 10-50% between equally valid runs)
         assert_updates_close(setup, weights, ref_weights, tol=1e-3)  # measured: 1.4e-4
+
+
+@pytest.mark.slow
+def test_compiled_ddp_on_one_rank_matches_eager(setup, fp32):
+    """The path bench/gpu_check.py's e2e part takes on a GPU, on the CPU: torchrun with one rank,
+    --force-ddp --compile (inductor compiles the DDP module, the sequence dimension marked dynamic)
+    and 2 micro-batches per step (no_sync on the first) give the plain eager run's losses and updates
+    (the same 8 rows per step, split in two)."""
+    out = setup["root"] / "ddp_compiled"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+           str(ROOT / "train_lm.py"), "--data", str(setup["data"]), "--model", str(setup["model"]), "--out", str(out),
+           "--device", "cpu", "--batch-size", "4", "--grad-accum", "2", "--max-steps", "5", "--eval-every", "5",
+           "--save-every", "5", "--lr", "3e-3", "--warmup-steps", "1", "--seed", "0", "--dtype", "fp32",
+           "--force-ddp", "--compile"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert json.loads((out / "last" / "meta.json").read_text())["parallel"] == "ddp"
+    lines = [json.loads(s) for s in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    losses = [m["loss"] for m in lines if "loss" in m]
+    ref_losses, ref_weights = fp32
+    assert len(losses) == len(ref_losses) == 5
+    assert all(rel(a, b) < 1e-5 for a, b in zip(losses, ref_losses)), (losses, ref_losses)
+    assert_updates_close(setup, load_file(out / "last" / "model.safetensors"), ref_weights, tol=1e-3)
