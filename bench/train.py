@@ -254,7 +254,8 @@ def main(argv=None):
                 assert not unexpected and all("lm_head" in k for k in missing), (missing, unexpected)
                 theirs.tie_weights()
                 impls.append(("transformers", theirs.train(), hf_step))
-            row = {"shape": name, "seq": T, "batch": args.batch, "prompt_share": share, "layers": L, "params": sum(p.numel() for p in ours.parameters())}
+            row = {"shape": name, "seq": T, "batch": args.batch, "prompt_share": share, "layers": L,
+                   "params": sum(p.numel() for p in ours.parameters())}
             runs = {impl: [] for impl, _, _ in impls}
             for _ in range(args.rounds):  # alternate ours / transformers; each one's fastest round counts
                 for impl, model, fn in impls:
@@ -273,7 +274,8 @@ def main(argv=None):
                 best = min(rs, key=lambda r: r["step_ms"])
                 row[impl] = {**best, "first_loss": rs[0]["first_loss"],  # loss of the untrained weights
                              "tokens_per_s": args.batch * T / (best["step_ms"] / 1000),  # all real: no padding
-                             "mfu": flops / (best["step_ms"] / 1000) / args.peak_flops if device.type == "cuda" else None}
+                             "mfu": (flops / (best["step_ms"] / 1000) / args.peak_flops
+                                     if device.type == "cuda" else None)}
             if args.compile:
                 row["dynamic_vs_static"] = row["compiled"]["tokens_per_s"] / row["compiled static"]["tokens_per_s"]
             if theirs is not None:
@@ -284,7 +286,8 @@ def main(argv=None):
             del ours, impls, theirs, pristine
 
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-    print(f"\ndevice: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else platform.processor() or 'cpu'}), "
+    device_name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
+    print(f"\ndevice: {device} ({device_name}), "
           f"{'bf16 autocast' if use_bf16 else 'fp32'}, torch {torch.__version__}, prompt share {share:.3f}"
           f"{f', {args.layers} layers' if args.layers else ''}")
     print(f"{'shape':<15}{'seq':>6}{'batch':>6}  {'impl':<16}{'tok/s':>10}{'ms/step':>10}{'MFU':>7}{'mem GB':>8}"
