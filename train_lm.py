@@ -410,6 +410,10 @@ def main(argv=None):
 
 def train(args, rank, world, device, progress):
     # ---- setup: seed, precision, output folder
+    if args.fsdp and world == 1:  # (checked before any data or model is loaded)
+        raise UsageError("--fsdp shards the model over torchrun's ranks: run it under torchrun --nproc_per_node N")
+    if args.force_ddp and not (dist.is_available() and dist.is_initialized()):
+        raise UsageError("--force-ddp wraps the model in DDP under torchrun: run it under torchrun --nproc_per_node 1")
     out = Path(args.out)
     last_dir, best_dir = out / "last", out / "best"
     use_bf16 = args.dtype == "bf16" or (args.dtype == "auto" and bf16_supported(device))
@@ -524,10 +528,6 @@ def train(args, rank, world, device, progress):
     # ---- memory savers (models/parallel.py): recompute blocks in backward; FSDP2 shards over ranks
     if args.activation_checkpointing:
         checkpoint_blocks(raw_model)
-    if args.fsdp and world == 1:
-        raise UsageError("--fsdp shards the model over torchrun's ranks: run it under torchrun --nproc_per_node N")
-    if args.force_ddp and not (dist.is_available() and dist.is_initialized()):
-        raise UsageError("--force-ddp wraps the model in DDP under torchrun: run it under torchrun --nproc_per_node 1")
     sharded = shard_model(raw_model, loss_fn, bf16=use_bf16) if args.fsdp else None
 
     # ---- optimizer: AdamW, weight decay on every >= 2-D tensor (matmuls and embeddings, as

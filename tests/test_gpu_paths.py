@@ -7,10 +7,6 @@ tests/test_loss.py::test_cpu_autocast_bf16.)
 The runs use 8 training rows and --batch-size 8, so every step sees one micro-batch of one shape:
 the compiled run compiles once (recompiles on new lengths are issue 14's, not this file's)."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,10 +15,10 @@ from safetensors.torch import load_file
 import train_lm
 from common import DEMO_DATA, read_jsonl
 from conftest import write_rows
+from test_train_lm import torchrun_args
 from models import Tokenizer, build_model, save_pretrained
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +35,24 @@ def setup(tmp_path_factory):
     return {"root": d, "model": d / "tiny", "data": write_rows(d / "data.jsonl", train + val)}
 
 
-def run(setup, name, *extra):
-    """5 optimizer steps of train_lm.py; returns (step losses, final weights)."""
+def train_args(setup, name, *extra):
+    """train_lm.py's flags for 5 optimizer steps over the 8 rows (extra flags come last, so they win)."""
+    return ["--data", str(setup["data"]), "--model", str(setup["model"]), "--out", str(setup["root"] / name),
+            "--device", "cpu", "--batch-size", "8", "--grad-accum", "1", "--max-steps", "5", "--eval-every", "5",
+            "--save-every", "5", "--lr", "3e-3", "--warmup-steps", "1", "--seed", "0", *extra]
+
+
+def results(setup, name):
+    """(step losses, final weights) of the run in setup['root'] / name."""
     out = setup["root"] / name
-    train_lm.main(["--data", str(setup["data"]), "--model", str(setup["model"]), "--out", str(out), "--device", "cpu",
-                   "--batch-size", "8", "--grad-accum", "1", "--max-steps", "5", "--eval-every", "5",
-                   "--save-every", "5", "--lr", "3e-3", "--warmup-steps", "1", "--seed", "0", *extra])
     lines = [json.loads(s) for s in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     return [m["loss"] for m in lines if "loss" in m], load_file(out / "last" / "model.safetensors")
+
+
+def run(setup, name, *extra):
+    """5 optimizer steps of train_lm.py in this process; returns (step losses, final weights)."""
+    train_lm.main(train_args(setup, name, *extra))
+    return results(setup, name)
 
 
 @pytest.fixture(scope="module")
@@ -145,19 +151,11 @@ def test_compiled_ddp_on_one_rank_matches_eager(setup, fp32):
     --force-ddp --compile (inductor compiles the DDP module, the sequence dimension marked dynamic)
     and 2 micro-batches per step (no_sync on the first) give the plain eager run's losses and updates
     (the same 8 rows per step, split in two)."""
-    out = setup["root"] / "ddp_compiled"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
-           str(ROOT / "train_lm.py"), "--data", str(setup["data"]), "--model", str(setup["model"]), "--out", str(out),
-           "--device", "cpu", "--batch-size", "4", "--grad-accum", "2", "--max-steps", "5", "--eval-every", "5",
-           "--save-every", "5", "--lr", "3e-3", "--warmup-steps", "1", "--seed", "0", "--dtype", "fp32",
-           "--force-ddp", "--compile"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert json.loads((out / "last" / "meta.json").read_text())["parallel"] == "ddp"
-    lines = [json.loads(s) for s in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
-    losses = [m["loss"] for m in lines if "loss" in m]
+    torchrun_args(train_args(setup, "ddp_compiled", "--batch-size", "4", "--grad-accum", "2", "--dtype", "fp32",
+                             "--force-ddp", "--compile"), nproc=1)
+    assert json.loads((setup["root"] / "ddp_compiled" / "last" / "meta.json").read_text())["parallel"] == "ddp"
+    losses, weights = results(setup, "ddp_compiled")
     ref_losses, ref_weights = fp32
     assert len(losses) == len(ref_losses) == 5
     assert all(rel(a, b) < 1e-5 for a, b in zip(losses, ref_losses)), (losses, ref_losses)
-    assert_updates_close(setup, load_file(out / "last" / "model.safetensors"), ref_weights, tol=1e-3)
+    assert_updates_close(setup, weights, ref_weights, tol=1e-3)

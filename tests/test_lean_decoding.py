@@ -66,14 +66,14 @@ def test_masks_are_built_on_the_inputs_device():
     assert got.tolist() == [[[[False, False, True, True, True]]], [[[True] * 5]]]
 
 
+SDPA = torch.nn.functional.scaled_dot_product_attention
+
+
 def sdpa_strided_like_cuda(q, k, v, **kw):
     """SDPA whose output has CUDA's memory-efficient kernel layout: (B, H, T, K) values stored as
     (B, T, H, K), as that kernel allocates them; the CPU kernels return a contiguous output."""
     y = SDPA(q, k, v, **kw)
     return y.transpose(1, 2).contiguous().transpose(1, 2)
-
-
-SDPA = torch.nn.functional.scaled_dot_product_attention
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "cuda_mem_efficient"])

@@ -387,8 +387,13 @@ def test_saved_model_opens_in_transformers(setup, tmp_path):
 
 
 def torchrun(setup, out, nproc, *extra, restarts=0):
+    return torchrun_args(args_for(setup, out, *extra), nproc, restarts)
+
+
+def torchrun_args(args, nproc, restarts=0):
+    """train_lm.py with these flags under torchrun (nproc gloo ranks); asserts it exits 0."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "--max-restarts", str(restarts), str(ROOT / "train_lm.py"), *args_for(setup, out, *extra)]
+           "--max-restarts", str(restarts), str(ROOT / "train_lm.py"), *args]
     # a fresh rendezvous store per restart: see train_lm's docstring (pytorch/pytorch#135712)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
