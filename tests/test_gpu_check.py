@@ -136,8 +136,12 @@ def test_targets_from_measured_rows():
     loss = [{"kind": "variant", "variant": v, "shape": "qwen2.5-0.5b", "tokens": 16384, "ms": ms, "peak_mb": mb}
             for v, ms, mb in (("fused", 90.0, 1200.0), ("reference", 100.0, 30000.0), ("cce", 50.0, 300.0))]
     gen = [{"shape": "aragpt2-base", "batch": 1, "ours_vs_transformers": 1.6}]
+    syncs = [{"phase": "forward+backward", "applicable": True, "sync_warnings": 0},
+             {"phase": "optimizer step", "applicable": True, "sync_warnings": 2},
+             {"phase": "stats .tolist() (deliberate)", "applicable": True, "sync_warnings": 1},
+             {"phase": "step result", "applicable": True, "loss": 8.0}]
     t = {r["target"]: (r["measured"], r["met"]) for r in gpu_check.targets(
-        {"train": {"rows": train}, "loss": {"rows": loss}, "generate": {"rows": gen}})}
+        {"train": {"rows": train}, "loss": {"rows": loss}, "generate": {"rows": gen}, "syncs": {"rows": syncs}})}
     assert t["train qwen2.5-0.5b ours eager: MFU >= 50%"] == (0.52, True)
     assert t["train qwen2.5-0.5b ours eager: >= 1.3x transformers tokens/s"] == (1.25, False)
     assert t["train qwen2.5-0.5b ours eager: peak memory below transformers'"] == (0.7, True)
@@ -146,7 +150,29 @@ def test_targets_from_measured_rows():
     assert t["loss qwen2.5 N 16384: fused >= 10x less peak memory than reference"] == (25.0, True)
     assert t["loss qwen2.5 N 16384: fused within 1.5x of cut-cross-entropy's time"] == (1.8, False)
     assert t["generate aragpt2-base batch 1: >= transformers tokens/s"] == (1.6, True)
-    assert len(t) == 8
+    assert t["syncs: no host sync in a training step but its deliberate .tolist()"] == (2, False)
+    assert len(t) == 9
+    syncs[1]["sync_warnings"] = 0  # only the deliberate sync left: met
+    assert (0, True) in [(r["measured"], r["met"]) for r in gpu_check.targets({"syncs": {"rows": syncs}})]
+    off_cpu = [{**r, "applicable": False, "sync_warnings": None} for r in syncs]  # --smoke: nothing checked
+    assert gpu_check.targets({"syncs": {"rows": off_cpu}}) == []
+
+
+def test_peak_flops_by_device_name():
+    """MFU's peak: the override first, then the first name match (PCIe before SXM), else none at all."""
+    assert gpu_check.peak_flops("NVIDIA H200") == gpu_check.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert gpu_check.peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert gpu_check.peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    assert gpu_check.peak_flops("NVIDIA GeForce RTX 4090") is None
+    assert gpu_check.peak_flops("NVIDIA GeForce RTX 4090", "165e12") == 165e12
+
+
+def test_parity_covers_every_architecture_transformers_has():
+    """Every model_type models/ opens is in both parity lists, except AraGPT2's Grover layout (no
+    transformers class; tests/test_aragpt2.py holds it against float64 equations)."""
+    from models.hf_io import SUPPORTED
+    for parity in (gpu_check.PARITY_GPU, gpu_check.PARITY_SMOKE):
+        assert {cfg["model_type"] for cfg in parity.values()} == set(SUPPORTED) - {"aragpt2"}
 
 
 def test_part_budget_keeps_time_for_the_later_parts():
