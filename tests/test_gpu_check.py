@@ -167,6 +167,17 @@ def test_peak_flops_by_device_name():
     assert gpu_check.peak_flops("NVIDIA GeForce RTX 4090", "165e12") == 165e12
 
 
+def test_device_peak_reads_the_gpu_name_and_the_parents_override(monkeypatch):
+    """The CUDA branch of a part's MFU peak, on a CPU: the device's name, or the parent's --peak-flops."""
+    import torch
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    monkeypatch.delenv("GPU_CHECK_PEAK_FLOPS", raising=False)
+    assert gpu_check.device_peak(torch.device("cuda")) == 989e12
+    assert gpu_check.device_peak(torch.device("cpu")) is None  # no MFU on a CPU
+    monkeypatch.setenv("GPU_CHECK_PEAK_FLOPS", "1e15")
+    assert gpu_check.device_peak(torch.device("cuda")) == 1e15
+
+
 def test_parity_covers_every_architecture_transformers_has():
     """Every model_type models/ opens is in both parity lists, except AraGPT2's Grover layout (no
     transformers class; tests/test_aragpt2.py holds it against float64 equations)."""
