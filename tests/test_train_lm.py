@@ -396,7 +396,12 @@ def torchrun_args(args, nproc, restarts=0):
            "--max-restarts", str(restarts), str(ROOT / "train_lm.py"), *args]
     # a fresh rendezvous store per restart: see train_lm's docstring (pytorch/pytorch#135712)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    try:
+        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired as e:  # say where it hung: the ends of both streams, not their starts
+        tails = [(x.decode(errors="replace") if isinstance(x, bytes) else x or "")[-3000:]
+                 for x in (e.stdout, e.stderr)]
+        raise AssertionError(f"torchrun still running after 300 s:\n{tails[0]}\n--- stderr ---\n{tails[1]}") from None
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r
 
