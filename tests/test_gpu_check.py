@@ -141,7 +141,8 @@ def test_targets_from_measured_rows():
              {"phase": "stats .tolist() (deliberate)", "applicable": True, "sync_warnings": 1},
              {"phase": "step result", "applicable": True, "loss": 8.0}]
     t = {r["target"]: (r["measured"], r["met"]) for r in gpu_check.targets(
-        {"train": {"rows": train}, "loss": {"rows": loss}, "generate": {"rows": gen}, "syncs": {"rows": syncs}})}
+        {"train": {"rows": train}, "loss": {"rows": loss}, "generate": {"rows": gen},
+         "syncs": {"status": "ok", "rows": syncs}})}
     assert t["train qwen2.5-0.5b ours eager: MFU >= 50%"] == (0.52, True)
     assert t["train qwen2.5-0.5b ours eager: >= 1.3x transformers tokens/s"] == (1.25, False)
     assert t["train qwen2.5-0.5b ours eager: peak memory below transformers'"] == (0.7, True)
@@ -153,15 +154,18 @@ def test_targets_from_measured_rows():
     assert t["syncs: no host sync in a training step but its deliberate .tolist()"] == (2, False)
     assert len(t) == 9
     syncs[1]["sync_warnings"] = 0  # only the deliberate sync left: met
-    assert (0, True) in [(r["measured"], r["met"]) for r in gpu_check.targets({"syncs": {"rows": syncs}})]
+    assert (0, True) in [(r["measured"], r["met"]) for r in gpu_check.targets({"syncs": {"status": "ok",
+                                                                                         "rows": syncs}})]
+    assert gpu_check.targets({"syncs": {"status": "timeout", "rows": syncs[:1]}}) == []  # not every phase ran
     off_cpu = [{**r, "applicable": False, "sync_warnings": None} for r in syncs]  # --smoke: nothing checked
-    assert gpu_check.targets({"syncs": {"rows": off_cpu}}) == []
+    assert gpu_check.targets({"syncs": {"status": "ok", "rows": off_cpu}}) == []
 
 
 def test_peak_flops_by_device_name():
     """MFU's peak: the override first, then the first name match (PCIe before SXM), else none at all."""
     assert gpu_check.peak_flops("NVIDIA H200") == gpu_check.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
     assert gpu_check.peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert gpu_check.peak_flops("NVIDIA H200 NVL") == 835e12
     assert gpu_check.peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
     assert gpu_check.peak_flops("NVIDIA GeForce RTX 4090") is None
     assert gpu_check.peak_flops("NVIDIA GeForce RTX 4090", "165e12") == 165e12
