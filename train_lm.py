@@ -391,6 +391,14 @@ def matmul_params(model):
     return n + (model.lm_head.weight.numel() if id(model.lm_head.weight) in emb else 0)
 
 
+def step_flops(model, lengths):
+    """A training step's FLOPs over sequences of these lengths, as MFU counts them (PaLM): 6 per matmul
+    parameter per token, plus 12 * layers * d_model * T^2 per sequence of T tokens for attention."""
+    c = model.config
+    n_layer, d_model = getattr(c, "n_layer", None) or c.num_hidden_layers, getattr(c, "n_embd", None) or c.hidden_size
+    return 6 * matmul_params(model) * sum(lengths) + 12 * n_layer * d_model * sum(t * t for t in lengths)
+
+
 # -----------------------------------------------------------------------------
 
 
@@ -556,9 +564,6 @@ def train(args, rank, world, device, progress):
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     if args.compile:  # compile the DDP module (PyTorch's guidance): its all-reduce still overlaps the backward
         model = torch.compile(model)
-    n_matmul = matmul_params(raw_model)
-    n_layer = getattr(cfg, "n_layer", None) or getattr(cfg, "num_hidden_layers")
-    d_model = getattr(cfg, "n_embd", None) or getattr(cfg, "hidden_size")
     metrics_path = out / "metrics.jsonl"
     meta = {"args": vars(args), "weights": weights_info, "data": data_info, "world_size": world, "parallel": parallel}
 
@@ -711,7 +716,7 @@ def train(args, rank, world, device, progress):
         if step % args.log_every == 0 or step == args.max_steps:
             dt = time.time() - t0
             lengths = [len(train_ex[i]["input_ids"]) for b in step_batches for i in b]
-            flops = 6 * n_matmul * sum(lengths) + 12 * n_layer * d_model * sum(t * t for t in lengths)
+            flops = step_flops(raw_model, lengths)
             peak_mem = (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else
                         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * RSS_UNIT) / 2**30
             record = {"step": step, "loss": loss, "lr": lr, "grad_norm": gnorm, "epoch": epoch,

@@ -387,9 +387,12 @@ def part_loss(rec, smoke):
 
     def measure(variant, shape, N):
         try:
-            return bench_loss.measure(variant, shape, N, args)
+            r = bench_loss.measure(variant, shape, N, args)
         except Exception as e:  # measure catches the step's errors; this is for its inputs
             return {"variant": variant, "shape": shape, "tokens": N, "note": f"failed: {error_text(e)}"}
+        if variant == "fused_compiled" and "ms" in r:
+            r["compile_failed"] = model_loss._compile_failed  # True: these are eager timings
+        return r
 
     combos = [(shape, N) for shape in sorted(S["loss_shapes"], key=lambda s: -bench_loss.SHAPES[s][1])
               for N in sorted(S["loss_tokens"], reverse=True)]  # the target first: Qwen2.5, largest N
@@ -404,8 +407,6 @@ def part_loss(rec, smoke):
             r["time_vs_ref"] = r["ms"] / ref["ms"]
             r["mem_vs_ref"] = r["peak_mb"] / ref["peak_mb"] if ref["peak_mb"] > 0 else None
             r["loss_rel_diff"] = abs(r["loss"] - ref["loss"]) / max(abs(ref["loss"]), 1e-30)
-        if variant == "fused_compiled" and "ms" in r:
-            r["compile_failed"] = model_loss._compile_failed  # True: these are eager timings
         rec.add({"kind": "variant", **r})
         free(device)
 
@@ -421,8 +422,6 @@ def part_loss(rec, smoke):
             args.chunk_size = chunk
             for variant in ("fused", "fused_compiled"):  # the element-wise work eager or compiled
                 r = measure(variant, shape, N)
-                if variant == "fused_compiled" and "ms" in r:
-                    r["compile_failed"] = model_loss._compile_failed  # True: these are eager timings
                 rec.add({"kind": "chunk sweep", **r, "chunk_size": chunk,
                          "chunk_elements": chunk * bench_loss.SHAPES[shape][1]})
                 free(device)
@@ -468,12 +467,10 @@ def part_train(rec, smoke):
         with torch.device(device):
             return build_model(bench_train.SHAPES[shape]).train()
 
-    def step_flops(shape):  # (counted as bench/train.py does, executed by ours), from the shapes alone
+    def step_flops(shape):  # (counted as train_lm.py does, executed by ours), from the shapes alone
         with torch.device("meta"):
             m = build_model(bench_train.SHAPES[shape])
-        c = m.config
-        L, d = getattr(c, "n_layer", None) or c.num_hidden_layers, getattr(c, "n_embd", None) or c.hidden_size
-        flops = 6 * train_lm.matmul_params(m) * B * T + 12 * L * d * T * T * B
+        flops = train_lm.step_flops(m, [T] * B)
         return flops, flops - 6 * m.lm_head.weight.numel() * B * round(share * T)  # ours: none on the prompts
 
     compiled = lambda shape: torch.compile(fresh(shape), backend=S["compile_backend"])  # noqa: E731

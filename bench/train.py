@@ -242,11 +242,9 @@ def main(argv=None):
             torch.manual_seed(0)
             ours = build_model(cfg).train()
             pristine = copy.deepcopy(ours) if args.compile else None  # the compiled runs start from these weights
-            n_matmul = train_lm.matmul_params(ours)
-            c = ours.config
-            L, d = getattr(c, "n_layer", None) or c.num_hidden_layers, getattr(c, "n_embd", None) or c.hidden_size
+            L = getattr(ours.config, "n_layer", None) or ours.config.num_hidden_layers
             mb = make_batch(args.batch, T, cfg["vocab_size"], device, share)
-            flops = 6 * n_matmul * args.batch * T + 12 * L * d * T * T * args.batch
+            flops = train_lm.step_flops(ours, [T] * args.batch)
             impls = [("ours", ours, ours_step)]
             theirs = hf_model(cfg) if have_hf else None
             if theirs is not None:

@@ -71,6 +71,20 @@ def test_gathered_loss_equals_full_position_reference():
                 assert ((a - b).norm() / b.norm()).item() < 1e-5
 
 
+# ----------------------------------------------------------------------------- FLOPs for MFU
+
+
+def test_step_flops_counts_from_the_parameter_list():
+    """6 FLOPs per matmul parameter per token (every parameter but the position table; the tied
+    token table counts once, as the lm_head) plus 12 * layers * d_model * T^2 per sequence."""
+    from models import build_model
+    L, d, V, P = 3, 48, 211, 64
+    model = build_model(dict(model_type="gpt2", vocab_size=V, n_embd=d, n_layer=L, n_head=4, n_positions=P))
+    lengths = [5, 7, 64]
+    matmul = sum(p.numel() for p in model.parameters()) - P * d  # parameters() lists the tied table once
+    assert train_lm.step_flops(model, lengths) == 6 * matmul * 76 + 12 * L * d * (25 + 49 + 4096)
+
+
 # ----------------------------------------------------------------------------- the denominator
 
 
