@@ -45,8 +45,8 @@ Writes --out (default out/lm-<weights>):
     best/     the checkpoint with the lowest validation loss (model folder + meta.json)
               with --lora-rank both are the merged model and also hold adapter/ (PEFT's layout)
     metrics.jsonl  first line {"args": ...}; then one line per step and one per validation
-Checkpoints are written to a temporary folder and renamed into place, so a run killed at any
-moment resumes from a complete checkpoint; resuming gives the same weights as not stopping.
+Checkpoints (checkpoint.py) are written to a temporary folder and renamed into place, so a run killed
+at any moment resumes from a complete checkpoint; resuming gives the same weights as not stopping.
 
 Prompt format (prompt.py; evaluate.py uses the same): <question> "\\nالجواب:\\n" <answer> <EOS>
 """
@@ -67,15 +67,15 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from checkpoint import check_resumable, save_checkpoint
 from curriculum import CURRICULA, curriculum_stages, describe, stage_at
 from common import (DEMO_DATA, REPO, SEVERITIES, USER_ERRORS, DataError, UsageError, adamw, bf16_supported,
                     check_out_dir, check_probs, classifier_warnings, cleanup_dist, dumps, mark_dir, output_lock, print0,
                     read_jsonl, recover_dir, remove_stale_temps, rng_state, set_rng_state, setup_dist, severity_class,
-                    staged_dir, stop_cleanly, write_json, write_jsonl)
+                    stop_cleanly, write_jsonl)
 from models import Tokenizer, build_model, load_pretrained
-from models.hf_io import write_pretrained
 from models.loss import fused_linear_cross_entropy, linear_cross_entropy_reference, token_cross_entropy
-from models.lora import add_lora, load_adapter, merged, save_adapter
+from models.lora import add_lora, load_adapter
 from models.parallel import (LossModel, checkpoint_blocks, full_weights, load_optimizer_state, optimizer_state, plain,
                              shard_model)
 from prompt import build_example
@@ -350,40 +350,6 @@ def lr_at(step, args):
     return args.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (args.lr - args.min_lr)
 
 
-def save_checkpoint(folder, raw_model, tokenizer, meta, trainer_state=None):
-    """A Hugging Face model folder + meta.json (+ trainer_state.pt), atomically (temp folder, rename)."""
-    with staged_dir(folder) as tmp:  # folder is always the old or the new complete checkpoint (see recover_dir)
-        with merged(raw_model):  # LoRA: the folder holds the merged model (a no-op without adapters)
-            write_pretrained(raw_model, tokenizer, tmp)
-        if hasattr(raw_model, "lora_config"):  # and the adapters alone, in PEFT's layout
-            save_adapter(raw_model, tmp / "adapter", meta["args"]["model"])
-        write_json(tmp / "meta.json", meta)
-        if trainer_state is not None:
-            torch.save(trainer_state, tmp / "trainer_state.pt")
-
-
-def check_resumable(meta, args, world, data_info, last_dir):
-    """Refuse to resume from last_dir (meta: its meta.json) a run that would not continue the same
-    training: other flags that shape it, another number of processes (so another data order),
-    other training rows or weights, other curriculum stages. Raises UsageError naming the change."""
-    defaults = vars(get_args([]))  # the flags a run made before they existed ran with
-    for key in ("data", "weights", "denominator", "batch_size", "grad_accum", "seed", "max_len", "model", "lr",
-                "min_lr", "warmup_steps", "weight_decay", "curriculum", "lora_rank", "lora_alpha", "lora_targets",
-                "fsdp") + (("max_steps",) if args.curriculum else ()):  # the curriculum's split depends on max_steps
-        if meta["args"].get(key, defaults[key]) != getattr(args, key):  # a key an older run lacks: the default
-            raise UsageError(f"{last_dir} was trained with --{key.replace('_', '-')} {meta['args'].get(key)}, "
-                             f"not {getattr(args, key)}: use another --out, or --resume never to start over")
-    if meta.get("world_size", world) != world:  # another global batch: the data order would differ
-        raise UsageError(f"{last_dir} was trained on {meta['world_size']} processes, not {world} (the global batch "
-                         f"is batch_size * grad_accum * processes): resume with the same number of processes, "
-                         f"use another --out, or --resume never to start over")
-    if meta["data"]["fingerprint"] != data_info["fingerprint"]:  # same file name, other rows or weights
-        raise UsageError(f"{last_dir} was trained on other training rows (or severity weights) than {args.data} "
-                         f"holds now: use another --out, or --resume never to start over")
-    if meta["data"].get("curriculum") != data_info.get("curriculum"):
-        raise UsageError(f"{last_dir} was trained with other curriculum stages: use another --out, or --resume never")
-
-
 def matmul_params(model):
     """Parameters that take part in matmuls: all but the input embeddings (the lm_head counts)."""
     emb = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
@@ -550,7 +516,7 @@ def train(args, rank, world, device, progress):
     if resume:
         state = torch.load(last_dir / "trainer_state.pt", map_location="cpu", weights_only=True)
         meta = json.loads((last_dir / "meta.json").read_text(encoding="utf-8"))
-        check_resumable(meta, args, world, data_info, last_dir)
+        check_resumable(meta, args, vars(get_args([])), world, data_info, last_dir)
         load_optimizer_state(sharded, optimizer, state["optimizer"])
         step, epoch, data_pos, best_val = state["step"], state["epoch"], state["data_pos"], state["best_val"]
         set_rng_state(state["rng"][rank % len(state["rng"])], device)

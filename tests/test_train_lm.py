@@ -512,14 +512,15 @@ def test_ctrl_c_names_the_step_and_the_checkpoint(setup, tmp_path, monkeypatch):
 def test_disk_full_in_a_checkpoint_keeps_the_previous_one(setup, tmp_path, monkeypatch):
     out = tmp_path / "run"
     calls = []
-    real = train_lm.write_pretrained
+    import checkpoint
+    real = checkpoint.write_pretrained
 
     def full_on_second(model, tok, folder):
         calls.append(folder)
         if len(calls) == 3:  # best/ at step 0, last/ at step 2, then last/ at step 4: the disk is full
             raise OSError(errno.ENOSPC, "No space left on device", str(folder / "model.safetensors"))
         return real(model, tok, folder)
-    monkeypatch.setattr(train_lm, "write_pretrained", full_on_second)
+    monkeypatch.setattr(checkpoint, "write_pretrained", full_on_second)
     with pytest.raises(SystemExit, match=r"disk full .*; the last checkpoint is step 2 in .*run.last"):
         train_lm.main(args_for(setup, out, "--save-every", "2", "--eval-every", "100"))
     assert json.loads((out / "last" / "meta.json").read_text(encoding="utf-8"))["step"] == 2
