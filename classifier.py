@@ -1,16 +1,19 @@
 """What train_classifier.py and score_severity.py share, so a text is scored exactly as it was
 trained on: the text preprocessing (--preprocess; AraBERT v2's own, rewritten here), the encoding
-as [CLS] ids [SEP] cut to a maximum length, and batched prediction of the logits.
+as [CLS] ids [SEP] cut to a maximum length, batched prediction of the logits, and the classifier
+folder itself: the from-scratch WordPiece tokenizer, the folder written (save_classifier) and read
+back with its settings (load_classifier).
 """
 import contextlib
 import html
+import json
 import re
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from common import UsageError, bf16_supported, pad_batch
+from common import SEVERITIES, UsageError, bf16_supported, pad_batch, staged_dir, write_json
 
 # -----------------------------------------------------------------------------
 # Text preprocessing
@@ -112,3 +115,99 @@ def predict_logits(model, seqs, pad_id, batch_size, device, progress=False):
             logits = model(ids, attention_mask=mask)
         out[idx] = logits.float().cpu()
     return out
+
+
+# -----------------------------------------------------------------------------
+# The classifier folder: a tokenizer built from scratch, and the folder written and read back
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+# what an --out folder written before the project marked its folders holds (it may be replaced)
+CLASSIFIER_FILES = {"config.json", "model.safetensors", "metrics.json", "tokenizer.json", "tokenizer_config.json",
+                    "special_tokens_map.json", "vocab.txt"}
+
+
+def train_wordpiece(texts, vocab_size):
+    """A BERT WordPiece tokenizer built from `texts` (used with the from-scratch BERT).
+
+    Normalizer: BERT's (control characters dropped, whitespace unified) WITHOUT lowercasing and
+    WITHOUT its NFD accent stripping -- that would decompose أ إ آ ؤ ئ into a bare letter plus a
+    combining hamza/madda and delete the mark, merging different letters -- then Arabic tashkeel
+    (U+064B..U+0652) and tatweel are removed explicitly. Pre-tokenizer: BERT's (whitespace and
+    punctuation). Post-processor: [CLS] x [SEP].
+
+    Vocabulary: the special tokens, every character seen (as a word start and as a "##"
+    continuation), then the most frequent whole words seen at least twice, up to vocab_size; a
+    word outside it is spelled in characters. Built by counting, ties broken alphabetically, so
+    the same texts always give the same ids (tokenizers' WordPieceTrainer breaks ties between
+    equally frequent merges differently from run to run, and with it the classifier).
+    """
+    from collections import Counter
+
+    from tokenizers import Regex, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers.models import WordPiece
+
+    normalizer = normalizers.Sequence([
+        normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=False),
+        normalizers.Replace(Regex("[\u064b-\u0652\u0640]"), ""),
+    ])
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words = Counter(w for text in texts for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for w in words for c in w})
+    vocab = list(SPECIAL_TOKENS) + chars + ["##" + c for c in chars]
+    frequent = sorted((w for w, n in words.items() if n >= 2 and len(w) > 1), key=lambda w: (-words[w], w))
+    vocab += frequent[:max(0, vocab_size - len(vocab))]
+
+    tok = HFTokenizer(WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre_tokenizer, decoders.WordPiece(prefix="##")
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    return tok
+
+
+def scratch_tokenizer(texts, vocab_size, max_len):
+    """train_wordpiece's tokenizer as the scripts use it (models.Tokenizer, special tokens named)."""
+    from models import Tokenizer
+    special = {name.strip("[]").lower(): name for name in SPECIAL_TOKENS}  # {"pad": "[PAD]", ...}
+    return Tokenizer(train_wordpiece(texts, vocab_size), special, max_len)
+
+
+def save_classifier(model, tokenizer, out, metrics, extra_config):
+    """Write the classifier folder atomically: the Hugging Face files, the extra config.json
+    fields and metrics.json, built in a temporary sibling and swapped into place."""
+    from models.hf_io import write_pretrained
+
+    with staged_dir(out, CLASSIFIER_FILES) as tmp:
+        write_pretrained(model, tokenizer, tmp)
+        config = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
+        config.update(extra_config)
+        write_json(tmp / "config.json", config)
+        write_json(tmp / "metrics.json", metrics)
+
+
+def load_classifier(folder, device):
+    """(model, tokenizer, settings) from a train_classifier.py folder; settings holds the
+    temperature, preprocessing, max length and text field stored in its config.json."""
+    from models import load_pretrained
+
+    folder = Path(folder)
+    model, tokenizer = load_pretrained(folder, device=device, expect="bert")
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)] if hasattr(model, "classifier") else None
+    if labels != list(SEVERITIES):
+        raise UsageError(f"{folder}: not a severity classifier (need a BertForSequenceClassification "
+                         f"with labels {list(SEVERITIES)}, got {labels})")
+    cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    settings = dict(temperature=float(cfg.get("severity_temperature", 1.0)),
+                    preprocess=cfg.get("severity_preprocess", "none"),
+                    max_len=int(cfg.get("severity_max_len", model.config.max_position_embeddings)),
+                    text_field=cfg.get("severity_text_field", "question"))
+    if settings["preprocess"] not in PREPROCESSORS:
+        raise UsageError(f"{folder}: unknown severity_preprocess {settings['preprocess']!r}")
+    if not settings["temperature"] > 0:
+        raise UsageError(f"{folder}: severity_temperature must be > 0, got {settings['temperature']}")
+    try:  # what train_classifier.py found wrong with this classifier, repeated wherever it is used
+        settings["warnings"] = list(json.loads((folder / "metrics.json").read_text(encoding="utf-8"))["warnings"])
+    except (OSError, ValueError, KeyError, TypeError):
+        settings["warnings"] = []
+    return model, tokenizer, settings

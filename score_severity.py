@@ -49,36 +49,9 @@ from tqdm import tqdm
 
 from contextlib import nullcontext
 
-from common import (DEMO_DATA, SEVERITIES, USER_ERRORS, DataError, UsageError, atomic_open, check_out_file,
-                    cleanup_dist, dumps, output_lock, print0, read_jsonl, setup_dist, sidecar_path, write_json)
-from classifier import PREPROCESSORS, encode_texts, predict_logits
-
-
-def load_classifier(folder, device):
-    """(model, tokenizer, settings) from a train_classifier.py folder; settings holds the
-    temperature, preprocessing, max length and text field stored in its config.json."""
-    from models import load_pretrained
-
-    folder = Path(folder)
-    model, tokenizer = load_pretrained(folder, device=device, expect="bert")
-    labels = [model.config.id2label[i] for i in range(model.config.num_labels)] if hasattr(model, "classifier") else None
-    if labels != list(SEVERITIES):
-        raise UsageError(f"{folder}: not a severity classifier (need a BertForSequenceClassification "
-                         f"with labels {list(SEVERITIES)}, got {labels})")
-    cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    settings = dict(temperature=float(cfg.get("severity_temperature", 1.0)),
-                    preprocess=cfg.get("severity_preprocess", "none"),
-                    max_len=int(cfg.get("severity_max_len", model.config.max_position_embeddings)),
-                    text_field=cfg.get("severity_text_field", "question"))
-    if settings["preprocess"] not in PREPROCESSORS:
-        raise UsageError(f"{folder}: unknown severity_preprocess {settings['preprocess']!r}")
-    if not settings["temperature"] > 0:
-        raise UsageError(f"{folder}: severity_temperature must be > 0, got {settings['temperature']}")
-    try:  # what train_classifier.py found wrong with this classifier, repeated wherever it is used
-        settings["warnings"] = list(json.loads((folder / "metrics.json").read_text(encoding="utf-8"))["warnings"])
-    except (OSError, ValueError, KeyError, TypeError):
-        settings["warnings"] = []
-    return model, tokenizer, settings
+from common import (DEMO_DATA, USER_ERRORS, DataError, atomic_open, check_out_file, cleanup_dist, dumps, output_lock,
+                    print0, read_jsonl, setup_dist, sidecar_path, write_json)
+from classifier import PREPROCESSORS, encode_texts, load_classifier, predict_logits
 
 
 def write_sidecar(out, meta):

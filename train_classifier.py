@@ -65,14 +65,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from classifier import PREPROCESSORS, autocast, encode_texts, predict_logits, resolve_preprocess
+from classifier import (CLASSIFIER_FILES, PREPROCESSORS, autocast, encode_texts, predict_logits, resolve_preprocess,
+                        save_classifier, scratch_tokenizer)
 from common import (DEMO_DATA, SEVERITIES, SPLITS, USER_ERRORS, DataError, UsageError, check_out_dir, output_lock,
-                    pad_batch, pick_device, print0, read_jsonl, staged_dir, write_json)
+                    pad_batch, pick_device, print0, read_jsonl)
 
-SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-# what an --out folder written before the project marked its folders holds (it may be replaced)
-CLASSIFIER_FILES = {"config.json", "model.safetensors", "metrics.json", "tokenizer.json", "tokenizer_config.json",
-                    "special_tokens_map.json", "vocab.txt"}
 T_BOUNDS = (0.05, 20.0)  # the fitted temperature is clamped to this range
 # the from-scratch BERT used when no --model is given (fast on a CPU, enough for the demo)
 SMALL_BERT = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
@@ -211,46 +208,6 @@ def load_labeled(path, text_field="question"):
     return data
 
 
-def train_wordpiece(texts, vocab_size):
-    """A BERT WordPiece tokenizer built from `texts` (used with the from-scratch BERT).
-
-    Normalizer: BERT's (control characters dropped, whitespace unified) WITHOUT lowercasing and
-    WITHOUT its NFD accent stripping -- that would decompose أ إ آ ؤ ئ into a bare letter plus a
-    combining hamza/madda and delete the mark, merging different letters -- then Arabic tashkeel
-    (U+064B..U+0652) and tatweel are removed explicitly. Pre-tokenizer: BERT's (whitespace and
-    punctuation). Post-processor: [CLS] x [SEP].
-
-    Vocabulary: the special tokens, every character seen (as a word start and as a "##"
-    continuation), then the most frequent whole words seen at least twice, up to vocab_size; a
-    word outside it is spelled in characters. Built by counting, ties broken alphabetically, so
-    the same texts always give the same ids (tokenizers' WordPieceTrainer breaks ties between
-    equally frequent merges differently from run to run, and with it the classifier).
-    """
-    from collections import Counter
-
-    from tokenizers import Regex, decoders, normalizers, pre_tokenizers, processors
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers.models import WordPiece
-
-    normalizer = normalizers.Sequence([
-        normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=False),
-        normalizers.Replace(Regex("[\u064b-\u0652\u0640]"), ""),
-    ])
-    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    words = Counter(w for text in texts for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
-    chars = sorted({c for w in words for c in w})
-    vocab = list(SPECIAL_TOKENS) + chars + ["##" + c for c in chars]
-    frequent = sorted((w for w, n in words.items() if n >= 2 and len(w) > 1), key=lambda w: (-words[w], w))
-    vocab += frequent[:max(0, vocab_size - len(vocab))]
-
-    tok = HFTokenizer(WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]", max_input_chars_per_word=100))
-    tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre_tokenizer, decoders.WordPiece(prefix="##")
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-    return tok
-
-
 def build_classifier(model_folder, vocab_size, max_len, pad_id):
     """BertForSequenceClassification with a fresh 3-way head: on the encoder of a BERT folder
     (AraBERT) when given, else a small BERT initialized from scratch."""
@@ -332,9 +289,7 @@ def train(args):
 
     # model and tokenizer
     if args.model is None:
-        from models import Tokenizer
-        special = {name.strip("[]").lower(): name for name in SPECIAL_TOKENS}  # {"pad": "[PAD]", ...}
-        tokenizer = Tokenizer(train_wordpiece(texts["train"], args.vocab_size), special, args.max_len)
+        tokenizer = scratch_tokenizer(texts["train"], args.vocab_size, args.max_len)
         model, _ = build_classifier(None, tokenizer.vocab_size, args.max_len, tokenizer.pad_id)
     else:
         model, tokenizer = build_classifier(args.model, None, args.max_len, None)
@@ -472,20 +427,6 @@ def run_warnings(metrics, history):
         warnings.append(f"only {metrics['val']['n']} val rows (< 30): early stopping, the temperature and the "
                         f"val numbers are noise")
     return warnings
-
-
-def save_classifier(model, tokenizer, out, metrics, extra_config):
-    """Write the classifier folder atomically: the Hugging Face files, the extra config.json
-    fields and metrics.json, built in a temporary sibling and swapped into place."""
-    import json
-    from models.hf_io import write_pretrained
-
-    with staged_dir(out, CLASSIFIER_FILES) as tmp:
-        write_pretrained(model, tokenizer, tmp)
-        config = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
-        config.update(extra_config)
-        write_json(tmp / "config.json", config)
-        write_json(tmp / "metrics.json", metrics)
 
 
 if __name__ == "__main__":

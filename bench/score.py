@@ -28,10 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import score_severity  # noqa: E402
 from common import pick_device  # noqa: E402
 from common import DEMO_DATA, SEVERITIES, read_jsonl, write_jsonl  # noqa: E402
-from models import Tokenizer  # noqa: E402
 from models.bert import BertConfig, BertForSequenceClassification  # noqa: E402
-from classifier import encode_texts, predict_logits  # noqa: E402
-from train_classifier import SPECIAL_TOKENS, save_classifier, train_wordpiece  # noqa: E402
+from classifier import encode_texts, load_classifier, predict_logits, save_classifier, scratch_tokenizer  # noqa: E402
 
 BERT_BASE = dict(vocab_size=64000, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                  intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2)
@@ -43,7 +41,7 @@ def model_only(folder, rows, tok, args, bs):
     """Rows/s of our classifier and transformers' on the same padded batches (no file io)."""
     import transformers
     device = pick_device(args.device)
-    ours, _, _ = score_severity.load_classifier(folder, device)
+    ours, _, _ = load_classifier(folder, device)
     theirs = transformers.BertForSequenceClassification.from_pretrained(folder, attn_implementation="sdpa")
     theirs = theirs.to(device).eval()
 
@@ -89,8 +87,7 @@ def main(argv=None):
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        special = {name.strip("[]").lower(): name for name in SPECIAL_TOKENS}  # as train_classifier.py does
-        tok = Tokenizer(train_wordpiece(questions, 30000), special, args.max_len)
+        tok = scratch_tokenizer(questions, 30000, args.max_len)
         torch.manual_seed(0)
         labels = {i: name for i, name in enumerate(SEVERITIES)}
         shape = BERT_TINY if args.tiny else BERT_BASE

@@ -209,7 +209,7 @@ def test_arabert_preprocess():
 
 
 def test_wordpiece_keeps_arabic_letters():
-    tok = tc.train_wordpiece([r["question"] for r in make_rows(60)] + ["آلام إبرة مؤلم قائمة مستشفى"], 500)
+    tok = classifier.train_wordpiece([r["question"] for r in make_rows(60)] + ["آلام إبرة مؤلم قائمة مستشفى"], 500)
     norm = tok.normalizer.normalize_str
     assert norm("أَلَمٌ شديـــد") == "ألم شديد"  # tashkeel and tatweel removed
     assert norm("آلام إبرة مؤلم قائمة مستشفى") == "آلام إبرة مؤلم قائمة مستشفى"  # hamza/madda letters kept
@@ -221,9 +221,9 @@ def test_wordpiece_keeps_arabic_letters():
 def test_wordpiece_vocabulary_is_deterministic():
     """Same texts, same ids (tokenizers' own trainer breaks frequency ties differently each run)."""
     texts = [r["question"] for r in make_rows(60)]
-    vocabs = [tc.train_wordpiece(texts, 300).get_vocab() for _ in range(3)]
+    vocabs = [classifier.train_wordpiece(texts, 300).get_vocab() for _ in range(3)]
     assert vocabs[0] == vocabs[1] == vocabs[2]
-    tok = tc.train_wordpiece(["صداع صداع شديد", "صداع خفيف خفيف"], 100)
+    tok = classifier.train_wordpiece(["صداع صداع شديد", "صداع خفيف خفيف"], 100)
     vocab = tok.get_vocab()
     # specials, then the 5 characters, their ## forms, then words seen twice by frequency
     assert [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])][-2:] == ["صداع", "خفيف"]

@@ -12,7 +12,7 @@ import torch
 
 import score_severity as ss
 import train_classifier as tc
-from classifier import arabert_preprocess
+from classifier import arabert_preprocess, load_classifier, save_classifier, scratch_tokenizer
 from common import SEVERITIES, DataError, check_probs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,19 +30,17 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def classifier(tmp_path_factory):
     """A tiny random classifier folder (arabert preprocessing, T = 1.7, max_len 16). Weights
     drawn with std 0.5 so the probabilities differ clearly from row to row."""
-    from models import Tokenizer
     from models.bert import BertConfig, BertForSequenceClassification
     torch.manual_seed(0)
     texts = [arabert_preprocess(q) for q in QUESTIONS] * 3
-    special = {n.strip("[]").lower(): n for n in tc.SPECIAL_TOKENS}
-    tok = Tokenizer(tc.train_wordpiece(texts, 200), special, 16)
+    tok = scratch_tokenizer(texts, 200, 16)
     config = BertConfig.from_dict(dict(tc.SMALL_BERT, hidden_size=32, intermediate_size=64, max_position_embeddings=32,
                                        vocab_size=tok.vocab_size, initializer_range=0.5,
                                        id2label=dict(enumerate(SEVERITIES))))
     model = BertForSequenceClassification(config)
     folder = tmp_path_factory.mktemp("score") / "classifier"
-    tc.save_classifier(model, tok, folder, {}, dict(severity_temperature=TEMPERATURE, severity_preprocess="arabert",
-                                                    severity_max_len=16, severity_labels=list(SEVERITIES)))
+    save_classifier(model, tok, folder, {}, dict(severity_temperature=TEMPERATURE, severity_preprocess="arabert",
+                                                 severity_max_len=16, severity_labels=list(SEVERITIES)))
     return folder
 
 
@@ -146,7 +144,7 @@ def test_refuses_a_non_severity_model(classifier, tmp_path):
                         intermediate_size=8, id2label={0: "neg", 1: "pos"})
     save_pretrained(BertForSequenceClassification(config), tok, tmp_path / "m")
     with pytest.raises(ValueError, match="not a severity classifier"):
-        ss.load_classifier(tmp_path / "m", torch.device("cpu"))
+        load_classifier(tmp_path / "m", torch.device("cpu"))
 
 
 @pytest.mark.slow
