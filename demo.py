@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import OutputError, check_out_dir, mark_dir
+from core.common import OutputError, check_out_dir, mark_dir
 
 REPO = Path(__file__).resolve().parent
 # what one demo run writes under --out (removed at the start of the next run: the folder is the demo's)

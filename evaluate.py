@@ -10,7 +10,7 @@ Four modes (exactly one of --model, --generations, --compare, --select):
   3. compare runs        python evaluate.py --compare out/eval-uniform out/eval-balanced --out out/compare
   4. select answers      python evaluate.py --select mbr out/eval-uniform out/eval-balanced \\
                              --bertscore-model models/bert-base-multilingual-cased --out out/eval-mbr
-     (selection.py: mbr picks the consensus answer without the reference; oracle is an upper bound)
+     (core/selection.py: mbr picks the consensus answer without the reference; oracle is an upper bound)
 
 CPU or one GPU: the commands above (--device auto picks CUDA when there is one; the LM runs in
 bf16 on GPUs that support it, BERTScore always in fp32). N GPUs: `torchrun --nproc_per_node N
@@ -25,7 +25,7 @@ by prompt length), KV cache, greedy by default (--temperature > 0 samples, with 
 --repetition-penalty, --no-repeat-ngram), stops at EOS or --max-new-tokens; token ids beyond the
 tokenizer's vocabulary are never produced.
 
-Scores (all reported in percent, 0-100; metrics.py documents how each matches its reference):
+Scores (all reported in percent, 0-100; core/metrics.py documents how each matches its reference):
   bertscore_p / bertscore_r / bertscore_f1  BERTScore with --bertscore-model (a local BERT folder;
       a classifier folder's encoder works too) at --bertscore-layer (default: 9 for multilingual
       BERT, bert-score's choice for Arabic; the last layer for any other BERT -- pass the layer you
@@ -72,7 +72,7 @@ bootstrap p-value (Koehn 2004: share of resamples in which the run is not better
 baseline). "Better" is higher, except urgent_rate on mild complaints (over-triage: lower is
 better); for urgent_rate overall and on moderate complaints there is no better direction and the
 p-value is two-sided. Mode 3 also writes the paper's table, table.md and table.json
-(reporting.py: one row per model, one column per method -- zero-shot, plain, weighted,
+(core/reporting.py: one row per model, one column per method -- zero-shot, plain, weighted,
 curriculum, selection -- read from each run's metadata, BERTScore-F1 with 95% CIs per severity
 class and the triage-safety rates; with --plot also table.png). report.md also shows degeneracy
 flags (empty answers, distinct-1/2, answers that are mostly one repeated token) and sample
@@ -93,14 +93,14 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-import metrics as M
-import reporting as R
-from common import (SEVERITIES, USER_ERRORS, DataError, UsageError, atomic_open, bf16_supported, check_out_dir,
+from core import metrics as M
+from core import reporting as R
+from core.common import (SEVERITIES, USER_ERRORS, DataError, UsageError, atomic_open, bf16_supported, check_out_dir,
                     cleanup_dist, normalize_arabic, output_lock, pick_device, read_jsonl, setup_dist, severity_class,
                     staged_dir, write_json, write_jsonl)
 from models import load_pretrained
 from models.generate import generate
-from prompt import build_example  # the prompt format is defined once, in prompt.py
+from core.prompt import build_example  # the prompt format is defined once, in core/prompt.py
 
 METRICS = ("bertscore_p", "bertscore_r", "bertscore_f1", "bertscore_f1_rescaled", "chrf", "rougeL", "urgent_rate",
            "ref_urgent_rate")
@@ -122,7 +122,7 @@ def get_args(argv=None):
     p.add_argument("--generations", default=None, help="mode 2: JSONL with question, answer, generated to score")
     p.add_argument("--compare", nargs="+", default=None, help="mode 3: run folders to compare; the first is the baseline")
     p.add_argument("--select", nargs="+", default=None, metavar="METHOD RUN",
-                   help="mode 4: 'mbr' or 'oracle' (an upper bound) then two or more run folders (selection.py)")
+                   help="mode 4: 'mbr' or 'oracle' (an upper bound) then two or more run folders (core/selection.py)")
     p.add_argument("--data", default=None, help="mode 1: input JSONL (question, answer, split, severity/severity_probs)")
     p.add_argument("--split", default="test", help="mode 1: rows whose split field equals this ('all': every row)")
     p.add_argument("--limit", type=int, default=None, help="score only the first N rows (quick looks)")
@@ -587,7 +587,7 @@ def make_plots(out, runs, compare_result=None):
     except ImportError:  # get_args refused --plot without matplotlib already
         raise SystemExit("--plot needs matplotlib: pip install matplotlib") from None
     out = Path(out)
-    metas = [meta for _, meta in runs]  # per-severity bars with 95% CIs and n (reporting.py draws)
+    metas = [meta for _, meta in runs]  # per-severity bars with 95% CIs and n (core/reporting.py draws)
     labels = [r["name"] for r in compare_result["runs"]] if compare_result is not None else [Path(runs[0][0]).name]
     written = [R.plot_metric_bars(plt, out / "metrics_by_severity.png", labels, metas, METRICS, NAMES)]
     curves = []  # plain validation loss from train_lm's metrics.jsonl next to the evaluated model
@@ -643,7 +643,7 @@ def run(args, rank0):
         lines = [None] * len(rows)
         path = args.data
     elif args.select:
-        from selection import select_runs  # selection.py reads runs with load_run/align from here
+        from core.selection import select_runs  # core/selection.py reads runs with load_run/align from here
         rows, extra = select_runs(args, pick_device(args.device), load_run, align)
         lines, path = [None] * len(rows), Path(args.select[1]) / "generations.jsonl"
     else:

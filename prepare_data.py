@@ -64,7 +64,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from common import (SEVERITIES, SPLITS, USER_ERRORS, DataError, ascii_digits, check_out_file, check_probs,
+from core.common import (SEVERITIES, SPLITS, USER_ERRORS, DataError, ascii_digits, check_out_file, check_probs,
                     normalize_arabic, output_lock, read_jsonl, stable_hash, write_jsonl)
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -235,7 +235,7 @@ def prepare(args, path):
     rows = (read_jsonl_rows(path, args.encoding) if fmt == "jsonl" else
             read_table(path, "," if fmt == "csv" else "\t", args.encoding))
     if args.label == "rules":
-        from lexicon import severity_of  # loads the lexicon only when labeling
+        from core.lexicon import severity_of  # loads the lexicon only when labeling
     category_col = args.category_col or "category"
 
     stats = {"rows_read": 0, "kept": 0,

@@ -49,9 +49,9 @@ from tqdm import tqdm
 
 from contextlib import nullcontext
 
-from common import (DEMO_DATA, USER_ERRORS, DataError, atomic_open, check_out_file, cleanup_dist, dumps, output_lock,
+from core.common import (DEMO_DATA, USER_ERRORS, DataError, atomic_open, check_out_file, cleanup_dist, dumps, output_lock,
                     print0, read_jsonl, setup_dist, sidecar_path, write_json)
-from classifier import PREPROCESSORS, encode_texts, load_classifier, predict_logits
+from core.classifier import PREPROCESSORS, encode_texts, load_classifier, predict_logits
 
 
 def write_sidecar(out, meta):

@@ -65,9 +65,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from classifier import (CLASSIFIER_FILES, PREPROCESSORS, autocast, encode_texts, predict_logits, resolve_preprocess,
+from core.classifier import (CLASSIFIER_FILES, PREPROCESSORS, autocast, encode_texts, predict_logits, resolve_preprocess,
                         save_classifier, scratch_tokenizer)
-from common import (DEMO_DATA, SEVERITIES, SPLITS, USER_ERRORS, DataError, UsageError, check_out_dir, output_lock,
+from core.common import (DEMO_DATA, SEVERITIES, SPLITS, USER_ERRORS, DataError, UsageError, check_out_dir, output_lock,
                     pad_batch, pick_device, print0, read_jsonl)
 
 T_BOUNDS = (0.05, 20.0)  # the fitted temperature is clamped to this range
@@ -187,7 +187,7 @@ def split_metrics(logits, labels, temperature):
 
 
 # -----------------------------------------------------------------------------
-# Data, tokenizer, model (the encoding and prediction score_severity.py shares are in classifier.py)
+# Data, tokenizer, model (the encoding and prediction score_severity.py shares are in core/classifier.py)
 
 
 def load_labeled(path, text_field="question"):

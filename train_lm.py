@@ -19,7 +19,7 @@ Run it:
     python train_lm.py                                   # CPU demo: data/demo.jsonl, a small GPT-2 from scratch
     python train_lm.py --model models/aragpt2-base --weights balanced --out out/base-balanced
     torchrun --nproc_per_node 8 train_lm.py --model models/qwen2.5-0.5b --weights ramp
-    python train_lm.py --weights balanced --curriculum cumulative   # stages mild, moderate, critical (curriculum.py)
+    python train_lm.py --weights balanced --curriculum cumulative   # stages mild, moderate, critical (core/curriculum.py)
     python train_lm.py --model models/qwen2.5-7b --lora-rank 16 --activation-checkpointing   # LoRA, one GPU
     torchrun --nproc_per_node 8 train_lm.py --model models/qwen2.5-7b --fsdp  # FSDP2 instead of DDP
                                                          # (README "what fits where"; models/lora.py, models/parallel.py)
@@ -45,10 +45,10 @@ Writes --out (default out/lm-<weights>):
     best/     the checkpoint with the lowest validation loss (model folder + meta.json)
               with --lora-rank both are the merged model and also hold adapter/ (PEFT's layout)
     metrics.jsonl  first line {"args": ...}; then one line per step and one per validation
-Checkpoints (checkpoint.py) are written to a temporary folder and renamed into place, so a run killed
+Checkpoints (core/checkpoint.py) are written to a temporary folder and renamed into place, so a run killed
 at any moment resumes from a complete checkpoint; resuming gives the same weights as not stopping.
 
-Prompt format (prompt.py; evaluate.py uses the same): <question> "\\nالجواب:\\n" <answer> <EOS>
+Prompt format (core/prompt.py; evaluate.py uses the same): <question> "\\nالجواب:\\n" <answer> <EOS>
 """
 import argparse
 import functools
@@ -67,9 +67,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from checkpoint import check_resumable, save_checkpoint
-from curriculum import CURRICULA, curriculum_stages, describe, stage_at
-from common import (DEMO_DATA, REPO, SEVERITIES, USER_ERRORS, DataError, UsageError, adamw, bf16_supported,
+from core.checkpoint import check_resumable, save_checkpoint
+from core.curriculum import CURRICULA, curriculum_stages, describe, stage_at
+from core.common import (DEMO_DATA, REPO, SEVERITIES, USER_ERRORS, DataError, UsageError, adamw, bf16_supported,
                     check_out_dir, check_probs, classifier_warnings, cleanup_dist, dumps, mark_dir, output_lock, print0,
                     read_jsonl, recover_dir, remove_stale_temps, rng_state, set_rng_state, setup_dist, severity_class,
                     stop_cleanly, write_jsonl)
@@ -78,7 +78,7 @@ from models.loss import fused_linear_cross_entropy, linear_cross_entropy_referen
 from models.lora import add_lora, load_adapter
 from models.parallel import (LossModel, checkpoint_blocks, full_weights, load_optimizer_state, optimizer_state, plain,
                              shard_model)
-from prompt import build_example
+from core.prompt import build_example
 
 # Class weights alpha = (mild, moderate, critical). Fixed presets are rescaled at start-up so the
 # mean weight over the training answer tokens is 1: the learning rate means the same for all.
@@ -111,7 +111,7 @@ def get_args(argv=None):
                    help="tokens: divide by the answer-token count (uniform == plain CE; weights scale each "
                         "example's gradient); weights: divide by the weight mass sum m*w (a weighted mean)")
     p.add_argument("--curriculum", default=None, choices=CURRICULA,
-                   help="severity curriculum (curriculum.py): stages mild, moderate, critical; disjoint: stage k "
+                   help="severity curriculum (core/curriculum.py): stages mild, moderate, critical; disjoint: stage k "
                         "trains on class k only, cumulative: on classes up to k; steps split by stage rows")
     p.add_argument("--max-len", type=int, default=512, help="longest example in tokens (question + separator + "
                                                             "answer + EOS); longer ones are truncated and counted")

@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import DEMO_DATA, pick_device, read_jsonl  # noqa: E402
+from core.common import DEMO_DATA, pick_device, read_jsonl  # noqa: E402
 from models import Tokenizer, build_model, load_pretrained  # noqa: E402
 from models.generate import generate  # noqa: E402
-from prompt import format_prompt  # noqa: E402
+from core.prompt import format_prompt  # noqa: E402
 from train_lm import DEMO_GPT2, DEMO_TOKENIZER  # noqa: E402
 
 

@@ -92,7 +92,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 import torch  # noqa: E402
 
-from common import DEMO_DATA, atomic_open, write_json  # noqa: E402
+from core.common import DEMO_DATA, atomic_open, write_json  # noqa: E402
 
 PARTS = ("parity", "loss", "train", "generate", "score", "syncs", "e2e")
 ESTIMATE_S = {"parity": 75, "loss": 140, "train": 180, "generate": 45, "score": 25, "syncs": 20, "e2e": 75}
@@ -593,7 +593,7 @@ def part_syncs(rec, smoke):
     with torch.device(device):
         model = build_model(cfg).train()
     # the train_lm.py step: two micro-batches (accumulation), fused loss, clip, fused AdamW
-    from common import adamw
+    from core.common import adamw
     opt = adamw(model.parameters(), lr=1e-5, betas=(0.9, 0.95), weight_decay=0.1)
     share = bench_train.demo_prompt_share()
     mbs = [bench_train.make_batch(S["sync_batch"], S["sync_seq"], cfg["vocab_size"], device, share, seed=k)

@@ -26,10 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import score_severity  # noqa: E402
-from common import pick_device  # noqa: E402
-from common import DEMO_DATA, SEVERITIES, read_jsonl, write_jsonl  # noqa: E402
+from core.common import pick_device  # noqa: E402
+from core.common import DEMO_DATA, SEVERITIES, read_jsonl, write_jsonl  # noqa: E402
 from models.bert import BertConfig, BertForSequenceClassification  # noqa: E402
-from classifier import encode_texts, load_classifier, predict_logits, save_classifier, scratch_tokenizer  # noqa: E402
+from core.classifier import encode_texts, load_classifier, predict_logits, save_classifier, scratch_tokenizer  # noqa: E402
 
 BERT_BASE = dict(vocab_size=64000, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                  intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2)

@@ -49,10 +49,10 @@ import torch._dynamo  # (not imported by `import torch` on every version)
 import torch.nn.functional as F
 
 import train_lm
-from common import adamw, bf16_supported, pick_device
+from core.common import adamw, bf16_supported, pick_device
 from models import build_model
 from models.loss import fused_linear_cross_entropy
-from prompt import build_example
+from core.prompt import build_example
 
 NO_DROPOUT = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
 LLAMA3_ROPE = dict(rope_type="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
@@ -145,7 +145,7 @@ def hf_model(cfg):
 
 def demo_prompt_share():
     """Share of the demo data's tokens that are prompt (question + separator): they carry no loss."""
-    from common import DEMO_DATA, read_jsonl
+    from core.common import DEMO_DATA, read_jsonl
     from models import Tokenizer
     tok = Tokenizer.from_folder(train_lm.DEMO_TOKENIZER)
     n_all = n_answer = 0

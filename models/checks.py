@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import torch
 
-from common import DataError
+from core.common import DataError
 
 LAYER_FIELDS = ("n_layer", "num_hidden_layers")  # config.json's layer count, in every family here
 MAY_BE_ZERO = ("max_window_layers", "sliding_window")  # int fields that are not sizes (0 is legal)

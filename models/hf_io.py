@@ -38,7 +38,7 @@ from tokenizers import AddedToken, decoders, normalizers, pre_tokenizers, proces
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.models import BPE, WordPiece
 
-from common import staged_dir, usual_permissions
+from core.common import staged_dir, usual_permissions
 from models.aragpt2 import is_grover_state_dict
 from models.checks import (ModelFolderError, build_on_meta, check_config_fields, check_kind, check_layers,
                            check_shapes, read_json, read_safetensors_header, shard_files)

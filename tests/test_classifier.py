@@ -1,4 +1,4 @@
-"""train_classifier.py and classifier.py: it learns, its folder opens in transformers, and its
+"""train_classifier.py and core/classifier.py: it learns, its folder opens in transformers, and its
 metrics are right.
 
 References: hand-computed confusion/F1/ECE values, a grid search for the temperature, NLL from
@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import classifier
+from core import classifier
 import train_classifier as tc
-from common import SEVERITIES, DataError, pad_batch
+from core.common import SEVERITIES, DataError, pad_batch
 from conftest import write_rows
 
 # a keyword decides the class; the rest of the sentence is shared filler

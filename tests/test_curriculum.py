@@ -1,4 +1,4 @@
-"""The severity curriculum (curriculum.py, train_lm.py --curriculum): stage order and membership,
+"""The severity curriculum (core/curriculum.py, train_lm.py --curriculum): stage order and membership,
 the documented step split (checked against hand-computed largest-remainder splits), the rows each
 step actually trains on, and exact resume in the middle of a stage and at a stage boundary."""
 import json
@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import train_lm
-from common import UsageError
+from core.common import UsageError
 from conftest import write_rows
-from curriculum import curriculum_stages, stage_at
+from core.curriculum import curriculum_stages, stage_at
 from test_train_lm import args_for, make_rows, metrics, setup, tensors, tiny_model_dir, tok  # noqa: F401 (fixtures)
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import evaluate
-import prompt as prompt_format  # the module; tests call token lists "prompt"
-from common import DataError, normalize_arabic
+from core import prompt as prompt_format  # the module; tests call token lists "prompt"
+from core.common import DataError, normalize_arabic
 from models import build_model, load_pretrained, save_pretrained
 from conftest import write_rows
 
@@ -135,13 +135,13 @@ def test_prompt_truncation_keeps_separator(tiny_lm):
 
 def test_prompt_ids_are_training_prompts(tiny_lm, monkeypatch):
     """The prompt (also a truncated one) is exactly prompt.build_example's: equal to its prompt for
-    a training example whose question was cut, and it follows a change of prompt.py's separator."""
+    a training example whose question was cut, and it follows a change of core/prompt.py's separator."""
     _, tok = load_pretrained(tiny_lm)
     q, a = " ".join(["ألم في الصدر منذ يومين"] * 12), "راحة ودواء مسكن"
     ex = prompt_format.build_example(tok, q, a, 40)
     assert ex["truncated"] == "question"
     assert evaluate.prompt_ids(tok, q, len(ex["prompt_ids"])) == (ex["prompt_ids"], True)
-    monkeypatch.setattr(prompt_format, "SEPARATOR", "\nالرد:\n")  # someone edits the prompt format in prompt.py
+    monkeypatch.setattr(prompt_format, "SEPARATOR", "\nالرد:\n")  # someone edits the prompt format in core/prompt.py
     sep = tok.encode("\nالرد:\n")
     assert evaluate.prompt_ids(tok, "صداع", 100) == (tok.encode("صداع\nالرد:\n"), False)
     ids, truncated = evaluate.prompt_ids(tok, q, 20)

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 import train_lm
-from common import DEMO_DATA, read_jsonl
+from core.common import DEMO_DATA, read_jsonl
 from conftest import write_rows
 from test_train_lm import torchrun_args
 from models import Tokenizer, build_model, save_pretrained
@@ -109,7 +109,7 @@ def test_fused_adamw_matches_default(setup, fp32, monkeypatch):
 
 def test_train_lm_takes_fused_adamw(monkeypatch, setup):
     """The default run's optimizer is the fused one when this torch has it on CPU."""
-    import common
+    from core import common
     made = []
     real = common.adamw
     monkeypatch.setattr(train_lm, "adamw", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
@@ -121,7 +121,7 @@ def test_train_lm_takes_fused_adamw(monkeypatch, setup):
 def test_adamw_falls_back_where_the_fused_kernel_fails(monkeypatch):
     """Where fused AdamW does not run (an old torch, another device), common.adamw builds the
     plain one: the groups must not carry fused=True into it (torch writes defaults into them)."""
-    import common
+    from core import common
     monkeypatch.setattr(common, "fused_adamw_works", lambda device, dtype: False)
     w, b = torch.nn.Parameter(torch.randn(3, 3)), torch.nn.Parameter(torch.zeros(3))
     groups = [{"params": [w], "weight_decay": 0.1}, {"params": [b], "weight_decay": 0.0}]

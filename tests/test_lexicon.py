@@ -6,8 +6,8 @@ spellings (diacritics, أ/إ/آ, ة, ى, tatweel, Eastern digits, clitics) must 
 """
 import pytest
 
-import lexicon as L
-from common import DataError
+from core import lexicon as L
+from core.common import DataError
 
 # entry id -> complaints that must match it; the complaint's label must be the entry's level
 SEVERITY_POSITIVES = {

@@ -1,14 +1,14 @@
 """The severity rules on real-looking, dialectal and misspelled complaints (synthetic sentences
 written for this project): hamza dropped or misplaced, glued negators and clitics, the dialectal
 ما...ش negation, negation that reaches further than three words over filler words, contrast words
-that end it, and the per-rule hit counts of `python lexicon.py --stats FILE`."""
+that end it, and the per-rule hit counts of `python -m core.lexicon --stats FILE`."""
 import json
 import subprocess
 import sys
 
 import pytest
 
-import lexicon as L
+from core import lexicon as L
 from conftest import ROOT
 
 
@@ -76,11 +76,11 @@ def test_stats_counts_hits_per_rule(tmp_path):
     assert labels == {"critical": 2, "moderate": 1, "mild": 2}
     plain = tmp_path / "q.txt"
     plain.write_text("\n".join(texts) + "\n", encoding="utf-8")
-    out = subprocess.run([sys.executable, "lexicon.py", "--stats", str(plain)], cwd=ROOT, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "core.lexicon", "--stats", str(plain)], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout
     assert "5 complaints" in out and "critical 2 (40.0%)" in out
     line = next(x for x in out.splitlines() if "crit_chest_pain" in x)
     assert line.split()[:2] == ["2", "40.00"] and "pain in the chest" in line  # hits, share, and the gloss
-    bad = subprocess.run([sys.executable, "lexicon.py", "--stats", str(tmp_path / "none.jsonl")], cwd=ROOT,
+    bad = subprocess.run([sys.executable, "-m", "core.lexicon", "--stats", str(tmp_path / "none.jsonl")], cwd=ROOT,
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "file not found" in bad.stderr and "Traceback" not in bad.stderr

@@ -1,11 +1,11 @@
-"""metrics.py against independent references: sacrebleu (chrF, chrF++), bert-score on real BERT
+"""core/metrics.py against independent references: sacrebleu (chrF, chrF++), bert-score on real BERT
 weights (BERTScore), hand-computed LCS values (ROUGE-L), and the statistics of the bootstrap."""
 import random
 
 import numpy as np
 import pytest
 
-import metrics as M
+from core import metrics as M
 
 sacrebleu = pytest.importorskip("sacrebleu")
 from sacrebleu.metrics import CHRF  # noqa: E402

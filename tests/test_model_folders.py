@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from common import DataError
+from core.common import DataError
 from models import hf_io, load_pretrained, save_pretrained
 from models.bert import BertConfig, BertModel
 from models.checks import ModelFolderError

@@ -14,7 +14,7 @@ import train_lm
 from conftest import write_rows
 from models import build_model, load_pretrained, save_pretrained
 from models.generate import generate
-from prompt import format_prompt
+from core.prompt import format_prompt
 from test_train_lm import make_rows
 
 

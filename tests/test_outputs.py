@@ -14,7 +14,7 @@ import pytest
 import evaluate
 import prepare_data
 import train_classifier
-from common import (MARKER, DataError, OutputError, dumps, output_lock, recover_dir, remove_stale_temps, staged_dir,
+from core.common import (MARKER, DataError, OutputError, dumps, output_lock, recover_dir, remove_stale_temps, staged_dir,
                     stop_cleanly, write_json)
 from conftest import write_rows
 
@@ -270,7 +270,7 @@ def test_a_stopped_run_says_where_in_one_line(tmp_path):
 
 def test_saved_weights_are_readable_like_other_outputs(tmp_path):
     import torch
-    from common import _UMASK
+    from core.common import _UMASK
     from models import build_model, save_pretrained
     model = build_model(dict(model_type="gpt2", vocab_size=16, n_positions=8, n_embd=8, n_layer=1, n_head=2))
     save_pretrained(model, None, tmp_path / "m")
@@ -304,7 +304,7 @@ def test_demo_never_empties_a_users_folder(tmp_path):
 
 
 def test_lexicon_help_is_help(capsys):
-    import lexicon
+    from core import lexicon
     with pytest.raises(SystemExit) as e:
         lexicon.main(["--help"])
     assert e.value.code == 0 and "usage:" in capsys.readouterr().out

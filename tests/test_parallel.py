@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import train_lm
-from common import UsageError
+from core.common import UsageError
 from models import load_pretrained
 from models.parallel import checkpoint_blocks
 from test_train_lm import args_for, make_rows, metrics, setup, tensors, tiny_model_dir, tiny_qwen2_dir, tok  # noqa: F401

@@ -8,8 +8,8 @@ import random
 import pytest
 
 import prepare_data
-from common import DataError, normalize_arabic, stable_hash
-from lexicon import severity_of
+from core.common import DataError, normalize_arabic, stable_hash
+from core.lexicon import severity_of
 
 HEADER = ["q_body", "a_body", "q_body_count", "a_body_count", "category", "category_id"]
 
@@ -286,7 +286,7 @@ def test_unterminated_quote_and_unknown_extension(tmp_path):
 def test_command_line_reports_bad_input_without_traceback(tmp_path, script):
     import subprocess
     import sys
-    from common import REPO
+    from core.common import REPO
     src = tmp_path / "in.jsonl"
     src.write_text('{"q_body": "سؤال", "question": "سؤال"}\n{"oops"\n', encoding="utf-8")
     flags = ["--data", str(src)] if script == "prepare_data.py" else ["--generations", str(src)]
@@ -300,8 +300,8 @@ def test_shipped_demo_raw_csv(tmp_path):
     """data/demo_raw.csv: MAQA layout, the intended label mix by the rules, answers that fit the
     labels, and exactly what tools/make_demo_data.py regenerates."""
     import sys
-    from common import DATA_DIR
-    from lexicon import mentions_urgent_care
+    from core.common import DATA_DIR
+    from core.lexicon import mentions_urgent_care
     sys.path.insert(0, str(DATA_DIR.parent / "tools"))
     import make_demo_data
 

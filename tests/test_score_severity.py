@@ -12,8 +12,8 @@ import torch
 
 import score_severity as ss
 import train_classifier as tc
-from classifier import arabert_preprocess, load_classifier, save_classifier, scratch_tokenizer
-from common import SEVERITIES, DataError, check_probs
+from core.classifier import arabert_preprocess, load_classifier, save_classifier, scratch_tokenizer
+from core.common import SEVERITIES, DataError, check_probs
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPERATURE = 1.7
@@ -161,7 +161,7 @@ def test_torchrun_bad_input_leaves_nothing(classifier, tmp_path):
 
 
 def test_empty_input_or_a_folder_out_is_refused_and_keeps_the_old_output(classifier, tmp_path):
-    from common import OutputError
+    from core.common import OutputError
     (tmp_path / "empty.jsonl").write_text("\n", encoding="utf-8")
     out = tmp_path / "scored.jsonl"
     out.write_text("a good earlier output\n", encoding="utf-8")

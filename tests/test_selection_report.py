@@ -1,5 +1,5 @@
-"""Response selection (selection.py, evaluate.py --select), the BERTScore rescaling baseline,
-degeneracy flags and the paper's table (reporting.py), on the real MiniLM BERT and the shipped
+"""Response selection (core/selection.py, evaluate.py --select), the BERTScore rescaling baseline,
+degeneracy flags and the paper's table (core/reporting.py), on the real MiniLM BERT and the shipped
 demo answers. References: bert-score itself (raw and rescaled with our baseline written as its
 baseline file), hand counts, and synthetic sets whose right answer is known by construction."""
 import json
@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import evaluate
-import metrics as M
-import reporting as R
-from common import DEMO_DATA
+from core import metrics as M
+from core import reporting as R
+from core.common import DEMO_DATA
 from conftest import write_rows
-from selection import mbr_select, oracle_select
+from core.selection import mbr_select, oracle_select
 from test_metrics import _bert_score_reference
 
 LAYER = 6

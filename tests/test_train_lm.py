@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 import train_lm
-from common import DataError
+from core.common import DataError
 from models import build_model, load_pretrained, save_pretrained
 from conftest import write_rows
-from prompt import build_example, format_prompt
+from core.prompt import build_example, format_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 Q_WORDS = ["أعاني", "من", "ألم", "في", "الصدر", "صداع", "حمى", "سعال", "منذ", "يومين", "أسبوع", "طفلي",
@@ -512,7 +512,7 @@ def test_ctrl_c_names_the_step_and_the_checkpoint(setup, tmp_path, monkeypatch):
 def test_disk_full_in_a_checkpoint_keeps_the_previous_one(setup, tmp_path, monkeypatch):
     out = tmp_path / "run"
     calls = []
-    import checkpoint
+    from core import checkpoint
     real = checkpoint.write_pretrained
 
     def full_on_second(model, tok, folder):

@@ -28,8 +28,8 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import DATA_DIR, SEVERITIES, atomic_open, normalize_arabic  # noqa: E402
-from lexicon import mentions_urgent_care, severity_of  # noqa: E402
+from core.common import DATA_DIR, SEVERITIES, atomic_open, normalize_arabic  # noqa: E402
+from core.lexicon import mentions_urgent_care, severity_of  # noqa: E402
 
 LEVEL_SHARE = {"mild": 0.57, "moderate": 0.31, "critical": 0.12}
 

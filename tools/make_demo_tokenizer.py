@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from common import DATA_DIR, normalize_arabic, staged_dir
+from core.common import DATA_DIR, normalize_arabic, staged_dir
 from models import Tokenizer
 
 EOS = "<|endoftext|>"

@@ -10,7 +10,7 @@ would not continue the same training (check_resumable).
 """
 import torch
 
-from common import UsageError, staged_dir, write_json
+from core.common import UsageError, staged_dir, write_json
 from models.hf_io import write_pretrained
 from models.lora import merged, save_adapter
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from common import SEVERITIES, UsageError, bf16_supported, pad_batch, staged_dir, write_json
+from core.common import SEVERITIES, UsageError, bf16_supported, pad_batch, staged_dir, write_json
 
 # -----------------------------------------------------------------------------
 # Text preprocessing

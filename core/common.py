@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-REPO = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[1]  # core/ lies in the repository root
 DATA_DIR = REPO / "data"
 DEMO_DATA = DATA_DIR / "demo.jsonl"  # the shipped synthetic sample, with severity_probs filled
 SEVERITIES = ("mild", "moderate", "critical")  # index c of severity_probs / alpha
@@ -380,7 +380,7 @@ def check_probs(probs, path, line, field="severity_probs", tol=1e-3):
 
 def pad_batch(seqs, pad_id, device):
     """Right-pad id lists -> input_ids [B, T] and attention_mask [B, T] (1 = real token), as
-    BERT's absolute positions expect (train_classifier.py and metrics.py's BERTScore use it)."""
+    BERT's absolute positions expect (train_classifier.py and core/metrics.py's BERTScore use it)."""
     T = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), T), dtype=torch.long)

@@ -22,7 +22,7 @@ import hashlib
 
 import numpy as np
 
-from common import SEVERITIES, UsageError
+from core.common import SEVERITIES, UsageError
 
 CURRICULA = ("disjoint", "cumulative")
 

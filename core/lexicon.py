@@ -54,8 +54,8 @@ negators count ("الم في الصدر لا" is not parsed). Negators glued to 
 (لااستطيع -> لا استطيع, مايقدر -> ما يقدر, ماعندي -> ما عندي), and the dialectal circumfix
 ما...ش (ماعنديش، ماحسيتش) negates like مش.
 
-Run `python lexicon.py "نص الشكوى"` to see the normalized text, the severity label, the matched
-entries and whether the text advises urgent care. `python lexicon.py --stats FILE` counts, for
+Run `python -m core.lexicon "نص الشكوى"` to see the normalized text, the severity label, the matched
+entries and whether the text advises urgent care. `python -m core.lexicon --stats FILE` counts, for
 every entry, the complaints it matches (FILE: JSONL with a "question" field, --field another,
 or plain text with one complaint per line), with the label distribution: a lexicon change can be
 checked on real data before it relabels anything.
@@ -69,7 +69,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import DATA_DIR, SEVERITIES, DataError, normalize_arabic
+from core.common import DATA_DIR, SEVERITIES, DataError, normalize_arabic
 
 SEVERITY_LEXICON = DATA_DIR / "severity_lexicon.tsv"
 URGENT_LEXICON = DATA_DIR / "urgent_lexicon.tsv"

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-import metrics as M
-from common import DataError, normalize_arabic
+from core import metrics as M
+from core.common import DataError, normalize_arabic
 
 METHODS = ("mbr", "oracle")
 RESULT_FIELDS = ("generated", "scores", "selected_from", "selection")  # a run's outputs, not input fields

@@ -2,7 +2,7 @@
 confidence intervals, the paired bootstrap test, and urgent-advice rates. Pure functions; imported
 by evaluate.py, and usable on their own:
 
-    from metrics import corpus_chrf, rouge_l, bertscore, bootstrap_ci
+    from core.metrics import corpus_chrf, rouge_l, bertscore, bootstrap_ci
     corpus_chrf(["ألم في الصدر"], ["ألم شديد في الصدر"])          # 0-100, equals sacrebleu's
 
 Scales follow the reference packages: chrF on 0-100 (sacrebleu), ROUGE-L and BERTScore on 0-1
@@ -51,8 +51,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import normalize_arabic, pad_batch
-from lexicon import mentions_urgent_care
+from core.common import normalize_arabic, pad_batch
+from core.lexicon import mentions_urgent_care
 from models import load_pretrained
 
 # -----------------------------------------------------------------------------

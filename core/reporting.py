@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-import metrics as M
-from common import SEVERITIES
+from core import metrics as M
+from core.common import SEVERITIES
 
 GROUPS = ("overall",) + SEVERITIES
 METHOD_ORDER = ("zero-shot", "plain", "weighted", "curriculum", "selection (MBR)", "oracle (upper bound)")
