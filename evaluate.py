@@ -75,7 +75,7 @@ p-value is two-sided. Mode 3 also writes the paper's table, table.md and table.j
 (core/reporting.py: one row per model, one column per method -- zero-shot, plain, weighted,
 curriculum, selection -- read from each run's metadata, BERTScore-F1 with 95% CIs per severity
 class and the triage-safety rates; with --plot also table.png). report.md also shows degeneracy
-flags (empty answers, distinct-1/2, answers that are mostly one repeated token) and sample
+flags (empty answers, distinct-1/2, answers that are mostly one repeated token or letter) and sample
 generations per severity class. --plot also draws per-severity bars (and training curves, from the
 metrics.jsonl train_lm.py writes next to the evaluated model) as PNG files; needs matplotlib.
 """
@@ -589,7 +589,9 @@ def make_plots(out, runs, compare_result=None):
     out = Path(out)
     metas = [meta for _, meta in runs]  # per-severity bars with 95% CIs and n (core/reporting.py draws)
     labels = [r["name"] for r in compare_result["runs"]] if compare_result is not None else [Path(runs[0][0]).name]
-    written = [R.plot_metric_bars(plt, out / "metrics_by_severity.png", labels, metas, METRICS, NAMES)]
+    colors = R.run_colors(f for f, _ in runs)  # a run keeps its colour from one plot to the next
+    written = [R.plot_metric_bars(plt, out / "metrics_by_severity.png", labels, metas, METRICS, NAMES,
+                                  [colors[str(f)] for f, _ in runs])]
     curves = []  # plain validation loss from train_lm's metrics.jsonl next to the evaluated model
     for label, (folder, meta) in zip(labels, runs):
         model = meta.get("config", {}).get("model")
@@ -599,11 +601,14 @@ def make_plots(out, runs, compare_result=None):
             curves.append((f"{label}: {R.training_label(meta) or cand.parent.name}", recs))
     written.append(R.plot_training_curves(plt, out / "training_curves.png", curves))
     if compare_result is not None:
-        written.append(R.plot_paper_table(plt, out / "table.png", R.paper_table([f for f, _ in runs])))
-    written = [w for w in written if w is not None]
-    for w in written:
-        print(f"wrote {w}")
-    return written
+        written.append(R.plot_paper_table(plt, out / "table.png", R.paper_table([f for f, _ in runs]), colors))
+    return [w.name for w in written if w is not None]  # names: the folder they lie in is swapped in after
+
+
+def print_written(out, names):
+    """Say where the plots lie, once the run folder holding them is in place."""
+    for name in names:
+        print(f"wrote {Path(out) / name}")
 
 
 # -----------------------------------------------------------------------------
@@ -629,9 +634,9 @@ def run(args, rank0):
             write_json(tmp / "table.json", table)
             with atomic_open(tmp / "table.md") as f:
                 f.write(R.paper_table_markdown(table))
-            if args.plot:
-                make_plots(tmp, [(f, json.loads((Path(f) / "metrics.json").read_text(encoding="utf-8")))
-                                 for f in args.compare], result)
+            plots = make_plots(tmp, [(f, json.loads((Path(f) / "metrics.json").read_text(encoding="utf-8")))
+                                     for f in args.compare], result) if args.plot else []
+        print_written(args.out, plots)
         return result
     bertscore = None  # loaded before generation, so a bad folder fails in seconds, not after hours
     if args.bertscore_model and rank0:
@@ -653,8 +658,8 @@ def run(args, rank0):
         extra = {"mode": "score", "generations": str(args.generations), "limit": args.limit}
     with staged_dir(args.out, RUN_FILES) as tmp:
         result = run_scoring(args, rows, lines, path, extra, tmp, bertscore)
-        if args.plot:
-            make_plots(tmp, [(args.out, result)])
+        plots = make_plots(tmp, [(args.out, result)]) if args.plot else []
+    print_written(args.out, plots)
     return result
 
 

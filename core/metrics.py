@@ -463,24 +463,36 @@ def rescale_with_baseline(score, baseline):
 # Degeneracy: numbers that look fine can come from garbage output
 
 REPEAT_MIN_TOKENS = 4  # an answer this long or longer ...
-REPEAT_SHARE = 0.5  # ... whose most frequent token makes at least this share of it is "one repeated token"
+REPEAT_SHARE = 0.5  # ... whose most frequent token makes at least this share of it is "repetitive"
+REPEAT_MIN_CHARS = 8  # likewise an answer of this many letters or more whose most frequent letter makes
+# REPEAT_SHARE of them (ههههههههه, or a 2-letter loop): in real Arabic the commonest letter (alef) is
+# about an eighth of the letters, and a short answer (< 8 letters) is too short to judge.
+
+
+def repetitive(tokens):
+    """True for an answer that is mostly one repeated unit: one token (>= REPEAT_MIN_TOKENS tokens, the
+    commonest >= REPEAT_SHARE of them) or, inside the words, one letter (>= REPEAT_MIN_CHARS letters, the
+    commonest >= REPEAT_SHARE of them)."""
+    if len(tokens) >= REPEAT_MIN_TOKENS and Counter(tokens).most_common(1)[0][1] >= REPEAT_SHARE * len(tokens):
+        return True
+    chars = "".join(tokens)
+    return len(chars) >= REPEAT_MIN_CHARS and Counter(chars).most_common(1)[0][1] >= REPEAT_SHARE * len(chars)
 
 
 def degeneracy(texts):
-    """Flags of degenerate output over a list of answers (percent, 0-100; None when empty):
+    """Flags of degenerate output over a list of answers (percent, 0-100; None when there is nothing
+    to count: no answers, or no bigram for distinct2):
     empty      share of answers with no token at all
     distinct1  distinct unigrams / all unigrams over the answers (Li et al. 2016's distinct-1)
     distinct2  the same for bigrams (within an answer)
-    repeated   share of answers of >= REPEAT_MIN_TOKENS tokens whose most frequent token makes
-               >= REPEAT_SHARE of their tokens ("mostly one repeated token")
+    repeated   share of answers that are mostly one repeated token or one repeated letter (repetitive)
     Tokens are arabic_tokens (whitespace, punctuation removed)."""
     if not texts:
         return {"empty": None, "distinct1": None, "distinct2": None, "repeated": None}
     toks = [arabic_tokens(t) for t in texts]
     uni = [w for t in toks for w in t]
     bi = [tuple(t[k:k + 2]) for t in toks for k in range(len(t) - 1)]
-    rep = [len(t) >= REPEAT_MIN_TOKENS and Counter(t).most_common(1)[0][1] >= REPEAT_SHARE * len(t) for t in toks]
     return {"empty": 100 * sum(not t for t in toks) / len(toks),
-            "distinct1": 100 * len(set(uni)) / len(uni) if uni else 0.0,
-            "distinct2": 100 * len(set(bi)) / len(bi) if bi else 0.0,
-            "repeated": 100 * sum(rep) / len(toks)}
+            "distinct1": 100 * len(set(uni)) / len(uni) if uni else None,
+            "distinct2": 100 * len(set(bi)) / len(bi) if bi else None,
+            "repeated": 100 * sum(map(repetitive, toks)) / len(toks)}

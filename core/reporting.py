@@ -28,7 +28,7 @@ GROUPS = ("overall",) + SEVERITIES
 METHOD_ORDER = ("zero-shot", "plain", "weighted", "curriculum", "selection (MBR)", "oracle (upper bound)")
 SAMPLES_PER_CLASS = 2
 DEGENERACY_NAMES = {"empty": "empty answers %", "distinct1": "distinct-1 %", "distinct2": "distinct-2 %",
-                    "repeated": "one repeated token %"}
+                    "repeated": "repetitive %"}
 
 
 # -----------------------------------------------------------------------------
@@ -53,8 +53,9 @@ def quality_markdown(degen, rows, classes):
     (the first SAMPLES_PER_CLASS rows of each class in file order; reproducible, not cherry-picked)."""
     lines = ["", "## Degeneracy flags", "",
              "Garbage output can still score: check these. empty: no token; distinct-n: distinct n-grams / all "
-             f"n-grams of the answers; one repeated token: answers of >= {M.REPEAT_MIN_TOKENS} tokens whose most "
-             f"frequent token is >= {int(100 * M.REPEAT_SHARE)}% of them.", "",
+             f"n-grams of the answers (- where there is none); repetitive: answers of >= {M.REPEAT_MIN_TOKENS} "
+             f"tokens whose most frequent token is >= {int(100 * M.REPEAT_SHARE)}% of them, or of >= "
+             f"{M.REPEAT_MIN_CHARS} letters whose most frequent letter is (a letter repeated inside a word).", "",
              "| flag | " + " | ".join(GROUPS) + " |", "|---|" + "---|" * len(GROUPS)]
     for key, name in DEGENERACY_NAMES.items():
         cells = [("-" if degen[g][key] is None else f"{degen[g][key]:.1f}") for g in GROUPS]
@@ -183,34 +184,47 @@ def paper_table_markdown(table):
 # Plots (matplotlib imported by the caller's check; these only draw)
 
 
-def _bars(ax, labels, per_label, title, ns):
-    """Grouped bars: one group per GROUPS entry, one bar per label; per_label[label] = [(v, ci)]."""
+def run_colors(folders):
+    """One colour per run folder (matplotlib's default cycle, in the order given), so a run has the same
+    colour in every plot of a comparison whatever order a plot lists the runs in."""
+    return {str(f): f"C{i % 10}" for i, f in enumerate(folders)}
+
+
+def _bars(ax, labels, per_label, title, ns, colors):
+    """Grouped bars: one group per GROUPS entry, one bar per label; per_label[label] = [(v, ci)].
+    Bars start at 0 (a bar's length is its value) and the legend goes outside the axes."""
     width = 0.8 / max(1, len(labels))
     for i, name in enumerate(labels):
         xs = np.arange(len(GROUPS)) + i * width
         vals = [v if v is not None else np.nan for v, _ in per_label[name]]
         err = np.array([[v - c[0], c[1] - v] if v is not None and c else [0, 0] for v, c in per_label[name]]).T
-        ax.bar(xs, vals, width, yerr=err, capsize=2, label=name)
+        ax.bar(xs, vals, width, yerr=err, capsize=2, label=name, color=colors[i])
     ax.set_xticks(np.arange(len(GROUPS)) + width * (len(labels) - 1) / 2,
                   [f"{g}\nn = {ns.get(g, 0)}" for g in GROUPS], fontsize=8)
+    ax.set_ylim(0, None)
     ax.set_title(title, fontsize=10)
 
 
-def plot_metric_bars(plt, path, labels, metas, metrics, names):
+def _legend_below(fig, ax, n):
+    """The runs' legend under the panels, never over a bar."""
+    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", fontsize=8, ncol=min(n, 3), frameon=False)
+    fig.tight_layout(rect=(0, 0.06 * ((n + 2) // 3), 1, 1))
+
+
+def plot_metric_bars(plt, path, labels, metas, metrics, names, colors):
     """One panel per metric, per-severity bars per run with 95% CIs; x labels carry n (an empty
-    class shows n = 0 and no bar)."""
+    class shows n = 0 and no bar); colors: one per label."""
     metrics = [m for m in metrics if any(m in meta["overall"] for meta in metas)]
     cols = min(3, len(metrics))
     rows = (len(metrics) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.2 * rows + 0.4 * len(labels)), squeeze=False)
     for ax, m in zip(axes.flat, metrics):
         per = {lab: [_value(meta, m, g) if m in meta["overall"] else (None, None) for g in GROUPS]
                for lab, meta in zip(labels, metas)}
-        _bars(ax, labels, per, names.get(m, m) + " (%)", metas[0]["n"])
+        _bars(ax, labels, per, names.get(m, m) + " (%)", metas[0]["n"], colors)
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=8)
-    fig.tight_layout()
+    _legend_below(fig, axes.flat[0], len(labels))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -247,22 +261,19 @@ def training_label(meta):
     return f"{base}, {a['weights']}" + (f", curriculum {a['curriculum']}" if a.get("curriculum") else "")
 
 
-def plot_paper_table(plt, path, table):
+def plot_paper_table(plt, path, table, colors):
     """The paper's table as bars: one panel per severity group, BERTScore-F1 per model x method
-    with 95% CIs."""
-    labels = [f"{m} | {c}" if len(table["models"]) > 1 else c for m in table["models"] for c in table["columns"]
-              if f"{m}|{c}" in table["cells"]]
-    metas = [table["cells"][f"{m}|{c}"]["metrics"] for m in table["models"] for c in table["columns"]
-             if f"{m}|{c}" in table["cells"]]
+    with 95% CIs; colors: run folder -> colour (run_colors), as in the other plots."""
+    keys = [f"{m}|{c}" for m in table["models"] for c in table["columns"] if f"{m}|{c}" in table["cells"]]
+    labels = [k.replace("|", " | ") if len(table["models"]) > 1 else k.split("|", 1)[1] for k in keys]
+    metas = [table["cells"][k]["metrics"] for k in keys]
     if "bertscore_f1" not in metas[0]["overall"]:
         return None
-    fig, ax = plt.subplots(figsize=(max(7, 1.2 * len(labels) + 4), 4.5))
+    fig, ax = plt.subplots(figsize=(max(7, 1.2 * len(labels) + 4), 4.5 + 0.3 * len(labels)))
     per = {lab: [_value(meta, "bertscore_f1", g) for g in GROUPS] for lab, meta in zip(labels, metas)}
-    _bars(ax, labels, per, "BERTScore-F1 (%) by model x method, 95% CI", metas[0]["n"])
-    lo = min(v for vs in per.values() for v, _ in vs if v is not None)
-    ax.set_ylim(max(0, lo - 10), None)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+    _bars(ax, labels, per, "BERTScore-F1 (%) by model x method, 95% CI", metas[0]["n"],
+          [colors[table["cells"][k]["run"]] for k in keys])
+    _legend_below(fig, ax, len(labels))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -2,6 +2,7 @@
 files they write, numbers checked against sacrebleu / hand counts, and clear errors on bad rows."""
 import importlib
 import json
+import os
 import random
 import shutil
 
@@ -221,7 +222,7 @@ def test_generations_mode_hand_counts(tmp_path):
     assert m2["ci"]["overall"]["chrf"] is None and m2["config"]["normalize"] is True
 
 
-def test_compare_two_runs(tmp_path, minilm_dir):
+def test_compare_two_runs(tmp_path, minilm_dir, capsys):
     runs = []
     for name, good in (("base", False), ("better", True)):
         rows = scored_rows(30, seed=3, good=good)
@@ -234,7 +235,12 @@ def test_compare_two_runs(tmp_path, minilm_dir):
     (runs[0] / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
         {"step": 0, "loss": 5.0, "lr": 1e-3}, {"step": 1, "loss": 4.0, "lr": 1e-3, "val_loss": 4.5}]))
     out = tmp_path / "cmp"
+    capsys.readouterr()
     res = evaluate.main(["--compare", *map(str, runs), "--out", str(out), "--bootstrap", "200", "--plot"])
+    wrote = [line.split(" ", 1)[1] for line in capsys.readouterr().out.splitlines() if line.startswith("wrote ")]
+    names = ("metrics_by_severity.png", "training_curves.png", "table.png")
+    assert sorted(wrote) == sorted(str(out / n) for n in names)
+    assert all(os.path.isfile(w) for w in wrote)  # the paths printed are the final ones, not the staging folder's
     assert (out / "compare.md").is_file() and (out / "compare.json").is_file()
     assert res == json.loads((out / "compare.json").read_text(encoding="utf-8"))
     assert res["baseline"] == "base" and not res["notes"]

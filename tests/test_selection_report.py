@@ -109,6 +109,24 @@ def test_degeneracy_hand_counts():
     assert by["mild"]["empty"] == 50.0 and by["critical"]["repeated"] == 100.0 and by["moderate"]["empty"] is None
 
 
+def test_degeneracy_counts_a_letter_repeated_inside_a_word():
+    """An answer that is one run of a letter (a degenerate model's favourite) is one token, so token
+    counts miss it (distinct-1 100%): the letter count flags it, and a class with no bigram has no
+    distinct-2 (None, shown "-"), not 0%."""
+    garbage = ["هههههههههههههههه", "اااااااا", "هاهاهاهاهاها"]  # one letter, one letter, a 2-letter loop
+    d = M.degeneracy(garbage)
+    assert d["repeated"] == 100.0 and d["distinct1"] == 100.0 and d["distinct2"] is None
+    # real-looking answers, short and long, are not flagged: the commonest letter is far below half
+    fine = ["راجع الطبيب", "اذهب الى الطوارئ فورا", "هل", "لا لا لا",  # the last two: too short to judge
+            "الم الصدر مع ضيق التنفس يحتاج الى تقييم عاجل في المستشفى"]
+    assert M.degeneracy(fine)["repeated"] == 0.0
+    assert M.degeneracy(["ههههههه"])["repeated"] == 0.0  # 7 letters: too short to judge
+    rows = [{"generated": t, "question": "q", "answer": "a"} for t in garbage]
+    md = R.quality_markdown(R.degeneracy_by_group(rows, ["mild"] * 3), [], [])
+    row = next(line for line in md.splitlines() if line.startswith("| distinct-2"))
+    assert row.split("|")[2].strip() == "-" and row.split("|")[3].strip() == "-"  # overall, mild
+
+
 # ----------------------------------------------------------------------------- selection
 
 
@@ -254,4 +272,33 @@ def test_paper_table_from_run_metadata(tmp_path):
     runs.append(fake_run(tmp_path / "e-ramp", trained(tmp_path / "m-ramp", str(base), "ramp"), 59.0, 1.0))
     assert {"weighted (balanced)", "weighted (ramp)"} <= set(R.paper_table(runs)["columns"])
     plt = pytest.importorskip("matplotlib.pyplot")
-    assert R.plot_paper_table(plt, tmp_path / "t.png", table).stat().st_size > 1000
+    assert R.plot_paper_table(plt, tmp_path / "t.png", table, R.run_colors(runs)).stat().st_size > 1000
+
+
+def test_plots_start_bars_at_zero_keep_legends_off_the_bars_and_a_run_its_colour(tmp_path, monkeypatch):
+    """table.png and metrics_by_severity.png list the runs in different orders (the table by method);
+    each run must keep one colour; bars start at 0 (a truncated axis exaggerates a 2-point gap); the
+    legend lies outside every axes."""
+    plt = pytest.importorskip("matplotlib.pyplot")
+    base = tmp_path / "base"
+    base.mkdir()
+    runs = [fake_run(tmp_path / "e-w", trained(tmp_path / "m-w", str(base), "balanced"), 60.0, 1.0),
+            fake_run(tmp_path / "e-z", base, 58.0, 1.0),  # zero-shot: first column of the table, second run here
+            fake_run(tmp_path / "e-p", trained(tmp_path / "m-p", str(base), "uniform"), 59.0, 1.0)]
+    figs = []
+    monkeypatch.setattr(plt, "close", figs.append)  # keep the figures to look at them
+    colors = R.run_colors(runs)
+    metas = [json.loads((r / "metrics.json").read_text()) for r in runs]
+    R.plot_metric_bars(plt, tmp_path / "m.png", ["w", "z", "p"], metas, ["bertscore_f1"], {},
+                       [colors[str(r)] for r in runs])
+    R.plot_paper_table(plt, tmp_path / "t.png", R.paper_table(runs), colors)
+
+    def bar_colors(fig):  # label -> facecolor of its bars
+        ax = fig.axes[0]
+        assert ax.get_ylim()[0] == 0 and ax.get_legend() is None and fig.legends
+        return {c.get_label(): tuple(c.patches[0].get_facecolor()) for c in ax.containers if hasattr(c, "patches")}
+
+    by_severity, table = bar_colors(figs[0]), bar_colors(figs[1])
+    assert list(table) == ["zero-shot", "plain", "weighted"]  # the table's own order
+    assert table["zero-shot"] == by_severity["z"] and table["plain"] == by_severity["p"]
+    assert table["weighted"] == by_severity["w"] and len(set(table.values())) == 3
