@@ -171,7 +171,7 @@ def get_args(argv=None):
 
 def read_rows(path, need_generated, split=None, limit=None):
     """[(line, row)] with question and answer (and generated when scoring a file)."""
-    rows = []
+    rows, splits = [], Counter()
     for line, row in read_jsonl(path, required=("question", "answer")):
         if need_generated and not isinstance(row.get("generated"), str):  # may be empty: EOS first
             problem = "missing" if "generated" not in row else "not a string"
@@ -180,14 +180,17 @@ def read_rows(path, need_generated, split=None, limit=None):
             if "split" not in row:
                 raise DataError(path, line, "split", "missing (use --split all to evaluate every row)")
             if row["split"] != split:
+                splits[str(row["split"])] += 1
                 continue
         severity_class(row, path, line)  # validate early
         rows.append((line, row))
         if limit is not None and len(rows) == limit:
             break
+    if not rows and split not in (None, "all"):
+        found = ", ".join(f"{name!r} ({n} rows)" for name, n in sorted(splits.items())) or "none"
+        raise DataError(path, None, "split", f"no rows with split {split!r}; the splits in the file: {found}")
     if not rows:
-        raise DataError(path, None, "split" if split not in (None, "all") else None,
-                        f"no rows to evaluate{f' with split {split!r}' if split not in (None, 'all') else ''}")
+        raise DataError(path, None, None, "no rows to evaluate")
     return rows
 
 

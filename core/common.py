@@ -72,7 +72,9 @@ def read_jsonl(path, required=(), encoding="utf-8"):
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 msg = e.msg.removesuffix(" at")  # json's "Invalid control character at" names no place itself
-                raise DataError(path, lineno, None, f"malformed JSON ({msg} at column {e.colno})") from None
+                hint = ("; a CSV or TSV file? prepare_data.py --data FILE --out rows.jsonl turns it into the "
+                        "project's JSONL rows") if lineno == 1 and not line.lstrip().startswith(("{", "[")) else ""
+                raise DataError(path, lineno, None, f"malformed JSON ({msg} at column {e.colno}){hint}") from None
             if not isinstance(row, dict):
                 raise DataError(path, lineno, None, f"expected a JSON object, got {type(row).__name__}")
             for field in required:

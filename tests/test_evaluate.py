@@ -330,3 +330,17 @@ def test_bad_severity_and_split(tmp_path, tiny_lm):
         evaluate.main(["--model", str(tiny_lm), "--data", str(path), "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit):
         evaluate.main(["--generations", str(path), "--model", str(tiny_lm)])
+
+
+def test_a_mistyped_split_lists_the_splits_and_a_csv_points_to_prepare_data(tmp_path):
+    """The two first mistakes of a newcomer: --split tests (the file says "test") and a raw CSV as --data."""
+    rows = [{"id": str(i), "question": "سؤال", "answer": "جواب", "split": s}
+            for i, s in enumerate(["train", "train", "test", "val"])]
+    path = write_rows(tmp_path / "rows.jsonl", rows)
+    with pytest.raises(DataError, match=r"no rows with split 'tests'; the splits in the file: "
+                                        r"'test' \(1 rows\), 'train' \(2 rows\), 'val' \(1 rows\)"):
+        evaluate.read_rows(path, False, "tests")
+    csv = tmp_path / "raw.csv"
+    csv.write_text("q_body,a_body\nسؤال,جواب\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"raw\.csv, line 1: malformed JSON .*prepare_data\.py --data FILE"):
+        evaluate.read_rows(csv, False, "test")
