@@ -28,7 +28,7 @@ $(VENV)/.demo: $(VENV)/.runtime
 demo: $(VENV)/.demo
 	$(PY) demo.py
 
-# the whole suite, torchrun tests and the fast demo included (about 2 minutes on 2 CPU cores)
+# the whole suite, torchrun tests and the fast demo included (about N minutes on 2 CPU cores)
 test: $(VENV)/.dev
 	$(PY) -m pytest -q --runslow tests
 

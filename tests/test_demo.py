@@ -8,14 +8,17 @@ from conftest import ROOT
 
 def test_demo_fast_runs_the_whole_pipeline(tmp_path):
     out = tmp_path / "demo"
+    # no wall-clock limit: the time depends on the machine's load (a 600 s limit failed on a busy 2-core machine)
     proc = subprocess.run([sys.executable, "demo.py", "--fast", "--out", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "== demo finished ==" in proc.stdout
 
     scored = [json.loads(line) for line in (out / "scored.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(scored) == 360  # every row of data/demo_raw.csv survives prepare_data
-    assert all(abs(sum(r["severity_probs"]) - 1) < 1e-5 for r in scored)
+    # softmax in float64 (sums to 1 within 1e-15), then each of the 3 probabilities rounded to 6
+    # decimals (error <= 5e-7 each): the sum is 1 within 1.5e-6
+    assert all(abs(sum(r["severity_probs"]) - 1) <= 1.5e-6 + 1e-12 for r in scored)
 
     test_rows = sum(r["split"] == "test" for r in scored)
     for run in ("uniform", "balanced"):

@@ -129,7 +129,7 @@ def test_other_gemmas_refused_before_reading_weights(tmp_path, model_type, match
 
 @pytest.mark.slow  # builds six 0.6B-1.7B models twice on the meta device: seconds each, plus transformers' imports
 def test_bench_shapes_are_the_real_models():
-    """bench/train.py's real-size shapes (the README table's parameter counts) build in our code and
+    """bench/train.py's real-size shapes (docs/models.md's table of parameter counts) build in our code and
     in transformers with the same parameter count (meta device: no memory). AraGPT2's Grover layout,
     which transformers lacks, has GPT-2's count (emb_norm replaces ln_f)."""
     import importlib.util

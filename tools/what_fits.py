@@ -1,6 +1,6 @@
 """What fits where: estimated peak memory per GPU of train_lm.py for each training mode.
 
-    python tools/what_fits.py                  # the README table: Qwen2.5 0.5B-7B, one 80 GB GPU and 8
+    python tools/what_fits.py                  # docs/training.md's table: Qwen2.5 0.5B-7B, 1 and 8 GPUs of 80 GB
     python tools/what_fits.py --tokens 16384   # another micro-batch (tokens per GPU)
 
 train_memory(...) is the whole model, an estimate written down so it can be checked
@@ -65,7 +65,7 @@ def train_memory(s, mode, n_gpus=1, tokens=8192, gpu=True, lora_rank=16):
 
 
 def table(tokens=8192, card_gb=80):
-    """The README's Markdown table: GB per GPU, and whether it fits one card with ~12% free."""
+    """docs/training.md's "What fits where" table: GB per GPU, and whether it fits one card (~12% free)."""
     rows = ["| model | params | full (DDP) | full + ckpt | FSDP over 8 | FSDP over 8 + ckpt | LoRA r16 | LoRA r16 + ckpt |",
             "|---|---|---|---|---|---|---|---|"]
     for name, s in QWEN25.items():
