@@ -20,7 +20,11 @@ evaluate.py --model ...` splits the rows over the ranks for generation (rank r t
 Generation (mode 1): the prompt is prompt.format_prompt(question) (question, "\\nالجواب:\\n"),
 exactly what the model was trained on (built by prompt.build_example); a prompt too long for
 the model's context minus --max-new-tokens loses the end of its question, as in training, and is
-counted (config.prompts_truncated). Batched (rows sorted
+counted (config.prompts_truncated). --prompt-format chat (default: the format the model folder was
+trained with, recorded in its meta.json, else plain) renders the model folder's own chat template
+instead, with add_generation_prompt (core/chat.py, docs/prompts.md; --system a system message), and
+stops at every end id (generation_config.json eos_token_id plus the tokenizer's EOS); recorded in
+config.prompt_format. Batched (rows sorted
 by prompt length), KV cache, greedy by default (--temperature > 0 samples, with --top-k --top-p;
 --repetition-penalty, --no-repeat-ngram), stops at EOS or --max-new-tokens; token ids beyond the
 tokenizer's vocabulary are never produced.
@@ -101,6 +105,7 @@ from core.common import (SEVERITIES, USER_ERRORS, DataError, UsageError, atomic_
 from models import load_pretrained
 from models.generate import generate
 from core.prompt import build_example  # the prompt format is defined once, in core/prompt.py
+from core.chat import add_prompt_flags, describe as describe_prompt, evaluation_format
 
 METRICS = ("bertscore_p", "bertscore_r", "bertscore_f1", "bertscore_f1_rescaled", "chrf", "rougeL", "urgent_rate",
            "ref_urgent_rate")
@@ -132,6 +137,7 @@ def get_args(argv=None):
                    choices=("auto", "bf16", "fp32"),  # the names train_lm.py uses (float32/bfloat16 accepted)
                    help="LM weights dtype; auto = bf16 on GPUs that support it, else fp32")
     p.add_argument("--seed", type=int, default=1337, help="seed for sampling and the bootstrap")
+    add_prompt_flags(p, None)
     # decoding
     p.add_argument("--max-new-tokens", type=int, default=128, help="longest generated answer, in tokens")
     p.add_argument("--batch-size", type=int, default=None, help="prompts generated together (default 64 on CUDA, else 16)")
@@ -198,11 +204,13 @@ def read_rows(path, need_generated, split=None, limit=None):
 # Generation
 
 
-def prompt_ids(tokenizer, question, max_len):
+def prompt_ids(tokenizer, question, max_len, chat=None):
     """Token ids of the prompt, built by prompt.build_example itself (so format and truncation
     are defined once): the prompt of an example whose answer is empty, i.e. prompt + EOS in
     max_len + 1 tokens. A question too long for max_len tokens loses its end, as in training.
-    Returns (ids, truncated)."""
+    Returns (ids, truncated). chat: a core.chat.ChatFormat (--prompt-format chat)."""
+    if chat is not None:
+        return chat.prompt_ids(tokenizer, question, max_len)
     ex = build_example(tokenizer, question, "", max_len + 1)
     if len(ex["prompt_ids"]) > max_len:  # build_example keeps a quarter of max_len for the question
         raise UsageError(f"{max_len} prompt tokens leave no room for the separator and a question: "
@@ -210,15 +218,16 @@ def prompt_ids(tokenizer, question, max_len):
     return ex["prompt_ids"], ex["truncated"] is not None
 
 
-def generate_answers(model, tokenizer, questions, args, show_progress=True):
+def generate_answers(model, tokenizer, questions, args, show_progress=True, chat=None):
     """Greedy/sampled answers (decoded text) for a list of questions; returns (answers, n_truncated)."""
     n_ctx = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
     # generate() reads prompt + max_new_tokens - 1 positions: the last new token is never fed back
     max_prompt = n_ctx - args.max_new_tokens + 1
     if max_prompt < 8:
         raise UsageError(f"--max-new-tokens {args.max_new_tokens} leaves no room for a prompt in {n_ctx} positions")
-    encoded = [prompt_ids(tokenizer, q, max_prompt) for q in questions]
+    encoded = [prompt_ids(tokenizer, q, max_prompt, chat) for q in questions]
     eos_id = tokenizer.eos_id if tokenizer.eos_id is not None else model.config.eos_token_id
+    eos_id = chat.end_ids if chat is not None else eos_id  # chat: every end id the folder declares
     order = sorted(range(len(questions)), key=lambda i: -len(encoded[i][0]))  # similar lengths batch together
     answers = [None] * len(questions)
     starts = list(range(0, len(order), args.batch_size))
@@ -244,9 +253,11 @@ def run_generation(args):
             dtype = torch.bfloat16
         torch.manual_seed(args.seed)
         model, tokenizer = load_pretrained(args.model, dtype=dtype, device=device, expect="lm")
+        chat = evaluation_format(args, tokenizer, model)  # --prompt-format, default: as the model was trained
         mine = list(range(rank, len(rows), world))
         t0 = time.time()
-        answers, n_trunc = generate_answers(model, tokenizer, [rows[i]["question"] for i in mine], args, rank == 0)
+        answers, n_trunc = generate_answers(model, tokenizer, [rows[i]["question"] for i in mine], args, rank == 0,
+                                            chat)
         seconds = time.time() - t0
         if world > 1:  # rank 0 collects every rank's answers
             gathered = [None] * world
@@ -267,7 +278,9 @@ def run_generation(args):
                                                   "repetition_penalty", "no_repeat_ngram", "seed")}
         extra = {"mode": "generate", "model": str(args.model), "data": str(args.data), "split": args.split,
                  "limit": args.limit, "decoding": {**decoding, "greedy": args.temperature == 0},
-                 "prompt": "prompt.format_prompt (question + '\\nالجواب:\\n')", "prompts_truncated": n_trunc,
+                 "prompt": "prompt.format_prompt (question + '\\nالجواب:\\n')" if chat is None else
+                 "core.chat (the model folder's chat template)", "prompt_format": describe_prompt(chat),
+                 "prompts_truncated": n_trunc,
                  "dtype": str(dtype).replace("torch.", ""), "world_size": world,
                  "generation_seconds": round(seconds, 2)}
         return rows, extra

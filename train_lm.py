@@ -48,7 +48,10 @@ Writes --out (default out/lm-<weights>):
 Checkpoints (core/checkpoint.py) are written to a temporary folder and renamed into place, so a run killed
 at any moment resumes from a complete checkpoint; resuming gives the same weights as not stopping.
 
-Prompt format (core/prompt.py; evaluate.py uses the same): <question> "\\nالجواب:\\n" <answer> <EOS>
+Prompt format (core/prompt.py; evaluate.py uses the same): <question> "\\nالجواب:\\n" <answer> <EOS>;
+--prompt-format chat uses the model folder's own chat template instead (instruct models; core/chat.py,
+docs/prompts.md): loss on the assistant turn and its end-of-turn token, --system an optional system
+message; recorded in meta.json ("prompt") and checked on resume.
 """
 import argparse
 import functools
@@ -67,6 +70,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from core.chat import add_prompt_flags, chat_format, describe as describe_prompt
 from core.checkpoint import check_resumable, save_checkpoint
 from core.curriculum import CURRICULA, curriculum_stages, describe, stage_at
 from core.common import (DEMO_DATA, REPO, SEVERITIES, USER_ERRORS, DataError, UsageError, adamw, bf16_supported,
@@ -115,6 +119,7 @@ def get_args(argv=None):
                         "trains on class k only, cumulative: on classes up to k; steps split by stage rows")
     p.add_argument("--max-len", type=int, default=512, help="longest example in tokens (question + separator + "
                                                             "answer + EOS); longer ones are truncated and counted")
+    add_prompt_flags(p, "plain")
     # optimization
     p.add_argument("--max-steps", type=int, default=300, help="optimizer steps (the demo default; MAQA needs ~10k)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per micro-batch per rank")
@@ -424,6 +429,7 @@ def train(args, rank, world, device, progress):
             load_adapter(raw_model, last_dir / "adapter")
     raw_model.train()
     torch.manual_seed(args.seed + rank)  # initialization was the same on every rank; dropout masks must not be
+    chat = chat_format(args.prompt_format, args.system, tokenizer, raw_model, args.model or DEMO_TOKENIZER)
     if tokenizer.eos_id is None:
         raise UsageError("the tokenizer declares no EOS token (tokenizer_config.json eos_token): the model "
                          "could not learn where an answer ends")
@@ -449,7 +455,7 @@ def train(args, rank, world, device, progress):
     for name, rows in (("train", train_rows), ("val", val_rows)):
         examples[name] = []
         for row in tqdm(rows, desc=f"tokenizing {name}", disable=rank != 0 or len(rows) < 10_000):
-            ex = build_example(tokenizer, row["question"], row["answer"], args.max_len)
+            ex = build_example(tokenizer, row["question"], row["answer"], args.max_len, chat)
             examples[name].append({"id": row["id"], "cls": row["cls"], "n_answer": ex["n_answer"],
                                    "truncated": ex["truncated"],
                                    "input_ids": np.array(ex["input_ids"], dtype=np.int32),
@@ -531,7 +537,8 @@ def train(args, rank, world, device, progress):
     if args.compile:  # compile the DDP module (PyTorch's guidance): its all-reduce still overlaps the backward
         model = torch.compile(model)
     metrics_path = out / "metrics.jsonl"
-    meta = {"args": vars(args), "weights": weights_info, "data": data_info, "world_size": world, "parallel": parallel}
+    meta = {"args": vars(args), "weights": weights_info, "data": data_info, "world_size": world, "parallel": parallel,
+            "prompt": describe_prompt(chat)}
 
     def log(record):
         if rank == 0:

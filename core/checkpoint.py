@@ -35,7 +35,7 @@ def check_resumable(meta, args, defaults, world, data_info, last_dir):
     ran with)."""
     for key in ("data", "weights", "denominator", "batch_size", "grad_accum", "seed", "max_len", "model", "lr",
                 "min_lr", "warmup_steps", "weight_decay", "curriculum", "lora_rank", "lora_alpha", "lora_targets",
-                "fsdp") + (("max_steps",) if args.curriculum else ()):  # the curriculum's split depends on max_steps
+                "fsdp", "prompt_format", "system") + (("max_steps",) if args.curriculum else ()):  # the curriculum's split depends on max_steps
         if meta["args"].get(key, defaults[key]) != getattr(args, key):  # a key an older run lacks: the default
             raise UsageError(f"{last_dir} was trained with --{key.replace('_', '-')} {meta['args'].get(key)}, "
                              f"not {getattr(args, key)}: use another --out, or --resume never to start over")

@@ -1,6 +1,11 @@
-"""The prompt format, defined once: train_lm.py trains on it, evaluate.py generates from it.
+"""The prompt formats, defined once: train_lm.py trains on them, evaluate.py generates from them.
+
+plain (the default, --prompt-format plain):
 
     <question> "\\nالجواب:\\n" <answer> <EOS>          (no BOS; "الجواب" = "the answer")
+
+chat (--prompt-format chat): the model folder's own chat template, core/chat.py (a ChatFormat is
+passed as build_example's `chat`). docs/prompts.md shows both.
 
 Loss only on the answer tokens and the EOS, so the model learns to answer and to stop.
 evaluate.py builds its prompts with build_example itself (an empty answer), so the format and the
@@ -14,8 +19,9 @@ def format_prompt(question):
     return question.strip() + SEPARATOR
 
 
-def build_example(tokenizer, question, answer, max_len):
-    """Token ids of one training example, shifted for next-token prediction.
+def build_example(tokenizer, question, answer, max_len, chat=None):
+    """Token ids of one training example, shifted for next-token prediction (chat: a
+    core.chat.ChatFormat, whose build_example returns the same dict for the chat format).
 
     Full sequence: format_prompt(question) + answer + EOS, at most max_len tokens. Returns a dict:
       input_ids  the sequence without its last token (what the model reads)
@@ -28,6 +34,8 @@ def build_example(tokenizer, question, answer, max_len):
     question keeps that many and the answer loses its end -- and then has no EOS target, so the
     model never learns to stop in the middle of a sentence.
     """
+    if chat is not None:
+        return chat.build_example(tokenizer, question, answer, max_len)
     answer_ids = tokenizer.encode(answer.strip()) + [tokenizer.eos_id]
     prompt_ids = tokenizer.encode(format_prompt(question))  # exactly what evaluate.py will feed
     truncated = None

@@ -5,7 +5,9 @@ A model folder holds:
   model.safetensors                the weights (or model.safetensors.index.json + shards)
   tokenizer.json                   the tokenizer (or vocab.json + merges.txt for GPT-2 byte-level
                                    BPE, or vocab.txt for BERT WordPiece)
-  tokenizer_config.json            special tokens, model_max_length (optional)
+  tokenizer_config.json            special tokens, model_max_length, chat_template (optional)
+  chat_template.jinja              the chat template (optional; wins over tokenizer_config's)
+  generation_config.json           end ids etc. (optional; kept as model.generation_config)
   special_tokens_map.json          special tokens (optional)
 
     model, tok = load_pretrained("path/to/aragpt2-base")                # eval mode, fp32, CPU
@@ -189,6 +191,8 @@ def load_pretrained(folder, dtype=torch.float32, device="cpu", tokenizer=True, e
         model.load_hf_state_dict(sd)
     except ValueError as e:
         raise ModelFolderError(where, str(e)) from None
+    # generation_config.json (end ids, sampling defaults) travels with the model, as in transformers
+    model.generation_config = read_json(folder / "generation_config.json") or None
     return model.eval(), tok
 
 
@@ -203,7 +207,8 @@ def save_pretrained(model, tokenizer, folder):
 def write_pretrained(model, tokenizer, folder):
     """The files of save_pretrained, written into an existing folder (callers that add files of
     their own, a checkpoint's meta.json say, stage the folder themselves): config.json (with
-    "torch_dtype"), model.safetensors, and the tokenizer files."""
+    "torch_dtype"), model.safetensors, generation_config.json when the model was loaded with one
+    (load_pretrained sets model.generation_config), and the tokenizer files (with the chat template)."""
     folder = Path(folder)
     cfg = model.config.to_dict()
     cfg["torch_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
@@ -217,6 +222,9 @@ def write_pretrained(model, tokenizer, folder):
         tensors[k] = t
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     usual_permissions(folder / "model.safetensors")  # safetensors writes 0600
+    if getattr(model, "generation_config", None):
+        (folder / "generation_config.json").write_text(json.dumps(model.generation_config, indent=2, ensure_ascii=False)
+                                                       + "\n", encoding="utf-8")
     if tokenizer is not None:
         tokenizer.save(folder)
 
@@ -311,18 +319,43 @@ def _wordpiece_from_vocab(folder, tcfg, special):
     return tok
 
 
+def _chat_template(folder, tcfg):
+    """The folder's chat template: chat_template.jinja, else tokenizer_config.json's chat_template
+    (a string, or a list of {"name", "template"} turned into {name: template}); None if neither."""
+    path = folder / "chat_template.jinja"
+    if path.is_file():
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ModelFolderError(path, f"cannot be read ({e})") from None
+    template = tcfg.get("chat_template")
+    if isinstance(template, list):
+        try:
+            return {t["name"]: t["template"] for t in template}
+        except (TypeError, KeyError):
+            raise ModelFolderError(folder / "tokenizer_config.json", "not a list of {name, template} objects",
+                                   "chat_template") from None
+    if template is not None and not isinstance(template, str):
+        raise ModelFolderError(folder / "tokenizer_config.json", "expected a string or a list", "chat_template")
+    return template
+
+
 class Tokenizer:
     """A `tokenizers.Tokenizer` (`.tok`) plus the special token ids a model folder declares.
 
     encode(text, add_special_tokens=False) -> ids (True adds BERT's [CLS] ... [SEP]);
     decode(ids); vocab_size = the highest token id + 1 (added tokens included);
     bos_id, eos_id, pad_id, unk_id, cls_id, sep_id, mask_id: ints or None.
+    chat_template: the folder's chat template (chat_template.jinja, which wins as in transformers,
+    else tokenizer_config.json's chat_template: a string, or named templates as {name: source}), or None;
+    save() writes it back, so a fine-tuned instruct model keeps its conversation format.
     """
 
-    def __init__(self, tok, special_tokens=None, model_max_length=None):
+    def __init__(self, tok, special_tokens=None, model_max_length=None, chat_template=None):
         self.tok = tok
         self.special_tokens = dict(special_tokens or {})  # {"eos": "<|endoftext|>", ...}
         self.model_max_length = model_max_length
+        self.chat_template = chat_template  # Jinja source (core/chat.py), {name: source}, or None
         for name in SPECIAL:
             s = self.special_tokens.get(name)
             setattr(self, f"{name}_id", tok.token_to_id(s) if s is not None else None)
@@ -406,7 +439,7 @@ class Tokenizer:
         max_len = tcfg.get("model_max_length")
         if not isinstance(max_len, int) or max_len > 10**9:  # transformers writes 1e30 for "unknown"
             max_len = None
-        return cls(tok, special, max_len)
+        return cls(tok, special, max_len, _chat_template(folder, tcfg))
 
     def encode(self, text, add_special_tokens=False):
         return self.tok.encode(text, add_special_tokens=add_special_tokens).ids
@@ -426,5 +459,12 @@ class Tokenizer:
         tcfg = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False, **smap}
         if self.model_max_length is not None:
             tcfg["model_max_length"] = self.model_max_length
+        template = self.chat_template
+        if isinstance(template, dict):  # transformers' list form of named templates
+            template = [{"name": n, "template": t} for n, t in template.items()]
+        if template is not None:  # in both places: older transformers read only the config
+            tcfg["chat_template"] = template
+        if isinstance(self.chat_template, str):
+            (folder / "chat_template.jinja").write_text(self.chat_template, encoding="utf-8")
         for name, obj in (("tokenizer_config.json", tcfg), ("special_tokens_map.json", smap)):
             (folder / name).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
