@@ -115,7 +115,7 @@ class ChatFormat:
     @classmethod
     def from_tokenizer(cls, tokenizer, folder, system=None, generation_config=None):
         """From the template the tokenizer read from `folder`; UsageError when it has none, or when a
-        probe conversation shows a template that raises or renders no assistant turn."""
+        probe conversation shows a template that raises, renders no assistant turn or no end id."""
         source = tokenizer.chat_template
         if isinstance(source, dict):  # named templates: transformers uses "default" when no tools are given
             source = source.get("default")
@@ -125,7 +125,8 @@ class ChatFormat:
         where = f"{folder}'s chat template"
         chat = cls(compile_template(source, where), tokenizer.special_tokens, end_ids(tokenizer, generation_config),
                    system, where)
-        chat.spans("probe question", "probe answer")  # a template that raises or drops the answer fails here
+        # a template that raises, drops the answer or ends it with no end id fails here, before any data
+        chat.build_example(tokenizer, "probe question", "probe answer", 10**6)
         return chat
 
     def render(self, messages, add_generation_prompt):

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The real experiment: MAQA, AraBERT severity classifier, ten language models, each zero-shot,
-# fine-tuned with uniform and balanced severity weights and with the severity curriculum, plus MBR
-# selection over the fine-tuned runs, evaluated overall and per severity class; the paper's
-# model x method table over everything at the end ($OUT/table/table.md).
+# The real experiment: MAQA, AraBERT severity classifier, ten language models and four instruct
+# variants, each zero-shot, fine-tuned with uniform and balanced severity weights and with the
+# severity curriculum, plus MBR selection over the fine-tuned runs, evaluated overall and per
+# severity class; the paper's model x method table over everything at the end ($OUT/table/table.md).
 #
 # Nothing is downloaded: put these local folders (Hugging Face layout, safetensors) under $MODELS
 # first, and MAQA's ds5b.csv under $DATA:
@@ -19,7 +19,13 @@
 #   $MODELS/qwen3-1.7b      Qwen/Qwen3-1.7B-Base           Qwen3, 1.72B
 #   $MODELS/llama-3.2-1b    meta-llama/Llama-3.2-1B        Llama-3 RoPE, 1.24B
 #   $MODELS/gemma-3-1b      google/gemma-3-1b-pt           Gemma-3 text, 1.00B
-#   LMS="aragpt2-base qwen3-0.6b" bash runs/maqa.sh runs a subset.
+#   and four instruct variants (CHAT_LMS), trained and evaluated in their own chat template
+#   (--prompt-format chat, docs/prompts.md), zero-shot included:
+#   $MODELS/qwen2.5-0.5b-instruct  Qwen/Qwen2.5-0.5B-Instruct  Qwen2, 494M
+#   $MODELS/qwen3-0.6b-chat        Qwen/Qwen3-0.6B             Qwen3, 596M (thinking off)
+#   $MODELS/llama-3.2-1b-instruct  meta-llama/Llama-3.2-1B-Instruct  Llama-3 RoPE, 1.24B
+#   $MODELS/gemma-3-1b-it          google/gemma-3-1b-it        Gemma-3 text, 1.00B
+#   LMS="aragpt2-base qwen3-0.6b" CHAT_LMS="" bash runs/maqa.sh runs a subset.
 # A folder with only pytorch_model.bin: python tools/convert_bin_to_safetensors.py FOLDER (once).
 #
 # Usage:  NGPU=8 bash runs/maqa.sh            (NGPU=1 for one GPU)
@@ -51,20 +57,23 @@ mkdir -p "$OUT"
 
 # 4-5. each language model with uniform (plain cross-entropy) and balanced severity weights
 LMS=${LMS:-"aragpt2-base aragpt2-medium aragpt2-large aragpt2-mega qwen2.5-0.5b qwen2.5-1.5b qwen3-0.6b qwen3-1.7b llama-3.2-1b gemma-3-1b"}
+CHAT_LMS=${CHAT_LMS-"qwen2.5-0.5b-instruct qwen3-0.6b-chat llama-3.2-1b-instruct gemma-3-1b-it"}
 EVAL_ARGS="--data $OUT/scored.jsonl --split test --bertscore-model $MODELS/bert-base-multilingual-cased --bertscore-layer 9"
-for lm in $LMS; do
-  # zero-shot: the base model as it is, with the same prompt format (the paper's gains start here)
-  [ -f "$OUT/$lm-zeroshot-eval/metrics.json" ] || $TORCHRUN evaluate.py --model "$MODELS/$lm" $EVAL_ARGS \
+for lm in $LMS $CHAT_LMS; do
+  # the prompt format: plain for base models, the model's own chat template for the instruct variants
+  fmt="--prompt-format plain"; case " $CHAT_LMS " in *" $lm "*) fmt="--prompt-format chat";; esac
+  # zero-shot: the model as it is, with the same prompt format (the paper's gains start here)
+  [ -f "$OUT/$lm-zeroshot-eval/metrics.json" ] || $TORCHRUN evaluate.py --model "$MODELS/$lm" $EVAL_ARGS $fmt \
       --max-new-tokens 256 --batch-size 64 --out "$OUT/$lm-zeroshot-eval"
   for weights in uniform balanced curriculum; do
     # curriculum: stages mild, moderate, critical (cumulative), plain cross-entropy inside each
     flags="--weights $weights"; [ "$weights" = curriculum ] && flags="--weights uniform --curriculum cumulative"
     run="$OUT/$lm-$weights"
-    $TORCHRUN train_lm.py --model "$MODELS/$lm" --data "$OUT/scored.jsonl" $flags \
+    $TORCHRUN train_lm.py --model "$MODELS/$lm" --data "$OUT/scored.jsonl" $flags $fmt \
         --out "$run" --max-steps "$STEPS" --batch-size 16 --grad-accum $((32 / NGPU > 0 ? 32 / NGPU : 1)) \
         --max-len 512 --lr 5e-5 --eval-every 500 --save-every 500
     [ -f "$run-eval/metrics.json" ] || $TORCHRUN evaluate.py --model "$run/best" --data "$OUT/scored.jsonl" \
-        --split test --bertscore-model "$MODELS/bert-base-multilingual-cased" --bertscore-layer 9 \
+        --split test --bertscore-model "$MODELS/bert-base-multilingual-cased" --bertscore-layer 9 $fmt \
         --max-new-tokens 256 --batch-size 64 --out "$run-eval"
   done
   # MBR selection over the three fine-tuned runs (no reference used); the oracle is an upper bound
