@@ -347,9 +347,12 @@ def test_save_replaces_folder_atomically(gpt2_folder, tmp_path):
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
     (out / "notes.txt").unlink()
     save_pretrained(model, tok, out)
-    assert sorted(p.name for p in out.iterdir()) == [MARKER, "config.json", "model.safetensors",
-                                                     "special_tokens_map.json", "tokenizer.json",
-                                                     "tokenizer_config.json"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "config.json", "generation_config.json",
+                                                     "model.safetensors", "special_tokens_map.json",
+                                                     "tokenizer.json", "tokenizer_config.json"]
+    # generation_config.json: transformers wrote one into gpt2_folder, and it travels with the model
+    assert (json.loads((out / "generation_config.json").read_text())
+            == json.loads((gpt2_folder / "generation_config.json").read_text()))
     save_pretrained(model, tok, out)  # a folder the project wrote is replaced
 
     class Broken:  # fails half-way: the previous folder must survive untouched
