@@ -1,7 +1,8 @@
 """The modules the pipeline's scripts import (the scripts themselves lie in the repository root).
 
-common (JSONL io, safe outputs, distributed setup), prompt (the prompt formats), checkpoint
-(train_lm's checkpoints and resume checks), curriculum, classifier (the severity classifier's
-folder and encoding), lexicon (the Arabic severity and urgent-advice lexicons; also a command:
-`python -m core.lexicon --stats FILE`), metrics, selection, reporting.
+common (JSONL io, safe outputs, distributed setup), prompt (the prompt formats), chat (the chat
+format: a model folder's own chat template), checkpoint (train_lm's checkpoints and resume checks),
+curriculum, classifier (the severity classifier's folder and encoding), lexicon (the Arabic
+severity and urgent-advice lexicons; also a command: `python -m core.lexicon --stats FILE`),
+metrics, selection, reporting.
 """
