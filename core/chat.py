@@ -35,6 +35,7 @@ from jinja2.ext import Extension, loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from core.common import UsageError
+from core.prompt import SEPARATOR
 
 PROMPT_FORMATS = ("plain", "chat")
 RENDER_DATE = datetime(2026, 1, 1)  # what strftime_now returns: renders do not change with the day they run on
@@ -266,4 +267,4 @@ def evaluation_format(args, tokenizer, model):
 
 def describe(chat):
     """metrics.json's / meta.json's record of a run's prompt format."""
-    return chat.describe() if chat is not None else {"format": "plain", "separator": "\\nالجواب:\\n"}
+    return chat.describe() if chat is not None else {"format": "plain", "separator": SEPARATOR}

@@ -331,6 +331,12 @@ def test_train_then_evaluate_chat(folders, rows, family, tmp_path):
     prompt = chat.prompt_ids(tok, val[0]["question"], 100)[0]
     alone = generate(trained, [prompt], 5, chat.end_ids, tok.pad_id, vocab_limit=tok.vocab_size)[0]
     assert next(g for g in gen if g["id"] == val[0]["id"])["generated"] == tok.decode(alone).strip()
+    if family == "qwen2.5":  # the trained format is only a default
+        evaluate.main(["--model", str(out / "last"), "--data", str(data), "--split", "val", "--out",
+                       str(tmp_path / "eval-plain"), "--max-new-tokens", "2", "--limit", "2", "--bootstrap", "0",
+                       "--device", "cpu", "--prompt-format", "plain"])
+        cfg = json.loads((tmp_path / "eval-plain" / "metrics.json").read_text(encoding="utf-8"))["config"]
+        assert cfg["prompt_format"] == {"format": "plain", "separator": "\nالجواب:\n"}
 
 
 def bad_folder(folders, tmp_path, template):
