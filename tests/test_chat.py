@@ -146,8 +146,9 @@ def folders(tmp_path_factory, rows):
     for family, (template, *_, gen_eos, kind) in FAMILIES.items():
         tok = family_tokenizer(family, rows)
         tok.chat_template = template
-        cfg = tiny_config("qwen3" if kind == "qwen2" else kind, tok.vocab_size)
-        cfg.update(model_type="qwen2") if kind == "qwen2" else None
+        cfg = tiny_config("qwen3" if kind == "qwen2" else kind, tok.vocab_size)  # qwen2: qwen3's sizes
+        if kind == "qwen2":
+            cfg["model_type"] = "qwen2"
         cfg.update(bos_token_id=tok.bos_id or 0, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id or 0)
         torch.manual_seed(0)
         model = build_model(cfg)
