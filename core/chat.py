@@ -208,8 +208,8 @@ def fit(prompt_ids, a, b, answer_ids, max_len):
         keep = max(keep, min_keep)
         if markup + keep >= max_len:
             raise UsageError(f"{max_len} tokens leave no room for an answer after the chat template's markup "
-                             f"({markup} tokens) and {keep} question tokens: raise --max-len (training) or lower --max-new-tokens "
-                             "(generation)")
+                             f"({markup} tokens) and {keep} question tokens: raise --max-len (training) or "
+                             "lower --max-new-tokens (generation)")
         prompt_ids = prompt_ids[:a + keep] + prompt_ids[b:]
         answer_ids = answer_ids[:max(max_len - len(prompt_ids), 0)]
     ids = prompt_ids + answer_ids

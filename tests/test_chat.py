@@ -170,7 +170,8 @@ def hf_tokenizer(folder):
     return transformers.AutoTokenizer.from_pretrained(str(folder))
 
 
-HF_KW = {"date_string": RENDER_DATE.strftime("%d %b %Y"), "enable_thinking": False}  # strftime_now reads the clock there
+# what our renderer fixes, given to transformers (whose strftime_now reads the clock)
+HF_KW = {"date_string": RENDER_DATE.strftime("%d %b %Y"), "enable_thinking": False}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -215,7 +216,7 @@ def test_targets_are_the_assistant_tokens_and_end_of_turn(folders, rows, family)
         seq = ex["input_ids"] + ex["labels"][-1:]
         assert seq == ids[:end]
         assert [lab != -100 for lab in ex["labels"]] == [bool(m) for m in mask[1:end]]
-        prompt = hf.apply_chat_template(msgs[:-1], tokenize=True, add_generation_prompt=True, return_dict=False, **HF_KW)
+        prompt = hf.apply_chat_template(msgs[:-1], add_generation_prompt=True, return_dict=False, **HF_KW)
         assert ex["prompt_ids"] == list(prompt) == chat.prompt_ids(tok, r["question"], 512)[0]
         assert ex["n_answer"] == sum(mask) and ex["truncated"] is None
 
