@@ -188,7 +188,8 @@ def test_render_matches_apply_chat_template(folders, rows, family):
                 ref = hf.apply_chat_template(msgs, tokenize=True, add_generation_prompt=agp, return_dict=False,
                                              **HF_KW)
                 assert tok.encode(text) == list(ref)
-    assert "Today: 01 Jan 2026" in chat.render(conversation("q"), True) or family != "llama3"
+    if family == "llama3":  # strftime_now: the fixed date, whatever the clock says
+        assert "Today: 01 Jan 2026" in chat.render(conversation("q"), True)
 
 
 def test_template_file_wins_over_tokenizer_config(folders, tmp_path):
@@ -198,6 +199,22 @@ def test_template_file_wins_over_tokenizer_config(folders, tmp_path):
     tok.save(folder)  # tokenizer_config.json holds QWEN25 (and so does chat_template.jinja) ...
     (folder / "chat_template.jinja").write_text(QWEN3, encoding="utf-8")  # ... now the file differs
     assert Tokenizer.from_folder(folder).chat_template == QWEN3 == hf_tokenizer(folder).chat_template
+
+
+def test_named_templates(folders, tmp_path):
+    """tokenizer_config.json's list of named templates: "default" is used (as transformers does
+    without tools), and the list is saved back as it was."""
+    _, tok = load_pretrained(folders["qwen2.5"])
+    tok.chat_template = {"default": QWEN25, "tool_use": "{{ raise_exception('tools') }}"}
+    tok.save(tmp_path / "named")
+    assert json.loads((tmp_path / "named" / "tokenizer_config.json").read_text())["chat_template"] == [
+        {"name": "default", "template": QWEN25}, {"name": "tool_use", "template": "{{ raise_exception('tools') }}"}]
+    again = Tokenizer.from_folder(tmp_path / "named")
+    assert again.chat_template == tok.chat_template
+    chat = ChatFormat.from_tokenizer(again, tmp_path / "named", None, {"eos_token_id": 0})
+    msgs = conversation("سؤال", None)
+    assert chat.render(msgs, True) == hf_tokenizer(tmp_path / "named").apply_chat_template(
+        msgs, tokenize=False, add_generation_prompt=True)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
