@@ -5,9 +5,12 @@ one line instead of a traceback when a run is stopped (Ctrl-C, a full disk).
 Nothing here imports anything beyond the runtime dependencies, and importing it has no side
 effects, so tests can import every script.
 """
+import argparse
+import datetime
 import errno
 import functools
 import hashlib
+import io
 import json
 import math
 import os
@@ -15,8 +18,11 @@ import random
 import re
 import shutil
 import socket
+import sys
 import tempfile
-from contextlib import contextmanager
+import time
+import traceback
+from contextlib import contextmanager, nullcontext, redirect_stderr
 from pathlib import Path
 
 import numpy as np
@@ -47,42 +53,67 @@ class DataError(ValueError):
 # JSONL
 
 
-def read_jsonl(path, required=(), encoding="utf-8"):
-    """Yield (line_number, row) from a JSONL file; blank lines are skipped.
-
-    Text that is not UTF-8, malformed JSON, a non-object line or a missing/empty required string
-    field raise DataError naming the file, line and field; a UTF-8 BOM on the first line is fine.
-    Streams: never holds the file in memory.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, None, None, "file not found")
-    with open(path, "rb") as f:  # decoded line by line, so a decoding error can name its line
+def read_lines(path, encoding="utf-8"):
+    """Yield (line_number, text) of a text file, decoded line by line so that text which is not
+    `encoding` raises DataError naming its line; a UTF-8 BOM on the first line is dropped."""
+    with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
-                line = raw.decode("utf-8-sig" if lineno == 1 and encoding == "utf-8" else encoding)
+                yield lineno, raw.decode("utf-8-sig" if lineno == 1 and encoding == "utf-8" else encoding)
             except UnicodeDecodeError as e:
                 raise DataError(path, lineno, None, f"not {'UTF-8' if encoding == 'utf-8' else encoding} text "
                                                     f"({e.reason} at byte {e.start + 1}); if the file is in another "
                                                     f"encoding, convert it to UTF-8 (prepare_data.py --encoding "
                                                     f"reads it as it is)") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                msg = e.msg.removesuffix(" at")  # json's "Invalid control character at" names no place itself
-                hint = ("; a CSV or TSV file? prepare_data.py --data FILE --out rows.jsonl turns it into the "
-                        "project's JSONL rows") if lineno == 1 and not line.lstrip().startswith(("{", "[")) else ""
-                raise DataError(path, lineno, None, f"malformed JSON ({msg} at column {e.colno}){hint}") from None
-            if not isinstance(row, dict):
-                raise DataError(path, lineno, None, f"expected a JSON object, got {type(row).__name__}")
-            for field in required:
-                value = row.get(field)
-                if not isinstance(value, str) or not value.strip():
-                    problem = "missing" if field not in row else "empty or not a string"
-                    raise DataError(path, lineno, field, f"{problem}")
-            yield lineno, row
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # a \\uD800-\\uDFFF escape: maybe half a pair
+
+
+def parse_json_line(path, lineno, line):
+    """One JSON value from one line; malformed JSON, nesting too deep for the parser and lone
+    surrogate escapes ("\\ud800": half a UTF-16 pair, no character, which no UTF-8 output can hold)
+    raise DataError naming the line."""
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as e:
+        msg = e.msg.removesuffix(" at")  # json's "Invalid control character at" names no place itself
+        hint = ("; a CSV or TSV file? prepare_data.py --data FILE --out rows.jsonl turns it into the "
+                "project's JSONL rows") if lineno == 1 and not line.lstrip().startswith(("{", "[")) else ""
+        raise DataError(path, lineno, None, f"malformed JSON ({msg} at column {e.colno}){hint}") from None
+    except RecursionError:
+        raise DataError(path, lineno, None, "JSON nested too deeply (thousands of levels): not a data row") from None
+    if _SURROGATE_ESCAPE.search(line):  # rare: check only lines that hold such an escape
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")  # a proper pair became one character
+        except UnicodeEncodeError as e:
+            raise DataError(path, lineno, None, f"a lone surrogate {e.object[e.start]!r} in the text (half of a "
+                                                f"UTF-16 pair, not a character): fix the row's escapes") from None
+    return value
+
+
+def read_jsonl(path, required=(), encoding="utf-8"):
+    """Yield (line_number, row) from a JSONL file; blank lines are skipped.
+
+    Text that is not UTF-8, malformed JSON (also nested too deeply or with a lone surrogate), a
+    non-object line or a missing/empty required string field raise DataError naming the file,
+    line and field; a UTF-8 BOM on the first line is fine. Streams: never holds the file in memory.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, None, None, "file not found")
+    for lineno, line in read_lines(path, encoding):
+        if not line.strip():
+            continue
+        row = parse_json_line(path, lineno, line)
+        if not isinstance(row, dict):
+            raise DataError(path, lineno, None, f"expected a JSON object, got {type(row).__name__}")
+        for field in required:
+            value = row.get(field)
+            if not isinstance(value, str) or not value.strip():
+                problem = "missing" if field not in row else "empty or not a string"
+                raise DataError(path, lineno, field, f"{problem}")
+        yield lineno, row
 
 
 def dumps(row):
@@ -412,6 +443,124 @@ def stable_hash(text, seed=0):
 
 
 # -----------------------------------------------------------------------------
+# Flag values: argparse types, so a bad number stops at parsing (one `error:` line, exit 2),
+# before any data or model is loaded. Each returns the parsed value or raises ArgumentTypeError.
+
+
+def _number(text, kind):
+    try:
+        value = kind(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _bounded(kind, test, wanted):
+    def parse(text):
+        value = _number(text, kind)
+        if not test(value):
+            raise argparse.ArgumentTypeError(f"{text!r}: must be {wanted}")
+        return value
+    parse.__name__ = wanted  # what argparse would name in its messages
+    return parse
+
+
+positive_float = _bounded(float, lambda x: x > 0, "a finite number > 0")
+non_negative_float = _bounded(float, lambda x: x >= 0, "a finite number >= 0")
+fraction = _bounded(float, lambda x: 0 <= x < 1, "a number in [0, 1)")
+proportion = _bounded(float, lambda x: 0 < x <= 1, "a number in (0, 1]")
+positive_int = _bounded(int, lambda x: x >= 1, "an integer >= 1")
+non_negative_int = _bounded(int, lambda x: x >= 0, "an integer >= 0")
+seed_int = _bounded(int, lambda x: 0 <= x < 2**63, "an integer in [0, 2**63)")  # what numpy and torch seed from
+
+
+def device_arg(text):
+    """argparse type of --device: auto, cpu, cuda, cuda:N or mps, and only if this machine has it
+    (a CPU-only torch has no cuda; cuda:N needs N + 1 GPUs)."""
+    if text == "auto":
+        return text
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected auto, cpu, cuda, cuda:N or mps")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        why = "this torch was built without CUDA" if torch.version.cuda is None else "no GPU is visible"
+        raise argparse.ArgumentTypeError(f"{text!r} is not available: {why} (torch {torch.__version__}); "
+                                         f"use --device cpu or auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+    mps = getattr(torch.backends, "mps", None)
+    if dev.type == "mps" and not (mps is not None and mps.is_available()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not available on this machine; use --device cpu or auto")
+    return text
+
+
+OUT_NAME_MARGIN = 32  # what the project adds to an output's name beside it (".NAME.lock", temp files, shards)
+
+
+def out_path(text):
+    """argparse type of --out: a path whose names fit the file system, with room for the temporary
+    and lock files written beside it (OUT_NAME_MARGIN bytes more than its last name)."""
+    if not text:
+        raise argparse.ArgumentTypeError("empty path")
+    path = Path(text)
+    known = path.absolute()
+    while not os.path.exists(known) and known != known.parent:  # the file system that will hold it
+        known = known.parent
+    try:
+        name_max, path_max = os.pathconf(known, "PC_NAME_MAX"), os.pathconf(known, "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):
+        name_max, path_max = 255, 4096
+    for i, part in enumerate(path.parts):
+        limit = name_max - (OUT_NAME_MARGIN if i == len(path.parts) - 1 else 0)
+        if len(os.fsencode(part)) > limit:
+            raise argparse.ArgumentTypeError(f"the name {part[:40]!r}... is {len(os.fsencode(part))} bytes: "
+                                             f"this file system takes at most {limit} here")
+    if len(os.fsencode(str(path.absolute()))) + OUT_NAME_MARGIN > path_max:
+        raise argparse.ArgumentTypeError(f"the path is longer than this file system takes ({path_max} bytes)")
+    return text
+
+
+def warn_high_lr(lr, flag="--lr"):
+    """A learning rate above 1 is almost always a typo (1e-5 meant): say so, and run as told."""
+    if lr > 1:
+        print0(f"WARNING: {flag} {lr:g} is above 1: fine-tuning rates are ~1e-5 to 1e-3")
+
+
+def seed_all(seed):
+    """Seed Python's, NumPy's and torch's global generators: a run's saved generator states (and so
+    its trainer_state.pt) are then the same between two identical runs."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# -----------------------------------------------------------------------------
+# A run whose numbers stop being numbers
+
+
+def check_finite_step(step, loss, grad_norm, hint, detail=""):
+    """Stop a run whose loss or gradient norm is NaN or infinite: one line with the step and the
+    likely flag (`hint`), instead of training on (and saving) garbage. Raises UsageError."""
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        return
+    what = "loss" if not math.isfinite(loss) else "gradient norm"
+    raise UsageError(f"step {step}: the {what} is not finite (loss {loss}, grad norm {grad_norm}): {hint}{detail}")
+
+
+def check_finite_weights(model, step, hint):
+    """Refuse to save a model with a NaN or infinite weight (one host sync over all parameters)."""
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p.detach()).all()]
+    if bad:
+        raise UsageError(f"step {step}: {len(bad)} weight tensor(s) are not finite ({bad[0]}, ...): {hint}; "
+                         f"nothing was saved")
+
+
+# -----------------------------------------------------------------------------
 # Arabic text normalization (MAQA's own text is normalized this way; generated answers must be
 # scored in the same form as the references).
 
@@ -492,8 +641,29 @@ def fused_adamw_works(device, dtype):
         return False
 
 
+COLLECTIVE_TIMEOUT_VAR = "SEVERITY_FT_COLLECTIVE_TIMEOUT"  # seconds; docs/reliability.md
+COLLECTIVE_TIMEOUT_S = 600  # longer than rank 0's lone phases (a checkpoint save), short enough to end a hang
+
+
+def collective_timeout():
+    """How long a collective waits for a lost peer before it fails (a timedelta): the environment
+    variable SEVERITY_FT_COLLECTIVE_TIMEOUT in seconds, else 10 minutes. It must outlast what rank 0
+    does alone while the others wait at a barrier: writing a checkpoint of a large model."""
+    text = os.environ.get(COLLECTIVE_TIMEOUT_VAR)
+    if text is None:
+        return datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S)
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise UsageError(f"{COLLECTIVE_TIMEOUT_VAR}={text!r}: expected a finite number of seconds > 0")
+    return datetime.timedelta(seconds=seconds)
+
+
 def setup_dist(device="auto"):
-    """Start torch.distributed when launched by torchrun (nccl on GPUs, gloo on CPU).
+    """Start torch.distributed when launched by torchrun (nccl on GPUs, gloo on CPU), with a finite
+    collective timeout (collective_timeout()), so a lost peer becomes an error, not a hang.
 
     Returns (rank, world_size, device). Without torchrun: (0, 1, picked device).
     """
@@ -501,19 +671,86 @@ def setup_dist(device="auto"):
         return 0, 1, pick_device(device)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    timeout = collective_timeout()
     dev = pick_device(device)
     if dev.type == "cuda":
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
-        dist.init_process_group("nccl")
+        dist.init_process_group("nccl", timeout=timeout)
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=timeout)
     return rank, world, dev
 
 
 def cleanup_dist():
+    """Destroy the process group at the end of a run. Called from a `finally` while an error is on
+    its way out, it does nothing: destroy_process_group can wait forever for peers stuck in a
+    collective with this rank, and run_main then ends the process at once."""
+    if sys.exc_info()[1] is not None:
+        return
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+RANK_ERROR_GRACE_S = 3.0  # torchrun notices a failed worker within 0.1 s and stops the others
+
+
+def run_main(main):
+    """A script's entry point (`if __name__ == "__main__": run_main(main)`).
+
+    One process: a user error (USER_ERRORS) ends with one `error: ...` line and exit 1; anything
+    else as Python does. Under torchrun every rank that fails exits at once with a non-zero code
+    after its message is flushed (os._exit: no destroy_process_group, no interpreter shutdown that
+    joins the process group's threads), so torchrun sees the failure, stops the other ranks and
+    ends or restarts the job. Every rank hits the same user error (they all read the same flags and
+    files): rank 0 prints it; another rank holds its stderr (argparse's message, warnings) until it
+    ends, and on an error waits RANK_ERROR_GRACE_S first: torchrun stops it in the meantime if rank 0
+    failed too, so the job says the error once, and a failure of that rank alone is still reported.
+    A rank that only lost a peer in a collective (DistBackendError) waits the same before saying so.
+    """
+    distributed = "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank0 = os.environ.get("RANK", "0") == "0"
+    held = io.StringIO() if distributed and not rank0 else None  # another rank's stderr: said when it ends
+    try:
+        with redirect_stderr(held) if held is not None else nullcontext():
+            main()
+    except USER_ERRORS as e:
+        if not distributed:
+            raise SystemExit(f"error: {e}") from None
+        _end_rank(f"error: {e}", 1, held)
+    except SystemExit as e:  # argparse (code 2, its message already held), a script's own one-line stop
+        if not distributed:
+            raise
+        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+        _end_rank(None if e.code is None or isinstance(e.code, int) else str(e.code), code, held)
+    except BaseException as e:  # noqa: BLE001 -- a bug, or a peer lost in a collective
+        if not distributed:
+            raise
+        if isinstance(e, dist.DistError):  # usually the consequence of another rank's failure: wait, then say so
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            _end_rank(f"error: rank {os.environ['RANK']}: {type(e).__name__} in a collective (a peer failed or "
+                      f"timed out; see its message): {first}", 1, held, wait=True)
+        _end_rank("".join(traceback.format_exception(e)).rstrip(), 1, held)
+    if held is not None:
+        sys.stderr.write(held.getvalue())
+    if distributed:
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+def _end_rank(message, code, held, wait=None):
+    """End this rank now: wait RANK_ERROR_GRACE_S (ranks other than 0, see run_main), then its held
+    stderr and the message, flush, os._exit(code)."""
+    sys.stdout.flush()
+    if (held is not None or wait) and code:
+        time.sleep(RANK_ERROR_GRACE_S)  # torchrun stops this rank here if rank 0 failed as well
+    if held is not None:
+        sys.stderr.write(held.getvalue())
+    if message:
+        print(message, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def is_rank0():
