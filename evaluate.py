@@ -59,6 +59,10 @@ Reads: mode 1 --data JSONL rows with question, answer (and split unless --split 
 and/or severity_probs for the per-class numbers; all other fields are kept). Mode 2 rows with
 question, answer, generated. Mode 3 run folders written by modes 1/2, holding the same examples
 (matched by id, which must be unique, else by position) with the same reference answers.
+Decoding and scoring values are checked before any model loads (--max-new-tokens >= 1,
+--temperature >= 0, --top-p in (0, 1], --repetition-penalty > 0, --bootstrap >= 0, finite; a
+--bertscore-layer beyond the BERTScore model stops when it loads, before generation): one `error:`
+line (docs/reliability.md).
 
 Writes --out (a folder, built in a temporary sibling and swapped in whole when complete, so an
 interrupted run leaves the previous folder intact and no file of an earlier run survives beside
@@ -99,9 +103,10 @@ from tqdm import tqdm
 
 from core import metrics as M
 from core import reporting as R
-from core.common import (SEVERITIES, USER_ERRORS, DataError, UsageError, atomic_open, bf16_supported, check_out_dir,
-                    cleanup_dist, normalize_arabic, output_lock, pick_device, read_jsonl, setup_dist, severity_class,
-                    staged_dir, write_json, write_jsonl)
+from core.common import (DataError, SEVERITIES, UsageError, atomic_open, bf16_supported, check_out_dir, cleanup_dist,
+                        device_arg, non_negative_float, non_negative_int, normalize_arabic, out_path, output_lock,
+                        pick_device, positive_float, positive_int, proportion, read_jsonl, run_main, seed_int,
+                        setup_dist, severity_class, staged_dir, write_json, write_jsonl)
 from models import load_pretrained
 from models.generate import generate
 from core.prompt import build_example  # the prompt format is defined once, in core/prompt.py
@@ -130,35 +135,35 @@ def get_args(argv=None):
                    help="mode 4: 'mbr' or 'oracle' (an upper bound) then two or more run folders (core/selection.py)")
     p.add_argument("--data", default=None, help="mode 1: input JSONL (question, answer, split, severity/severity_probs)")
     p.add_argument("--split", default="test", help="mode 1: rows whose split field equals this ('all': every row)")
-    p.add_argument("--limit", type=int, default=None, help="score only the first N rows (quick looks)")
-    p.add_argument("--out", default="out/eval", help="output folder")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--limit", type=positive_int, default=None, help="score only the first N rows (quick looks)")
+    p.add_argument("--out", default="out/eval", type=out_path, help="output folder")
+    p.add_argument("--device", default="auto", type=device_arg, help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", default="auto", type=lambda s: {"float32": "fp32", "bfloat16": "bf16"}.get(s, s),
                    choices=("auto", "bf16", "fp32"),  # the names train_lm.py uses (float32/bfloat16 accepted)
                    help="LM weights dtype; auto = bf16 on GPUs that support it, else fp32")
-    p.add_argument("--seed", type=int, default=1337, help="seed for sampling and the bootstrap")
+    p.add_argument("--seed", type=seed_int, default=1337, help="seed for sampling and the bootstrap")
     add_prompt_flags(p, None)
     # decoding
-    p.add_argument("--max-new-tokens", type=int, default=128, help="longest generated answer, in tokens")
-    p.add_argument("--batch-size", type=int, default=None, help="prompts generated together (default 64 on CUDA, else 16)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples")
-    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = all)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeated tokens (1 = off)")
-    p.add_argument("--no-repeat-ngram", type=int, default=0, help="never repeat an n-gram of this size (0 = off)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=128, help="longest generated answer, in tokens")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="prompts generated together (default 64 on CUDA, else 16)")
+    p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy; > 0 samples")
+    p.add_argument("--top-k", type=non_negative_int, default=0, help="sample from the k most likely tokens (0 = all)")
+    p.add_argument("--top-p", type=proportion, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--repetition-penalty", type=positive_float, default=1.0, help="> 1 discourages repeated tokens (1 = off)")
+    p.add_argument("--no-repeat-ngram", type=non_negative_int, default=0, help="never repeat an n-gram of this size (0 = off)")
     # scoring
     p.add_argument("--bertscore-model", default=None, help="local BERT folder for BERTScore (omitted: BERTScore skipped)")
-    p.add_argument("--bertscore-layer", type=int, default=None,
+    p.add_argument("--bertscore-layer", type=non_negative_int, default=None,
                    help="hidden layer for BERTScore (0 = embeddings); default 9 for multilingual BERT, else the last")
-    p.add_argument("--bertscore-batch-size", type=int, default=None,
+    p.add_argument("--bertscore-batch-size", type=positive_int, default=None,
                    help="sentences per BERT forward pass (default 256 on CUDA, else 64)")
     p.add_argument("--idf", action="store_true", help="BERTScore idf weights from the references")
-    p.add_argument("--baseline-pairs", type=int, default=1000,
+    p.add_argument("--baseline-pairs", type=non_negative_int, default=1000,
                    help="mismatched reference pairs for the BERTScore rescaling baseline (0 = no rescaled score)")
     p.add_argument("--normalize", action="store_true",
                    help="normalize_arabic generated and reference text before BERTScore, chrF, ROUGE-L")
     p.add_argument("--chrf-word-order", type=int, default=0, choices=(0, 2), help="0 = chrF, 2 = chrF++")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs and p-values (0 = none)")
+    p.add_argument("--bootstrap", type=non_negative_int, default=1000, help="bootstrap resamples for CIs and p-values (0 = none)")
     p.add_argument("--plot", action="store_true", help="also write PNG plots (needs matplotlib)")
     args = p.parse_args(argv)
     modes = [m for m in ("model", "generations", "compare", "select") if getattr(args, m)]
@@ -166,6 +171,13 @@ def get_args(argv=None):
         p.error("give exactly one of --model, --generations, --compare, --select")
     if args.model and not args.data:
         p.error("--model needs --data")
+    if args.select:  # before any work (core/selection.py says the same if called otherwise)
+        from core.selection import METHODS
+        if args.select[0] not in METHODS or len(args.select) < 3:
+            p.error(f"--select: expected {' or '.join(METHODS)} followed by two or more run folders, got "
+                    f"{' '.join(args.select)}")
+        if not args.bertscore_model:
+            p.error("--select chooses by BERTScore: give --bertscore-model")
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         p.error("--plot needs matplotlib: pip install matplotlib (or drop --plot)")
     return args
@@ -211,8 +223,11 @@ def prompt_ids(tokenizer, question, max_len, chat=None):
     Returns (ids, truncated). chat: a core.chat.ChatFormat (--prompt-format chat)."""
     if chat is not None:
         return chat.prompt_ids(tokenizer, question, max_len)
-    ex = build_example(tokenizer, question, "", max_len + 1)
-    if len(ex["prompt_ids"]) > max_len:  # build_example keeps a quarter of max_len for the question
+    try:
+        ex = build_example(tokenizer, question, "", max_len + 1)
+    except UsageError:  # its message names train_lm's --max-len; here the room is the model's context
+        ex = None
+    if ex is None or len(ex["prompt_ids"]) > max_len:  # build_example keeps a quarter of max_len for the question
         raise UsageError(f"{max_len} prompt tokens leave no room for the separator and a question: "
                          "lower --max-new-tokens")
     return ex["prompt_ids"], ex["truncated"] is not None
@@ -680,7 +695,4 @@ def run(args, rank0):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except USER_ERRORS as e:  # bad input: the message names file, line and field; no traceback
-        raise SystemExit(f"error: {e}")
+    run_main(main)  # bad input: one `error:` line, no traceback; under torchrun a failing rank ends the job

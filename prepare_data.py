@@ -64,8 +64,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from core.common import (SEVERITIES, SPLITS, USER_ERRORS, DataError, ascii_digits, check_out_file, check_probs,
-                    normalize_arabic, output_lock, read_jsonl, stable_hash, write_jsonl)
+from core.common import (DataError, SEVERITIES, SPLITS, ascii_digits, check_out_file, check_probs, fraction,
+                        non_negative_int, normalize_arabic, out_path, output_lock, read_jsonl, run_main, seed_int,
+                        stable_hash, write_jsonl)
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
@@ -78,7 +79,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="input file: .csv, .tsv or .jsonl")
-    p.add_argument("--out", required=True, help="output JSONL file (written atomically)")
+    p.add_argument("--out", required=True, type=out_path, help="output JSONL file (written atomically)")
     p.add_argument("--format", choices=["auto", "csv", "tsv", "jsonl"], default="auto",
                    help="input format (default: from the file extension)")
     p.add_argument("--question-col", default=None,
@@ -96,11 +97,11 @@ def parse_args(argv=None):
     p.add_argument("--normalize", action="store_true",
                    help="apply common.normalize_arabic to question and answer (for raw sources)")
     p.add_argument("--keep-urls", action="store_true", help="keep URLs in the texts (default: strip)")
-    p.add_argument("--min-answer-words", type=int, default=3, help="drop rows with shorter answers")
-    p.add_argument("--min-question-words", type=int, default=2, help="drop rows with shorter questions")
-    p.add_argument("--val-frac", type=float, default=0.1, help="fraction of rows in the val split")
-    p.add_argument("--test-frac", type=float, default=0.1, help="fraction of rows in the test split")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split hash")
+    p.add_argument("--min-answer-words", type=non_negative_int, default=3, help="drop rows with shorter answers")
+    p.add_argument("--min-question-words", type=non_negative_int, default=2, help="drop rows with shorter questions")
+    p.add_argument("--val-frac", type=fraction, default=0.1, help="fraction of rows in the val split")
+    p.add_argument("--test-frac", type=fraction, default=0.1, help="fraction of rows in the test split")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the split hash")
     p.add_argument("--label", choices=["rules", "none"], default="rules",
                    help="label unlabeled rows with the lexicon rules, or leave them unlabeled")
     args = p.parse_args(argv)
@@ -343,7 +344,4 @@ def prepare(args, path):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except USER_ERRORS as e:  # bad input: the message names file, line and field; no traceback
-        raise SystemExit(f"error: {e}")
+    run_main(main)  # bad input: one `error:` line, no traceback; under torchrun a failing rank ends the job

@@ -35,7 +35,8 @@ order, writes --out and deletes the shards. The shards must be on a file system 
 Reads: --data (JSONL; each row needs a non-empty string `question`), --model (a classifier folder
 from train_classifier.py). Writes: --out, atomically (temporary file, then rename): a malformed
 line or a missing/empty question raises DataError naming the file, line and field, and leaves no
-output behind.
+output behind. A classifier whose config.json holds a severity_temperature that is not a finite
+number > 0, or a severity_max_len that is not an integer >= 3, is refused (docs/reliability.md).
 """
 import argparse
 import json
@@ -49,8 +50,9 @@ from tqdm import tqdm
 
 from contextlib import nullcontext
 
-from core.common import (DEMO_DATA, USER_ERRORS, DataError, atomic_open, check_out_file, cleanup_dist, dumps, output_lock,
-                    print0, read_jsonl, setup_dist, sidecar_path, write_json)
+from core.common import (DEMO_DATA, DataError, atomic_open, check_out_file, cleanup_dist, device_arg, dumps,
+                        out_path, output_lock, positive_int, print0, read_jsonl, run_main, setup_dist, sidecar_path,
+                        write_json)
 from core.classifier import PREPROCESSORS, encode_texts, load_classifier, predict_logits
 
 
@@ -105,16 +107,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DEMO_DATA), help="input JSONL (rows with a question)")
     parser.add_argument("--model", default="out/classifier", help="classifier folder written by train_classifier.py")
-    parser.add_argument("--out", default="out/scored.jsonl", help="output JSONL: the input rows plus severity_probs")
-    parser.add_argument("--batch-size", type=int, default=None, help="rows per forward pass (per rank; default 256 on "
+    parser.add_argument("--out", default="out/scored.jsonl", type=out_path, help="output JSONL: the input rows plus severity_probs")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="rows per forward pass (per rank; default 256 on "
                                                                     "CUDA, where 64 leaves the GPU idle, else 64)")
-    parser.add_argument("--chunk-size", type=int, default=4096, help="rows read, length-sorted and scored at a time")
-    parser.add_argument("--max-len", type=int, default=None,
+    parser.add_argument("--chunk-size", type=positive_int, default=4096, help="rows read, length-sorted and scored at a time")
+    parser.add_argument("--max-len", type=positive_int, default=None,
                         help="maximum tokens per question (default: the length the classifier was trained with)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (under torchrun: cuda:LOCAL_RANK)")
+    parser.add_argument("--device", default="auto", type=device_arg, help="auto, cpu, cuda, mps (under torchrun: cuda:LOCAL_RANK)")
     args = parser.parse_args(argv)
-    if (args.batch_size is not None and args.batch_size < 1) or args.chunk_size < 1 or (args.max_len is not None and args.max_len < 3):
-        parser.error("--batch-size and --chunk-size must be >= 1, --max-len >= 3")
+    if args.max_len is not None and args.max_len < 3:
+        parser.error("--max-len must be >= 3 ([CLS], a token, [SEP])")
 
     if not Path(args.data).is_file():  # before the model loads (and before count_rows opens it)
         raise DataError(args.data, None, None, "file not found")
@@ -197,7 +199,4 @@ def score_file(args, out, rank, world, device, shard):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except USER_ERRORS as e:
-        raise SystemExit(f"error: {e}")
+    run_main(main)  # bad input: one `error:` line, no traceback; under torchrun a failing rank ends the job

@@ -55,6 +55,8 @@ Writes --out (a folder, replaced atomically when complete):
         severity_text_field, severity_labels (read back by score_severity.py)
     metrics.json   the numbers above for val and test, the temperature, class weights, label
         counts, best epoch, per-epoch history and the resolved arguments.
+A loss or gradient norm that is not finite (--lr far too high) stops the run with one line naming
+the step and --lr, and nothing is written; bad flag values stop at parsing (docs/reliability.md).
 """
 import argparse
 import math
@@ -67,8 +69,10 @@ from tqdm import tqdm
 
 from core.classifier import (CLASSIFIER_FILES, PREPROCESSORS, autocast, encode_texts, predict_logits, resolve_preprocess,
                         save_classifier, scratch_tokenizer)
-from core.common import (DEMO_DATA, SEVERITIES, SPLITS, USER_ERRORS, DataError, UsageError, check_out_dir, output_lock,
-                    pad_batch, pick_device, print0, read_jsonl)
+from core.common import (DEMO_DATA, DataError, SEVERITIES, SPLITS, UsageError, check_finite_step,
+                        check_finite_weights, check_out_dir, device_arg, fraction, non_negative_float, out_path,
+                        output_lock, pad_batch, pick_device, positive_float, positive_int, print0, read_jsonl,
+                        run_main, seed_all, seed_int, warn_high_lr)
 
 T_BOUNDS = (0.05, 20.0)  # the fitted temperature is clamped to this range
 # the from-scratch BERT used when no --model is given (fast on a CPU, enough for the demo)
@@ -240,29 +244,31 @@ def lr_at(step, total_steps, warmup_steps, peak_lr):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DEMO_DATA), help="labeled JSONL (question, split, severity)")
-    parser.add_argument("--out", default="out/classifier", help="output folder (Hugging Face layout + metrics.json)")
+    parser.add_argument("--out", default="out/classifier", type=out_path, help="output folder (Hugging Face layout + metrics.json)")
     parser.add_argument("--model", default=None, help="BERT folder to fine-tune (e.g. bert-base-arabertv02); "
                                                       "default: a small BERT trained from scratch")
     parser.add_argument("--text-field", default="question", help="the row field holding the text to classify")
     parser.add_argument("--preprocess", default="auto", choices=["auto", "arabert", "none"],
                         help="text preprocessing; auto = arabert when the --model folder name contains 'arabert'")
-    parser.add_argument("--epochs", type=int, default=10, help="maximum number of epochs")
-    parser.add_argument("--batch-size", type=int, default=32, help="training batch size")
-    parser.add_argument("--eval-batch-size", type=int, default=128, help="batch size for val/test scoring")
-    parser.add_argument("--lr", type=float, default=None,
+    parser.add_argument("--epochs", type=positive_int, default=10, help="maximum number of epochs")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="training batch size")
+    parser.add_argument("--eval-batch-size", type=positive_int, default=128, help="batch size for val/test scoring")
+    parser.add_argument("--lr", type=positive_float, default=None,
                         help="peak learning rate (default 3e-5 with --model, 5e-4 from scratch)")
-    parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (weight matrices only)")
-    parser.add_argument("--warmup", type=float, default=0.1, help="fraction of the training steps spent in linear warmup")
-    parser.add_argument("--max-len", type=int, default=128, help="maximum tokens per text, [CLS] and [SEP] included")
-    parser.add_argument("--patience", type=int, default=3, help="stop after this many epochs without a better val macro-F1")
+    parser.add_argument("--weight-decay", type=non_negative_float, default=0.01, help="AdamW weight decay (weight matrices only)")
+    parser.add_argument("--warmup", type=fraction, default=0.1, help="fraction of the training steps spent in linear warmup")
+    parser.add_argument("--max-len", type=positive_int, default=128, help="maximum tokens per text, [CLS] and [SEP] included")
+    parser.add_argument("--patience", type=positive_int, default=3, help="stop after this many epochs without a better val macro-F1")
     parser.add_argument("--no-class-weights", dest="class_weights", action="store_false",
                         help="plain cross-entropy instead of inverse-frequency class-weighted cross-entropy")
-    parser.add_argument("--vocab-size", type=int, default=3000, help="WordPiece vocabulary size (from-scratch BERT only)")
-    parser.add_argument("--seed", type=int, default=1337, help="random seed (init, shuffling, dropout)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    parser.add_argument("--vocab-size", type=positive_int, default=3000, help="WordPiece vocabulary size (from-scratch BERT only)")
+    parser.add_argument("--seed", type=seed_int, default=1337, help="random seed (init, shuffling, dropout)")
+    parser.add_argument("--device", default="auto", type=device_arg, help="auto, cpu, cuda, cuda:1, mps")
     args = parser.parse_args(argv)
-    if args.epochs < 1 or args.batch_size < 1 or args.max_len < 3:
-        parser.error("--epochs and --batch-size must be >= 1, --max-len >= 3")
+    if args.max_len < 3:
+        parser.error("--max-len must be >= 3 ([CLS], a token, [SEP])")
+    if args.lr is not None:
+        warn_high_lr(args.lr)
 
     # setup
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -273,7 +279,7 @@ def main(argv=None):
 
 
 def train(args):
-    torch.manual_seed(args.seed)
+    seed_all(args.seed)
     device = pick_device(args.device)
     lr = args.lr if args.lr is not None else (3e-5 if args.model else 5e-4)
     preprocess_name = resolve_preprocess(args.preprocess, args.model)
@@ -344,9 +350,11 @@ def train(args):
             loss = F.cross_entropy(logits.float(), y, weight=weight)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            loss_value, norm_value = torch.stack([loss.detach(), grad_norm.detach()]).tolist()  # one host sync
+            check_finite_step(step + 1, loss_value, norm_value, f"lower --lr (now {lr:g})")  # never an all-NaN model
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.item()
+            loss_sum += loss_value
             step += 1
         val_logits = predict_logits(model, seqs["val"], pad_id, args.eval_batch_size, device)
         val_pred = val_logits.argmax(-1).tolist()
@@ -365,6 +373,7 @@ def train(args):
             print0(f"early stop: no better val macro-F1 for {args.patience} epochs")
             break
     model.load_state_dict(best_state)
+    check_finite_weights(model, step, f"lower --lr (now {lr:g})")
 
     # calibration and final numbers
     logits = {s: predict_logits(model, seqs[s], pad_id, args.eval_batch_size, device) for s in ("val", "test")}
@@ -430,7 +439,4 @@ def run_warnings(metrics, history):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except USER_ERRORS as e:
-        raise SystemExit(f"error: {e}")
+    run_main(main)  # bad input: one `error:` line, no traceback; under torchrun a failing rank ends the job

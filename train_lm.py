@@ -27,6 +27,10 @@ Run it:
                                                          # restarted workers resume from <out>/last by themselves
 (The variable: torchrun >= 2.5 keeps one rendezvous store across restarts, and restarted workers
 can read the previous attempt's addresses and fail to connect; pytorch/pytorch#135712, #167288.)
+A rank that fails exits at once, so torchrun ends or restarts the job; a collective waits at most
+SEVERITY_FT_COLLECTIVE_TIMEOUT seconds (default 600) for a lost peer. Bad flag values (--lr <= 0,
+--min-lr > --lr, --seed < 0, an unavailable --device, ...) stop at parsing, and a loss or gradient
+norm that stops being finite stops the run naming the step (docs/reliability.md).
 Without --model a 4-layer GPT-2 (d 128, 256 positions) is trained from scratch with the shipped
 tokenizer data/demo_tokenizer/ (tools/make_demo_tokenizer.py), so the demo runs offline on a CPU
 in a couple of minutes. One GPU or N GPUs: the same command under torchrun (DDP, nccl; gloo on CPU;
@@ -73,10 +77,12 @@ from tqdm import tqdm
 from core.chat import add_prompt_flags, chat_format, describe as describe_prompt
 from core.checkpoint import check_resumable, save_checkpoint
 from core.curriculum import CURRICULA, curriculum_stages, describe, stage_at
-from core.common import (DEMO_DATA, REPO, SEVERITIES, USER_ERRORS, DataError, UsageError, adamw, bf16_supported,
-                    check_out_dir, check_probs, classifier_warnings, cleanup_dist, dumps, mark_dir, output_lock, print0,
-                    read_jsonl, recover_dir, remove_stale_temps, rng_state, set_rng_state, setup_dist, severity_class,
-                    stop_cleanly, write_jsonl)
+from core.common import (DEMO_DATA, DataError, REPO, SEVERITIES, UsageError, adamw, bf16_supported,
+                        check_finite_step, check_out_dir, check_probs, classifier_warnings, cleanup_dist,
+                        device_arg, dumps, fraction, mark_dir, non_negative_float, non_negative_int, out_path,
+                        output_lock, positive_float, positive_int, print0, read_jsonl, recover_dir,
+                        remove_stale_temps, rng_state, run_main, seed_all, seed_int, set_rng_state, setup_dist,
+                        severity_class, stop_cleanly, warn_high_lr, write_jsonl)
 from models import Tokenizer, build_model, load_pretrained
 from models.loss import fused_linear_cross_entropy, linear_cross_entropy_reference, token_cross_entropy
 from models.lora import add_lora, load_adapter
@@ -106,7 +112,7 @@ def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # data and model
     p.add_argument("--data", default=str(DEMO_DATA), help="input JSONL with question, answer, split, severity_probs")
-    p.add_argument("--out", default=None, help="run folder (default out/lm-<weights>)")
+    p.add_argument("--out", default=None, type=out_path, help="run folder (default out/lm-<weights>)")
     p.add_argument("--model", default=None, help="Hugging Face causal LM folder to fine-tune (README: supported "
                                                  "architectures; default: a small GPT-2 from scratch with data/demo_tokenizer)")
     p.add_argument("--weights", default="balanced", type=weights_arg,
@@ -117,30 +123,30 @@ def get_args(argv=None):
     p.add_argument("--curriculum", default=None, choices=CURRICULA,
                    help="severity curriculum (core/curriculum.py): stages mild, moderate, critical; disjoint: stage k "
                         "trains on class k only, cumulative: on classes up to k; steps split by stage rows")
-    p.add_argument("--max-len", type=int, default=512, help="longest example in tokens (question + separator + "
+    p.add_argument("--max-len", type=positive_int, default=512, help="longest example in tokens (question + separator + "
                                                             "answer + EOS); longer ones are truncated and counted")
     add_prompt_flags(p, "plain")
     # optimization
     p.add_argument("--max-steps", type=int, default=300, help="optimizer steps (the demo default; MAQA needs ~10k)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per micro-batch per rank")
     p.add_argument("--grad-accum", type=int, default=2, help="micro-batches per optimizer step per rank")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 5e-5 with --model, 1e-3 from scratch)")
-    p.add_argument("--min-lr", type=float, default=None, help="final learning rate of the cosine (default lr / 10)")
-    p.add_argument("--warmup-steps", type=int, default=20, help="linear warmup steps")
-    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay on >= 2-D weights")
-    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm (0 = off)")
+    p.add_argument("--lr", type=positive_float, default=None, help="peak learning rate (default 5e-5 with --model, 1e-3 from scratch)")
+    p.add_argument("--min-lr", type=non_negative_float, default=None, help="final learning rate of the cosine (default lr / 10)")
+    p.add_argument("--warmup-steps", type=non_negative_int, default=20, help="linear warmup steps")
+    p.add_argument("--weight-decay", type=non_negative_float, default=0.1, help="AdamW weight decay on >= 2-D weights")
+    p.add_argument("--grad-clip", type=non_negative_float, default=1.0, help="clip the global gradient norm (0 = off)")
     # evaluation, checkpoints, logging
     p.add_argument("--eval-every", type=int, default=50, help="validate every N steps (and at the end)")
-    p.add_argument("--eval-batches", type=int, default=20, help="validate on a fixed sample of N * batch-size val rows (0 = all)")
+    p.add_argument("--eval-batches", type=non_negative_int, default=20, help="validate on a fixed sample of N * batch-size val rows (0 = all)")
     p.add_argument("--save-every", type=int, default=100, help="write <out>/last every N steps (and at the end)")
     p.add_argument("--resume", default="auto", choices=["auto", "never"],
                    help="auto: continue from <out>/last when it exists (so torchrun --max-restarts works)")
     p.add_argument("--log-every", type=int, default=1, help="print and record every N steps")
-    p.add_argument("--peak-flops", type=float, default=989e12, help="per-device peak FLOP/s for the MFU estimate "
+    p.add_argument("--peak-flops", type=positive_float, default=989e12, help="per-device peak FLOP/s for the MFU estimate "
                                                                     "(H100 bf16 dense; MFU is null on CPU)")
     # system
-    p.add_argument("--seed", type=int, default=1337, help="seed for initialization, data order and dropout")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--seed", type=seed_int, default=1337, help="seed for initialization, data order and dropout")
+    p.add_argument("--device", default="auto", type=device_arg, help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
                    help="auto: bf16 autocast on GPUs that support it, fp32 elsewhere (weights stay fp32)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (the raw module is saved); on "
@@ -151,10 +157,10 @@ def get_args(argv=None):
     p.add_argument("--force-ddp", action="store_true", help="under torchrun, wrap the model in DDP with one "
                    "process too: a check of the multi-GPU code path on one GPU (same results, some overhead)")
     # models that do not fit plain DDP (README: "what fits where")
-    p.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank on the frozen model "
+    p.add_argument("--lora-rank", type=non_negative_int, default=0, help="train LoRA adapters of this rank on the frozen model "
                                                             "(models/lora.py; 0 = full fine-tuning)")
-    p.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale alpha / rank (default alpha = 2 * rank)")
-    p.add_argument("--lora-dropout", type=float, default=0.05, help="dropout on the input of the LoRA path")
+    p.add_argument("--lora-alpha", type=positive_float, default=None, help="LoRA scale alpha / rank (default alpha = 2 * rank)")
+    p.add_argument("--lora-dropout", type=fraction, default=0.05, help="dropout on the input of the LoRA path")
     p.add_argument("--lora-targets", default="auto", help="comma-separated linear layer names to adapt; auto: every "
                                                           "attention and MLP projection (GPT-2 c_attn,c_proj,c_fc; "
                                                           "Qwen2/Llama q,k,v,o,gate,up,down_proj)")
@@ -170,8 +176,9 @@ def get_args(argv=None):
     args.out = args.out or f"out/lm-{args.weights.replace(',', '_')}"
     args.lr = args.lr if args.lr is not None else (5e-5 if args.model else 1e-3)
     args.min_lr = args.min_lr if args.min_lr is not None else args.lr / 10
-    if args.lora_rank < 0 or not 0 <= args.lora_dropout < 1:
-        p.error("--lora-rank must be >= 0 and --lora-dropout in [0, 1)")
+    if args.min_lr > args.lr:
+        p.error(f"--min-lr {args.min_lr:g} is above --lr {args.lr:g}: the cosine decays from --lr to --min-lr")
+    warn_high_lr(args.lr)
     if args.fsdp and (args.lora_rank or args.compile):  # not built or tested together; LoRA needs no sharding
         p.error("--fsdp does not combine with --lora-rank or --compile")
     if args.fsdp and args.force_ddp:
@@ -231,6 +238,7 @@ def severity_alpha(preset, probs, n_answer):
     """
     probs, n_answer = np.asarray(probs, dtype=np.float64), np.asarray(n_answer, dtype=np.float64)
     probs = probs / probs.sum(axis=1, keepdims=True)  # check_probs allows sums 1 +- 1e-3
+    scale = lambda raw: raw / raw.max()  # noqa: E731 -- alpha is scale-free: 1e308 weights must not overflow
     if preset == "balanced":
         mass = probs.sum(axis=0)
         if (mass <= 0).any():
@@ -244,11 +252,15 @@ def severity_alpha(preset, probs, n_answer):
             raise UsageError(f"--weights {preset!r}: expected one of {', '.join(SEVERITY_WEIGHTS)} or three "
                              f"non-negative numbers 'mild,moderate,critical'")
         raw = np.array(raw, dtype=np.float64)
-    token_mean = float((n_answer * (probs @ raw)).sum() / n_answer.sum())
+    token_mean = float((n_answer * (probs @ scale(raw))).sum() / n_answer.sum())
     if not token_mean > 0:
         raise UsageError(f"--weights {preset}: every training example would weigh 0 (no probability mass on the "
                          f"classes with a non-zero weight)")
-    return raw, raw / token_mean
+    alpha = scale(raw) / token_mean
+    if not np.isfinite(alpha).all():
+        raise UsageError(f"--weights {preset}: the rescaled weights {alpha.tolist()} are not finite: the raw weights "
+                         f"span too many orders of magnitude")
+    return raw, alpha
 
 
 def example_weights(preset, probs, alpha):
@@ -312,7 +324,8 @@ def step_denominator(examples, step_batches, denominator):
     rank knows every micro-batch of the step, so no device copy and no all-reduce are needed."""
     if denominator == "tokens":
         return float(sum(examples[i]["n_answer"] for b in step_batches for i in b))
-    return float(sum(examples[i]["n_answer"] * examples[i]["weight"] for b in step_batches for i in b))
+    mass = float(sum(examples[i]["n_answer"] * examples[i]["weight"] for b in step_batches for i in b))
+    return mass or 1.0  # a step whose every example weighs 0 (--weights 0,0,1): loss 0, gradient 0, not 0 / 0
 
 
 # -----------------------------------------------------------------------------
@@ -408,7 +421,7 @@ def train(args, rank, world, device, progress):
     if world > 1:
         dist.barrier()  # every rank decides about resuming after the recovery
     resume = args.resume == "auto" and (last_dir / "trainer_state.pt").is_file()
-    torch.manual_seed(args.seed)  # the same on every rank: identical initialization
+    seed_all(args.seed)  # the same on every rank: identical initialization (and reproducible generator states)
 
     # ---- model and tokenizer: the last checkpoint, --model, or a small GPT-2 from scratch
     if resume and not args.lora_rank:
@@ -674,12 +687,11 @@ def train(args, rank, world, device, progress):
         stats = torch.cat([sums, grad_norm.float().view(1)]).tolist()  # the step's one host sync
         mb_sums, gnorm = stats[:-1], stats[-1]
         loss = sum(mb_sums) / denom
-        if not (math.isfinite(loss) and math.isfinite(gnorm)):
+        if not (math.isfinite(loss) and math.isfinite(gnorm)):  # one line naming the step and the flag
             bad = [j for j, s in enumerate(mb_sums) if not math.isfinite(s)] or range(len(step_batches))
             ids = [train_ex[i]["id"] for j in bad for i in step_batches[j]]
-            raise FloatingPointError(f"step {step + 1}: non-finite {'loss' if not math.isfinite(loss) else 'gradient'} "
-                                     f"(loss {loss}, grad norm {gnorm}); examples of the bad micro-batch(es): "
-                                     f"{', '.join(ids)}")
+            check_finite_step(step + 1, loss, gnorm, f"lower --lr (now {args.lr:g})", f"; examples of the bad "
+                              f"micro-batch(es): {', '.join(ids[:8])}{' ...' if len(ids) > 8 else ''}")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -709,7 +721,4 @@ def train(args, rank, world, device, progress):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except USER_ERRORS as e:  # bad input: the message names file, line and field; no traceback
-        raise SystemExit(f"error: {e}")
+    run_main(main)  # bad input: one `error:` line, no traceback; under torchrun a failing rank ends the job

@@ -7,6 +7,7 @@ back with its settings (load_classifier).
 import contextlib
 import html
 import json
+import math
 import re
 from pathlib import Path
 
@@ -198,14 +199,21 @@ def load_classifier(folder, device):
         raise UsageError(f"{folder}: not a severity classifier (need a BertForSequenceClassification "
                          f"with labels {list(SEVERITIES)}, got {labels})")
     cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    settings = dict(temperature=float(cfg.get("severity_temperature", 1.0)),
+    settings = dict(temperature=cfg.get("severity_temperature", 1.0),
                     preprocess=cfg.get("severity_preprocess", "none"),
-                    max_len=int(cfg.get("severity_max_len", model.config.max_position_embeddings)),
+                    max_len=cfg.get("severity_max_len", model.config.max_position_embeddings),
                     text_field=cfg.get("severity_text_field", "question"))
     if settings["preprocess"] not in PREPROCESSORS:
         raise UsageError(f"{folder}: unknown severity_preprocess {settings['preprocess']!r}")
-    if not settings["temperature"] > 0:
-        raise UsageError(f"{folder}: severity_temperature must be > 0, got {settings['temperature']}")
+    t, n = settings["temperature"], settings["max_len"]  # JSON may hold strings, null, NaN, Infinity
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not (math.isfinite(t) and t > 0):
+        raise UsageError(f"{folder / 'config.json'}: severity_temperature must be a finite number > 0, got {t!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 3:
+        raise UsageError(f"{folder / 'config.json'}: severity_max_len must be an integer >= 3, got {n!r}")
+    if not isinstance(settings["text_field"], str):
+        raise UsageError(f"{folder / 'config.json'}: severity_text_field must be a string, got "
+                         f"{settings['text_field']!r}")
+    settings["temperature"] = float(t)
     try:  # what train_classifier.py found wrong with this classifier, repeated wherever it is used
         settings["warnings"] = list(json.loads((folder / "metrics.json").read_text(encoding="utf-8"))["warnings"])
     except (OSError, ValueError, KeyError, TypeError):

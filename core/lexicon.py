@@ -69,7 +69,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.common import DATA_DIR, SEVERITIES, DataError, normalize_arabic
+from core.common import DATA_DIR, SEVERITIES, DataError, normalize_arabic, parse_json_line, read_lines, run_main
 
 SEVERITY_LEXICON = DATA_DIR / "severity_lexicon.tsv"
 URGENT_LEXICON = DATA_DIR / "urgent_lexicon.tsv"
@@ -389,14 +389,12 @@ def read_texts(path, field="question"):
     if not path.is_file():
         raise DataError(path, None, None, "file not found")
     texts = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+    for lineno, line in read_lines(path):  # text that is not UTF-8: an error naming the line
+        line = line.rstrip("\r\n")
         if not line.strip():
             continue
         if line.lstrip().startswith("{"):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(path, lineno, None, f"malformed JSON ({e.msg})") from None
+            row = parse_json_line(path, lineno, line)
             if not isinstance(row.get(field), str):
                 raise DataError(path, lineno, field, "missing or not a string (choose another with --field)")
             texts.append(row[field])
@@ -440,7 +438,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except DataError as e:
-        raise SystemExit(f"error: {e}")
+    run_main(main)  # bad input: one `error:` line, no traceback; under torchrun a failing rank ends the job

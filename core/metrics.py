@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from core.common import normalize_arabic, pad_batch
+from core.common import UsageError, normalize_arabic, pad_batch
 from core.lexicon import mentions_urgent_care
 from models import load_pretrained
 
@@ -322,7 +322,7 @@ def load_bertscore_model(folder, device="cpu", layer=None):
     n_layers = model.config.num_hidden_layers
     layer = default_bertscore_layer(folder, model.config) if layer is None else layer
     if not 0 <= layer <= n_layers:
-        raise ValueError(f"BERTScore layer {layer} out of range: {folder} has layers 0..{n_layers}")
+        raise UsageError(f"--bertscore-layer {layer} out of range (beyond the model): {folder} has layers 0..{n_layers}")
     model.encoder.layer = model.encoder.layer[:layer]  # the later layers would be computed for nothing
     return model, tokenizer, bertscore_max_length(tokenizer, model.config), layer
 

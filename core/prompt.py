@@ -11,6 +11,8 @@ Loss only on the answer tokens and the EOS, so the model learns to answer and to
 evaluate.py builds its prompts with build_example itself (an empty answer), so the format and the
 truncation of a long question are the same in training and in generation.
 """
+from core.common import UsageError
+
 SEPARATOR = "\nالجواب:\n"  # "\nthe answer:\n" between question and answer
 
 
@@ -32,7 +34,9 @@ def build_example(tokenizer, question, answer, max_len, chat=None):
     Too long: the question loses its end (the complaint is usually stated first), keeping the
     whole answer; if the answer alone leaves the question less than max_len // 4 tokens, the
     question keeps that many and the answer loses its end -- and then has no EOS target, so the
-    model never learns to stop in the middle of a sentence.
+    model never learns to stop in the middle of a sentence. Never more than max_len tokens, whatever
+    the tokenizer; a max_len without room for the separator and one answer token is refused
+    (UsageError naming --max-len).
     """
     if chat is not None:
         return chat.build_example(tokenizer, question, answer, max_len)
@@ -41,8 +45,11 @@ def build_example(tokenizer, question, answer, max_len, chat=None):
     truncated = None
     if len(prompt_ids) + len(answer_ids) > max_len:
         q_ids, sep_ids = tokenizer.encode(question.strip()), tokenizer.encode(SEPARATOR)
+        if len(sep_ids) + 1 > max_len:  # a byte-level tokenizer may spend ~15 tokens on the separator
+            raise UsageError(f"--max-len {max_len} leaves no answer token after the separator's {len(sep_ids)} "
+                             f"tokens: raise --max-len")
         keep = max_len - len(sep_ids) - len(answer_ids)  # question tokens that fit beside the whole answer
-        min_keep = min(len(q_ids), max_len // 4)
+        min_keep = min(len(q_ids), max_len // 4, max_len - len(sep_ids) - 1)  # >= 1 answer token stays
         if keep >= min_keep:
             truncated, prompt_ids = "question", q_ids[:keep] + sep_ids
         else:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from core import metrics as M
-from core.common import DataError, normalize_arabic
+from core.common import UsageError, normalize_arabic
 
 METHODS = ("mbr", "oracle")
 RESULT_FIELDS = ("generated", "scores", "selected_from", "selection")  # a run's outputs, not input fields
@@ -72,11 +72,11 @@ def select_runs(args, device, load_run, align):
     load_run / align are evaluate.py's, so runs are read and matched as --compare does."""
     method, folders = args.select[0], [Path(f) for f in args.select[1:]]
     if method not in METHODS:
-        raise DataError(None, None, None, f"--select {method!r}: expected {' or '.join(METHODS)} followed by run folders")
+        raise UsageError(f"--select {method!r}: expected {' or '.join(METHODS)} followed by run folders")
     if len(folders) < 2:
-        raise DataError(None, None, None, "--select needs at least two run folders to choose between")
+        raise UsageError("--select needs at least two run folders to choose between")
     if not args.bertscore_model:
-        raise DataError(None, None, None, "--select chooses by BERTScore: give --bertscore-model")
+        raise UsageError("--select chooses by BERTScore: give --bertscore-model")
     names = [f.name for f in folders]
     if len(set(names)) != len(names):
         names = [str(f) for f in folders]
