@@ -210,15 +210,16 @@ def test_select_mbr_and_oracle(tmp_path, minilm_dir):
     assert "selection (MBR)" in table and "oracle (upper bound)" in table
 
 
-def test_select_errors(tmp_path, minilm_dir):
+def test_select_errors(tmp_path, minilm_dir, capsys):
     with pytest.raises(SystemExit):
         evaluate.get_args(["--select", "mbr", "a", "--compare", "a", "b"])  # two modes
-    with pytest.raises(evaluate.DataError, match="expected mbr or oracle"):
-        evaluate.main(["--select", "best", "a", "b", "--bertscore-model", str(minilm_dir)])
-    with pytest.raises(evaluate.DataError, match="at least two run folders"):
-        evaluate.main(["--select", "mbr", "a", "--bertscore-model", str(minilm_dir)])
-    with pytest.raises(evaluate.DataError, match="give --bertscore-model"):
-        evaluate.main(["--select", "mbr", "a", "b"])
+    for argv, message in [(["--select", "best", "a", "b", "--bertscore-model", str(minilm_dir)], "expected mbr or oracle"),
+                          (["--select", "mbr", "a", "--bertscore-model", str(minilm_dir)], "two or more run folders"),
+                          (["--select", "mbr", "a", "b"], "give --bertscore-model")]:
+        with pytest.raises(SystemExit) as e:  # refused at parsing, before any work
+            evaluate.main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and message in err and "None:" not in err
 
 
 # ----------------------------------------------------------------------------- the paper's table

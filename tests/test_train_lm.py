@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 import train_lm
-from core.common import DataError
+from core.common import DataError, UsageError
 from models import build_model, load_pretrained, save_pretrained
 from conftest import write_rows
 from float64_train_lm import PARALLEL_ATOL, float64_models
@@ -281,7 +281,7 @@ def test_nan_loss_names_step_and_examples(setup, tmp_path):
     save_pretrained(model, tok, tmp_path / "nan_model")
     data = write_rows(tmp_path / "d.jsonl", rows)
     out = tmp_path / "run"
-    with pytest.raises(FloatingPointError) as e:
+    with pytest.raises(UsageError) as e:
         train_lm.main(args_for(setup, out, "--data", str(data), "--model", str(tmp_path / "nan_model"),
                                "--batch-size", "1", "--grad-accum", "1", "--max-steps", "30"))
     msg = str(e.value)
