@@ -706,7 +706,8 @@ def run_main(main):
     files): rank 0 prints it; another rank holds its stderr (argparse's message, warnings) until it
     ends, and on an error waits RANK_ERROR_GRACE_S first: torchrun stops it in the meantime if rank 0
     failed too, so the job says the error once, and a failure of that rank alone is still reported.
-    A rank that only lost a peer in a collective (DistBackendError) waits the same before saying so.
+    A rank whose collective failed (a lost peer, the collective timeout) waits the same before saying
+    so in one line.
     """
     distributed = "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank0 = os.environ.get("RANK", "0") == "0"
@@ -726,16 +727,25 @@ def run_main(main):
     except BaseException as e:  # noqa: BLE001 -- a bug, or a peer lost in a collective
         if not distributed:
             raise
-        if isinstance(e, dist.DistError):  # usually the consequence of another rank's failure: wait, then say so
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            _end_rank(f"error: rank {os.environ['RANK']}: {type(e).__name__} in a collective (a peer failed or "
-                      f"timed out; see its message): {first}", 1, held, wait=True)
+        if _collective_failure(e):  # usually the consequence of another rank's failure: wait, then say so
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            _end_rank(f"error: rank {os.environ['RANK']}: a collective failed: a peer failed, or did not answer "
+                      f"within {collective_timeout().total_seconds():g} s ({COLLECTIVE_TIMEOUT_VAR}); see its "
+                      f"message. ({first})", 1, held, wait=True)
         _end_rank("".join(traceback.format_exception(e)).rstrip(), 1, held)
     if held is not None:
         sys.stderr.write(held.getvalue())
     if distributed:
         sys.stdout.flush()
         sys.stderr.flush()
+
+
+def _collective_failure(e):
+    """A DistError, or an error raised inside torch.distributed (gloo reports a timeout or a lost
+    peer as a plain RuntimeError)."""
+    frames = traceback.extract_tb(e.__traceback__)
+    inside = bool(frames) and f"torch{os.sep}distributed{os.sep}" in frames[-1].filename
+    return isinstance(e, dist.DistError) or (isinstance(e, RuntimeError) and inside)
 
 
 def _end_rank(message, code, held, wait=None):

@@ -328,3 +328,22 @@ def test_an_error_every_rank_hits_is_said_once(setup, tmp_path):  # noqa: F811
     r, _ = torchrun(args_for(setup, tmp_path / "run", "--data", str(tmp_path / "missing.jsonl")))
     assert r.returncode != 0
     assert "missing.jsonl: file not found" in torchrun_error_line(r.stdout + r.stderr)
+
+
+@pytest.mark.slow
+def test_a_lost_peer_is_one_line_within_the_collective_timeout(tmp_path):
+    """Rank 0 works alone for 300 s while rank 1 waits at a barrier: with a 5 s collective timeout
+    rank 1 fails with one line naming the timeout and the job ends, long before rank 0 is done."""
+    script = tmp_path / "alone.py"
+    script.write_text(f"import sys, time\nsys.path.insert(0, {str(ROOT)!r})\nimport torch.distributed as dist\n"
+                      "from core.common import run_main, setup_dist\n\n\ndef main():\n"
+                      "    rank, _, _ = setup_dist('cpu')\n    if rank == 0:\n        time.sleep(300)\n"
+                      "    dist.barrier()\n\n\nrun_main(main)\n", encoding="utf-8")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "--max-restarts", "0", str(script)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", common.COLLECTIVE_TIMEOUT_VAR: "5"}
+    t0 = time.time()
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=280)
+    assert r.returncode != 0 and time.time() - t0 < 150  # ~25 s on a loaded 2-core machine; 300 s without it
+    line = torchrun_error_line(r.stdout + r.stderr)
+    assert line.startswith("error: rank 1: a collective failed") and "within 5 s" in line

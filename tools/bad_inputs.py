@@ -149,7 +149,8 @@ def main(argv=None):
         f = make_fixtures(Path(tmp))
         todo = [c for c in cases(f) if args.k is None or args.k in c[0]]
         t0 = time.time()
-        for name, expected, cmd in todo:
+        for i, (name, expected, cmd) in enumerate(todo):
+            cmd = [a.replace(f["out"], f"{f['out']}/{i}") for a in cmd]  # its own outputs: cases never meet
             r = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=600,
                                env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
             kind = classify(r, expected)
