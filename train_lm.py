@@ -238,7 +238,6 @@ def severity_alpha(preset, probs, n_answer):
     """
     probs, n_answer = np.asarray(probs, dtype=np.float64), np.asarray(n_answer, dtype=np.float64)
     probs = probs / probs.sum(axis=1, keepdims=True)  # check_probs allows sums 1 +- 1e-3
-    scale = lambda raw: raw / raw.max()  # noqa: E731 -- alpha is scale-free: 1e308 weights must not overflow
     if preset == "balanced":
         mass = probs.sum(axis=0)
         if (mass <= 0).any():
@@ -252,11 +251,12 @@ def severity_alpha(preset, probs, n_answer):
             raise UsageError(f"--weights {preset!r}: expected one of {', '.join(SEVERITY_WEIGHTS)} or three "
                              f"non-negative numbers 'mild,moderate,critical'")
         raw = np.array(raw, dtype=np.float64)
-    token_mean = float((n_answer * (probs @ scale(raw))).sum() / n_answer.sum())
+    unit = raw / raw.max()  # alpha is scale-free: so weights of 1e308 cannot overflow the sums below
+    token_mean = float((n_answer * (probs @ unit)).sum() / n_answer.sum())
     if not token_mean > 0:
         raise UsageError(f"--weights {preset}: every training example would weigh 0 (no probability mass on the "
                          f"classes with a non-zero weight)")
-    alpha = scale(raw) / token_mean
+    alpha = unit / token_mean
     if not np.isfinite(alpha).all():
         raise UsageError(f"--weights {preset}: the rescaled weights {alpha.tolist()} are not finite: the raw weights "
                          f"span too many orders of magnitude")

@@ -527,8 +527,8 @@ def out_path(text):
 
 def warn_high_lr(lr, flag="--lr"):
     """A learning rate above 1 is almost always a typo (1e-5 meant): say so, and run as told."""
-    if lr > 1:
-        print0(f"WARNING: {flag} {lr:g} is above 1: fine-tuning rates are ~1e-5 to 1e-3")
+    if lr > 1 and os.environ.get("RANK", "0") == "0":  # (parsing comes before torchrun's process group)
+        print(f"WARNING: {flag} {lr:g} is above 1: fine-tuning rates are ~1e-5 to 1e-3")
 
 
 def seed_all(seed):
