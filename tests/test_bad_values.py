@@ -287,6 +287,24 @@ def test_select_errors_name_no_none():
     assert str(e.value).startswith("--select 'best'")
 
 
+def test_run_main_turns_a_user_error_into_one_line_and_exit_1(monkeypatch):
+    """One process: what the scripts' `__main__` does with the exceptions the tests above expect.
+    (SystemExit with a string: Python prints it to stderr and exits with 1.)"""
+    monkeypatch.delenv("RANK", raising=False)
+
+    def fails(error):
+        def main():
+            raise error
+        return main
+
+    for error in (UsageError("--max-len 8 is too short"), DataError("rows.jsonl", 3, "question", "missing")):
+        with pytest.raises(SystemExit) as e:
+            common.run_main(fails(error))
+        assert e.value.code == f"error: {error}" and "\n" not in e.value.code
+    with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
+        common.run_main(fails(ZeroDivisionError()))
+
+
 # ----------------------------------------------------------------------------- a failing rank under torchrun
 
 
