@@ -706,8 +706,9 @@ def run_main(main):
     files): rank 0 prints it; another rank holds its stderr (argparse's message, warnings) until it
     ends, and on an error waits RANK_ERROR_GRACE_S first: torchrun stops it in the meantime if rank 0
     failed too, so the job says the error once, and a failure of that rank alone is still reported.
-    A rank whose collective failed (a lost peer, the collective timeout) waits the same before saying
-    so in one line.
+    Any other error waits the same on every rank (it may be the consequence of another rank's
+    failure); a failed collective (a lost peer, the collective timeout) is then said in one line,
+    anything else with its traceback.
     """
     distributed = "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank0 = os.environ.get("RANK", "0") == "0"
@@ -727,12 +728,13 @@ def run_main(main):
     except BaseException as e:  # noqa: BLE001 -- a bug, or a peer lost in a collective
         if not distributed:
             raise
-        if _collective_failure(e):  # usually the consequence of another rank's failure: wait, then say so
+        # on every rank wait first: it may be the consequence of another rank's failure, which torchrun ends
+        if _collective_failure(e):
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             _end_rank(f"error: rank {os.environ['RANK']}: a collective failed: a peer failed, or did not answer "
                       f"within {collective_timeout().total_seconds():g} s ({COLLECTIVE_TIMEOUT_VAR}); see its "
                       f"message. ({first})", 1, held, wait=True)
-        _end_rank("".join(traceback.format_exception(e)).rstrip(), 1, held)
+        _end_rank("".join(traceback.format_exception(e)).rstrip(), 1, held, wait=True)
     if held is not None:
         sys.stderr.write(held.getvalue())
     if distributed:
@@ -741,11 +743,13 @@ def run_main(main):
 
 
 def _collective_failure(e):
-    """A DistError, or an error raised inside torch.distributed (gloo reports a timeout or a lost
-    peer as a plain RuntimeError)."""
+    """A DistError, or a RuntimeError from a collective: raised inside torch.distributed, or naming
+    gloo or NCCL (a lost peer or a timeout; gloo raises plain RuntimeErrors, DDP's all-reduce fails
+    inside the backward)."""
     frames = traceback.extract_tb(e.__traceback__)
-    inside = bool(frames) and f"torch{os.sep}distributed{os.sep}" in frames[-1].filename
-    return isinstance(e, dist.DistError) or (isinstance(e, RuntimeError) and inside)
+    inside = any(f"torch{os.sep}distributed{os.sep}" in f.filename for f in frames[-3:])
+    named = re.search(r"gloo|nccl|Connection closed by peer|Connection reset by peer", str(e), re.IGNORECASE)
+    return isinstance(e, dist.DistError) or (isinstance(e, RuntimeError) and bool(inside or named))
 
 
 def _end_rank(message, code, held, wait=None):
