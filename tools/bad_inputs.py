@@ -79,7 +79,8 @@ def cases(f):
     ev = ["evaluate.py", "--generations", f["gens"], "--out", f["out"] + "/eval", "--device", "cpu"]
     tc = ["train_classifier.py", "--data", f["data"], "--out", f["out"] + "/clf", "--device", "cpu", "--epochs", "1",
           "--max-len", "32", "--batch-size", "16"]
-    ss = ["score_severity.py", "--data", f["data"], "--out", f["out"] + "/scored.jsonl", "--device", "cpu"]
+    ss = ["score_severity.py", "--data", f["data"], "--model", f["clf"], "--out", f["out"] + "/scored.jsonl",
+          "--device", "cpu"]
     pd = ["prepare_data.py", "--data", f["data"], "--out", f["out"] + "/rows.jsonl"]
     no_cuda = "cuda"
     flag = [  # argparse refuses: exit 2
