@@ -145,12 +145,15 @@ def get_args(argv=None):
     add_prompt_flags(p, None)
     # decoding
     p.add_argument("--max-new-tokens", type=positive_int, default=128, help="longest generated answer, in tokens")
-    p.add_argument("--batch-size", type=positive_int, default=None, help="prompts generated together (default 64 on CUDA, else 16)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="prompts generated together (default 64 on CUDA, else 16)")
     p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy; > 0 samples")
     p.add_argument("--top-k", type=non_negative_int, default=0, help="sample from the k most likely tokens (0 = all)")
     p.add_argument("--top-p", type=proportion, default=1.0, help="nucleus sampling mass (1 = off)")
-    p.add_argument("--repetition-penalty", type=positive_float, default=1.0, help="> 1 discourages repeated tokens (1 = off)")
-    p.add_argument("--no-repeat-ngram", type=non_negative_int, default=0, help="never repeat an n-gram of this size (0 = off)")
+    p.add_argument("--repetition-penalty", type=positive_float, default=1.0,
+                   help="> 1 discourages repeated tokens (1 = off)")
+    p.add_argument("--no-repeat-ngram", type=non_negative_int, default=0,
+                   help="never repeat an n-gram of this size (0 = off)")
     # scoring
     p.add_argument("--bertscore-model", default=None, help="local BERT folder for BERTScore (omitted: BERTScore skipped)")
     p.add_argument("--bertscore-layer", type=non_negative_int, default=None,
@@ -163,7 +166,8 @@ def get_args(argv=None):
     p.add_argument("--normalize", action="store_true",
                    help="normalize_arabic generated and reference text before BERTScore, chrF, ROUGE-L")
     p.add_argument("--chrf-word-order", type=int, default=0, choices=(0, 2), help="0 = chrF, 2 = chrF++")
-    p.add_argument("--bootstrap", type=non_negative_int, default=1000, help="bootstrap resamples for CIs and p-values (0 = none)")
+    p.add_argument("--bootstrap", type=non_negative_int, default=1000,
+                   help="bootstrap resamples for CIs and p-values (0 = none)")
     p.add_argument("--plot", action="store_true", help="also write PNG plots (needs matplotlib)")
     args = p.parse_args(argv)
     modes = [m for m in ("model", "generations", "compare", "select") if getattr(args, m)]

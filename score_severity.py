@@ -107,13 +107,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DEMO_DATA), help="input JSONL (rows with a question)")
     parser.add_argument("--model", default="out/classifier", help="classifier folder written by train_classifier.py")
-    parser.add_argument("--out", default="out/scored.jsonl", type=out_path, help="output JSONL: the input rows plus severity_probs")
-    parser.add_argument("--batch-size", type=positive_int, default=None, help="rows per forward pass (per rank; default 256 on "
+    parser.add_argument("--out", default="out/scored.jsonl", type=out_path,
+                        help="output JSONL: the input rows plus severity_probs")
+    parser.add_argument("--batch-size", type=positive_int, default=None,
+                        help="rows per forward pass (per rank; default 256 on "
                                                                     "CUDA, where 64 leaves the GPU idle, else 64)")
-    parser.add_argument("--chunk-size", type=positive_int, default=4096, help="rows read, length-sorted and scored at a time")
+    parser.add_argument("--chunk-size", type=positive_int, default=4096,
+                        help="rows read, length-sorted and scored at a time")
     parser.add_argument("--max-len", type=positive_int, default=None,
                         help="maximum tokens per question (default: the length the classifier was trained with)")
-    parser.add_argument("--device", default="auto", type=device_arg, help="auto, cpu, cuda, mps (under torchrun: cuda:LOCAL_RANK)")
+    parser.add_argument("--device", default="auto", type=device_arg,
+                        help="auto, cpu, cuda, mps (under torchrun: cuda:LOCAL_RANK)")
     args = parser.parse_args(argv)
     if args.max_len is not None and args.max_len < 3:
         parser.error("--max-len must be >= 3 ([CLS], a token, [SEP])")

@@ -244,7 +244,8 @@ def lr_at(step, total_steps, warmup_steps, peak_lr):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DEMO_DATA), help="labeled JSONL (question, split, severity)")
-    parser.add_argument("--out", default="out/classifier", type=out_path, help="output folder (Hugging Face layout + metrics.json)")
+    parser.add_argument("--out", default="out/classifier", type=out_path,
+                        help="output folder (Hugging Face layout + metrics.json)")
     parser.add_argument("--model", default=None, help="BERT folder to fine-tune (e.g. bert-base-arabertv02); "
                                                       "default: a small BERT trained from scratch")
     parser.add_argument("--text-field", default="question", help="the row field holding the text to classify")
@@ -255,13 +256,18 @@ def main(argv=None):
     parser.add_argument("--eval-batch-size", type=positive_int, default=128, help="batch size for val/test scoring")
     parser.add_argument("--lr", type=positive_float, default=None,
                         help="peak learning rate (default 3e-5 with --model, 5e-4 from scratch)")
-    parser.add_argument("--weight-decay", type=non_negative_float, default=0.01, help="AdamW weight decay (weight matrices only)")
-    parser.add_argument("--warmup", type=fraction, default=0.1, help="fraction of the training steps spent in linear warmup")
-    parser.add_argument("--max-len", type=positive_int, default=128, help="maximum tokens per text, [CLS] and [SEP] included")
-    parser.add_argument("--patience", type=positive_int, default=3, help="stop after this many epochs without a better val macro-F1")
+    parser.add_argument("--weight-decay", type=non_negative_float, default=0.01,
+                        help="AdamW weight decay (weight matrices only)")
+    parser.add_argument("--warmup", type=fraction, default=0.1,
+                        help="fraction of the training steps spent in linear warmup")
+    parser.add_argument("--max-len", type=positive_int, default=128,
+                        help="maximum tokens per text, [CLS] and [SEP] included")
+    parser.add_argument("--patience", type=positive_int, default=3,
+                        help="stop after this many epochs without a better val macro-F1")
     parser.add_argument("--no-class-weights", dest="class_weights", action="store_false",
                         help="plain cross-entropy instead of inverse-frequency class-weighted cross-entropy")
-    parser.add_argument("--vocab-size", type=positive_int, default=3000, help="WordPiece vocabulary size (from-scratch BERT only)")
+    parser.add_argument("--vocab-size", type=positive_int, default=3000,
+                        help="WordPiece vocabulary size (from-scratch BERT only)")
     parser.add_argument("--seed", type=seed_int, default=1337, help="random seed (init, shuffling, dropout)")
     parser.add_argument("--device", default="auto", type=device_arg, help="auto, cpu, cuda, cuda:1, mps")
     args = parser.parse_args(argv)

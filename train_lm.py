@@ -123,26 +123,31 @@ def get_args(argv=None):
     p.add_argument("--curriculum", default=None, choices=CURRICULA,
                    help="severity curriculum (core/curriculum.py): stages mild, moderate, critical; disjoint: stage k "
                         "trains on class k only, cumulative: on classes up to k; steps split by stage rows")
-    p.add_argument("--max-len", type=positive_int, default=512, help="longest example in tokens (question + separator + "
+    p.add_argument("--max-len", type=positive_int, default=512,
+                   help="longest example in tokens (question + separator + "
                                                             "answer + EOS); longer ones are truncated and counted")
     add_prompt_flags(p, "plain")
     # optimization
     p.add_argument("--max-steps", type=int, default=300, help="optimizer steps (the demo default; MAQA needs ~10k)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per micro-batch per rank")
     p.add_argument("--grad-accum", type=int, default=2, help="micro-batches per optimizer step per rank")
-    p.add_argument("--lr", type=positive_float, default=None, help="peak learning rate (default 5e-5 with --model, 1e-3 from scratch)")
-    p.add_argument("--min-lr", type=non_negative_float, default=None, help="final learning rate of the cosine (default lr / 10)")
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="peak learning rate (default 5e-5 with --model, 1e-3 from scratch)")
+    p.add_argument("--min-lr", type=non_negative_float, default=None,
+                   help="final learning rate of the cosine (default lr / 10)")
     p.add_argument("--warmup-steps", type=non_negative_int, default=20, help="linear warmup steps")
     p.add_argument("--weight-decay", type=non_negative_float, default=0.1, help="AdamW weight decay on >= 2-D weights")
     p.add_argument("--grad-clip", type=non_negative_float, default=1.0, help="clip the global gradient norm (0 = off)")
     # evaluation, checkpoints, logging
     p.add_argument("--eval-every", type=int, default=50, help="validate every N steps (and at the end)")
-    p.add_argument("--eval-batches", type=non_negative_int, default=20, help="validate on a fixed sample of N * batch-size val rows (0 = all)")
+    p.add_argument("--eval-batches", type=non_negative_int, default=20,
+                   help="validate on a fixed sample of N * batch-size val rows (0 = all)")
     p.add_argument("--save-every", type=int, default=100, help="write <out>/last every N steps (and at the end)")
     p.add_argument("--resume", default="auto", choices=["auto", "never"],
                    help="auto: continue from <out>/last when it exists (so torchrun --max-restarts works)")
     p.add_argument("--log-every", type=int, default=1, help="print and record every N steps")
-    p.add_argument("--peak-flops", type=positive_float, default=989e12, help="per-device peak FLOP/s for the MFU estimate "
+    p.add_argument("--peak-flops", type=positive_float, default=989e12,
+                   help="per-device peak FLOP/s for the MFU estimate "
                                                                     "(H100 bf16 dense; MFU is null on CPU)")
     # system
     p.add_argument("--seed", type=seed_int, default=1337, help="seed for initialization, data order and dropout")
@@ -157,9 +162,11 @@ def get_args(argv=None):
     p.add_argument("--force-ddp", action="store_true", help="under torchrun, wrap the model in DDP with one "
                    "process too: a check of the multi-GPU code path on one GPU (same results, some overhead)")
     # models that do not fit plain DDP (README: "what fits where")
-    p.add_argument("--lora-rank", type=non_negative_int, default=0, help="train LoRA adapters of this rank on the frozen model "
+    p.add_argument("--lora-rank", type=non_negative_int, default=0,
+                   help="train LoRA adapters of this rank on the frozen model "
                                                             "(models/lora.py; 0 = full fine-tuning)")
-    p.add_argument("--lora-alpha", type=positive_float, default=None, help="LoRA scale alpha / rank (default alpha = 2 * rank)")
+    p.add_argument("--lora-alpha", type=positive_float, default=None,
+                   help="LoRA scale alpha / rank (default alpha = 2 * rank)")
     p.add_argument("--lora-dropout", type=fraction, default=0.05, help="dropout on the input of the LoRA path")
     p.add_argument("--lora-targets", default="auto", help="comma-separated linear layer names to adapt; auto: every "
                                                           "attention and MLP projection (GPT-2 c_attn,c_proj,c_fc; "

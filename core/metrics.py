@@ -322,7 +322,8 @@ def load_bertscore_model(folder, device="cpu", layer=None):
     n_layers = model.config.num_hidden_layers
     layer = default_bertscore_layer(folder, model.config) if layer is None else layer
     if not 0 <= layer <= n_layers:
-        raise UsageError(f"--bertscore-layer {layer} out of range (beyond the model): {folder} has layers 0..{n_layers}")
+        raise UsageError(f"--bertscore-layer {layer} out of range (beyond the model): {folder} has layers "
+                         f"0..{n_layers}")
     model.encoder.layer = model.encoder.layer[:layer]  # the later layers would be computed for nothing
     return model, tokenizer, bertscore_max_length(tokenizer, model.config), layer
 

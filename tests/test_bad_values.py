@@ -31,6 +31,7 @@ from test_train_lm import args_for, make_rows, metrics, setup, tok  # noqa: F401
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ERROR_LINE = re.compile(r"(^|\s)error: ")  # argparse's "prog: error: ..." and run_main's "error: ..."
+NON_FINITE_1E30 = r"^step \d+: the (loss|gradient norm) is not finite .*lower --lr \(now 1e\+30\)"
 
 
 def one_error_line(text):
@@ -52,7 +53,8 @@ FLAG_CASES = [  # (script, argv, what the error line must name)
     ("train_lm", ["--lr", "0"], "--lr"), ("train_lm", ["--lr=-1e-4"], "--lr"), ("train_lm", ["--lr", "nan"], "--lr"),
     ("train_lm", ["--lr", "inf"], "--lr"), ("train_lm", ["--lr", "fast"], "--lr"),
     ("train_lm", ["--min-lr", "-1e-5"], "--min-lr"), ("train_lm", ["--lr", "1e-4", "--min-lr", "1e-3"], "--min-lr"),
-    ("train_lm", ["--weight-decay", "-0.1"], "--weight-decay"), ("train_lm", ["--weight-decay", "inf"], "--weight-decay"),
+    ("train_lm", ["--weight-decay", "-0.1"], "--weight-decay"),
+    ("train_lm", ["--weight-decay", "inf"], "--weight-decay"),
     ("train_lm", ["--warmup-steps", "-1"], "--warmup-steps"), ("train_lm", ["--lora-alpha", "0"], "--lora-alpha"),
     ("train_lm", ["--lora-alpha", "nan"], "--lora-alpha"), ("train_lm", ["--lora-dropout", "1"], "--lora-dropout"),
     ("train_lm", ["--seed", "-1"], "--seed"), ("train_lm", ["--grad-clip", "-1"], "--grad-clip"),
@@ -72,7 +74,8 @@ FLAG_CASES = [  # (script, argv, what the error line must name)
     ("evaluate", ["--select", "mbr", "a", "b"], "--bertscore-model"),
     ("train_classifier", ["--eval-batch-size", "0"], "--eval-batch-size"),
     ("train_classifier", ["--lr", "0"], "--lr"), ("train_classifier", ["--warmup", "1"], "--warmup"),
-    ("train_classifier", ["--warmup", "-0.1"], "--warmup"), ("train_classifier", ["--weight-decay", "-1"], "--weight-decay"),
+    ("train_classifier", ["--warmup", "-0.1"], "--warmup"),
+    ("train_classifier", ["--weight-decay", "-1"], "--weight-decay"),
     ("train_classifier", ["--seed", "-1"], "--seed"), ("train_classifier", ["--device", NO_CUDA], "--device"),
     ("score_severity", ["--batch-size", "0"], "--batch-size"), ("score_severity", ["--device", "gpu"], "--device"),
     ("prepare_data", PREP + ["--seed", "-1"], "--seed"), ("prepare_data", PREP + ["--val-frac", "1"], "--val-frac"),
@@ -176,14 +179,14 @@ def test_classifier_stops_at_a_non_finite_loss_and_saves_nothing(tmp_path):
             for s in ["train" if i % 4 else "val"]]
     data = write_rows(tmp_path / "labeled.jsonl", rows)
     out = tmp_path / "classifier"
-    with pytest.raises(UsageError, match=r"^step \d+: the (loss|gradient norm) is not finite .*lower --lr \(now 1e\+30\)"):
+    with pytest.raises(UsageError, match=NON_FINITE_1E30):
         train_classifier.main(["--data", str(data), "--out", str(out), "--lr", "1e30", "--epochs", "3",
                                "--batch-size", "4", "--max-len", "16", "--device", "cpu", "--seed", "0"])
     assert not out.exists() or not (out / "model.safetensors").exists()
 
 
 def test_lm_stops_at_a_non_finite_loss_naming_lr(setup, tmp_path):  # noqa: F811
-    with pytest.raises(UsageError, match=r"^step \d+: the (loss|gradient norm) is not finite .*lower --lr \(now 1e\+30\)"):
+    with pytest.raises(UsageError, match=NON_FINITE_1E30):
         train_lm.main(args_for(setup, tmp_path / "run", "--lr", "1e30", "--warmup-steps", "0", "--max-steps", "4",
                                "--eval-every", "10", "--save-every", "10", "--grad-accum", "1"))
     assert not (tmp_path / "run" / "last").exists()
@@ -235,8 +238,8 @@ def test_deep_nesting_and_lone_surrogates_name_their_line(tmp_path):
     path.write_text('{"question": "\\ud83d\\ude00 fine"}\n' + deep + "\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"rows.jsonl, line 2: JSON nested too deeply"):
         list(read_jsonl(path))
-    path.write_text('{"question": "\\ud83d\\ude00 fine", "answer": "x y z"}\n{"question": "a \\ud800 b", "answer": "x y z"}\n',
-                    encoding="utf-8")
+    path.write_text('{"question": "\\ud83d\\ude00 fine", "answer": "x y z"}\n'
+                    '{"question": "a \\ud800 b", "answer": "x y z"}\n', encoding="utf-8")
     with pytest.raises(DataError, match=r"rows.jsonl, line 2: a lone surrogate '\\ud800'"):
         list(read_jsonl(path))
     with pytest.raises(DataError, match="line 2: a lone surrogate"):  # and so through a script

@@ -213,8 +213,9 @@ def test_select_mbr_and_oracle(tmp_path, minilm_dir):
 def test_select_errors(tmp_path, minilm_dir, capsys):
     with pytest.raises(SystemExit):
         evaluate.get_args(["--select", "mbr", "a", "--compare", "a", "b"])  # two modes
-    for argv, message in [(["--select", "best", "a", "b", "--bertscore-model", str(minilm_dir)], "expected mbr or oracle"),
-                          (["--select", "mbr", "a", "--bertscore-model", str(minilm_dir)], "two or more run folders"),
+    bert = str(minilm_dir)
+    for argv, message in [(["--select", "best", "a", "b", "--bertscore-model", bert], "expected mbr or oracle"),
+                          (["--select", "mbr", "a", "--bertscore-model", bert], "two or more run folders"),
                           (["--select", "mbr", "a", "b"], "give --bertscore-model")]:
         with pytest.raises(SystemExit) as e:  # refused at parsing, before any work
             evaluate.main(argv)

@@ -84,21 +84,28 @@ def cases(f):
     pd = ["prepare_data.py", "--data", f["data"], "--out", f["out"] + "/rows.jsonl"]
     no_cuda = "cuda"
     flag = [  # argparse refuses: exit 2
-        ("lm --lr 0", lm + ["--lr", "0"]), ("lm --lr=-1e-4", lm + ["--lr=-1e-4"]), ("lm --lr nan", lm + ["--lr", "nan"]),
+        ("lm --lr 0", lm + ["--lr", "0"]), ("lm --lr=-1e-4", lm + ["--lr=-1e-4"]),
+        ("lm --lr nan", lm + ["--lr", "nan"]),
         ("lm --lr inf", lm + ["--lr", "inf"]), ("lm --min-lr -1", lm + ["--min-lr", "-1"]),
         ("lm --min-lr > --lr", lm + ["--lr", "1e-4", "--min-lr", "1e-3"]),
-        ("lm --weight-decay -0.1", lm + ["--weight-decay", "-0.1"]), ("lm --weight-decay nan", lm + ["--weight-decay", "nan"]),
+        ("lm --weight-decay -0.1", lm + ["--weight-decay", "-0.1"]),
+        ("lm --weight-decay nan", lm + ["--weight-decay", "nan"]),
         ("lm --warmup-steps -1", lm + ["--warmup-steps", "-1"]), ("lm --lora-alpha 0", lm + ["--lora-alpha", "0"]),
         ("lm --lora-alpha inf", lm + ["--lora-alpha", "inf"]), ("lm --seed -1", lm + ["--seed", "-1"]),
         ("lm --grad-clip -1", lm + ["--grad-clip", "-1"]), ("lm --device gpu", lm + ["--device", "gpu"]),
-        ("lm --weights 1e308,1e309,1", lm + ["--weights", "1e308,1e309,1"]), ("lm --out too long", lm + ["--out", long_name]),
-        ("eval --max-new-tokens 0", ev + ["--max-new-tokens", "0"]), ("eval --temperature -1", ev + ["--temperature", "-1"]),
+        ("lm --weights 1e308,1e309,1", lm + ["--weights", "1e308,1e309,1"]),
+        ("lm --out too long", lm + ["--out", long_name]),
+        ("eval --max-new-tokens 0", ev + ["--max-new-tokens", "0"]),
+        ("eval --temperature -1", ev + ["--temperature", "-1"]),
         ("eval --temperature nan", ev + ["--temperature", "nan"]), ("eval --top-p 0", ev + ["--top-p", "0"]),
-        ("eval --top-p 1.5", ev + ["--top-p", "1.5"]), ("eval --repetition-penalty 0", ev + ["--repetition-penalty", "0"]),
-        ("eval --repetition-penalty inf", ev + ["--repetition-penalty", "inf"]), ("eval --bootstrap -1", ev + ["--bootstrap", "-1"]),
+        ("eval --top-p 1.5", ev + ["--top-p", "1.5"]),
+        ("eval --repetition-penalty 0", ev + ["--repetition-penalty", "0"]),
+        ("eval --repetition-penalty inf", ev + ["--repetition-penalty", "inf"]),
+        ("eval --bootstrap -1", ev + ["--bootstrap", "-1"]),
         ("eval --seed -1", ev + ["--seed", "-1"]), ("eval --bertscore-layer -1", ev + ["--bertscore-layer", "-1"]),
         ("eval --batch-size 0", ev + ["--batch-size", "0"]), ("eval --out too long", ev + ["--out", long_name]),
-        ("eval --select unknown method", ["evaluate.py", "--select", "best", f["out"], f["out"], "--bertscore-model", f["clf"]]),
+        ("eval --select unknown method",
+         ["evaluate.py", "--select", "best", f["out"], f["out"], "--bertscore-model", f["clf"]]),
         ("eval --select without --bertscore-model", ["evaluate.py", "--select", "mbr", f["out"], f["out"]]),
         ("clf --eval-batch-size 0", tc + ["--eval-batch-size", "0"]), ("clf --lr 0", tc + ["--lr", "0"]),
         ("clf --warmup 1", tc + ["--warmup", "1"]), ("clf --warmup -0.1", tc + ["--warmup", "-0.1"]),
@@ -106,7 +113,8 @@ def cases(f):
         ("clf --out too long", tc + ["--out", long_name]), ("score --batch-size 0", ss + ["--batch-size", "0"]),
         ("score --chunk-size 0", ss + ["--chunk-size", "0"]), ("score --out too long", ss + ["--out", long_name]),
         ("prep --seed -1", pd + ["--seed", "-1"]), ("prep --val-frac 1", pd + ["--val-frac", "1"]),
-        ("prep --min-answer-words -2", pd + ["--min-answer-words", "-2"]), ("prep --out too long", pd + ["--out", long_name]),
+        ("prep --min-answer-words -2", pd + ["--min-answer-words", "-2"]),
+        ("prep --out too long", pd + ["--out", long_name]),
     ]
     import torch
     if not torch.cuda.is_available():
@@ -119,7 +127,8 @@ def cases(f):
         ("clf --lr 1e30 (loss becomes NaN)", tc + ["--lr", "1e30"]),
         ("lm --max-len 8", lm + ["--max-len", "8"]),
         ("eval --bertscore-layer beyond the model", ev + ["--bertscore-model", f["clf"], "--bertscore-layer", "5"]),
-        ("lm data nested 100k deep", lm + ["--data", f["deep"]]), ("prep data nested 100k deep", pd + ["--data", f["deep"]]),
+        ("lm data nested 100k deep", lm + ["--data", f["deep"]]),
+        ("prep data nested 100k deep", pd + ["--data", f["deep"]]),
         ("prep lone surrogate", pd + ["--data", f["surrogate"]]),
         ("score lone surrogate", ss + ["--data", f["surrogate"], "--model", f["clf"]]),
         ("eval lone surrogate", ["evaluate.py", "--generations", f["surrogate"], "--out", f["out"] + "/e2"]),
@@ -158,7 +167,8 @@ def main(argv=None):
             counts[kind] += 1
             line = next((x for x in (r.stdout + r.stderr).splitlines() if ERROR_LINE.search(x)), "")
             if kind != "clean" or args.v:
-                print(f"{kind:9s} exit {r.returncode} (want {expected})  {name}" + (f"\n          {line[:160]}" if line else ""))
+                print(f"{kind:9s} exit {r.returncode} (want {expected})  {name}"
+                      + (f"\n          {line[:160]}" if line else ""))
                 if kind == "traceback":
                     print("          " + "\n          ".join(r.stderr.strip().splitlines()[-3:]))
     print(f"\n{'cases':>6} {'clean':>6} {'tracebacks':>11} {'garbage':>8} {'other':>6}   ({time.time() - t0:.0f} s)")
