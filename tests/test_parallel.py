@@ -13,7 +13,7 @@ from models import load_pretrained
 from models.parallel import checkpoint_blocks
 from test_train_lm import args_for, make_rows, metrics, setup, tensors, tiny_model_dir, tiny_qwen2_dir, tok  # noqa: F401
 from test_train_lm import torchrun
-from float64_train_lm import PARALLEL_ATOL, float64_models
+from float64_run import PARALLEL_ATOL, float64_models
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -46,7 +46,7 @@ def test_checkpointing_gives_the_same_gradients(arch, tok, tmp_path):
 
 
 def test_train_lm_activation_checkpointing_same_weights(setup, tmp_path, monkeypatch):
-    """3 steps with and without --activation-checkpointing, in float64 (tests/float64_train_lm.py)."""
+    """3 steps with and without --activation-checkpointing, in float64 (tests/float64_run.py)."""
     float64_models(monkeypatch)
     common = ("--max-steps", "3", "--eval-every", "3", "--save-every", "3", "--no-fused-loss")
     train_lm.main(args_for(setup, tmp_path / "plain", *common))
@@ -75,16 +75,15 @@ def test_fsdp_two_ranks_match_one(setup, tmp_path, monkeypatch):
     """torchrun 2 ranks --fsdp x grad-accum 2 == 1 process x grad-accum 4, with activation
     checkpointing too; the folder opens in transformers; a run killed at step 4 under
     --max-restarts 1 resumes (re-sharding the gathered optimizer state) to the same weights.
-    In float64 with the reference loss (tests/float64_train_lm.py): the runs differ only by the
+    In float64 with the reference loss (tests/float64_run.py): the runs differ only by the
     order of float64 sums, so they agree within PARALLEL_ATOL, derived there."""
     transformers = pytest.importorskip("transformers")
     float64_models(monkeypatch)
     common = ("--max-steps", "6", "--save-every", "3", "--eval-every", "3", "--no-fused-loss")
-    f64 = {"script": Path(__file__).parent / "float64_train_lm.py"}
     train_lm.main(args_for(setup, tmp_path / "one", *common, "--grad-accum", "4"))
-    torchrun(setup, tmp_path / "fsdp", 2, *common, "--grad-accum", "2", "--fsdp", "--activation-checkpointing", **f64)
+    torchrun(setup, tmp_path / "fsdp", 2, *common, "--grad-accum", "2", "--fsdp", "--activation-checkpointing", float64=True)
     r = torchrun(setup, tmp_path / "crash", 2, *common, "--grad-accum", "2", "--fsdp", "--crash-at-step", "4",
-                 restarts=1, **f64)
+                 restarts=1, float64=True)
     assert (tmp_path / "crash" / ".crashed").exists() and "resumed from" in r.stdout + r.stderr
     one = tensors(tmp_path / "one" / "last")
     assert all(v.dtype == torch.float64 for v in one.values())  # the comparison below is a float64 one

@@ -14,6 +14,7 @@ import score_severity as ss
 import train_classifier as tc
 from core.classifier import arabert_preprocess, load_classifier, save_classifier, scratch_tokenizer
 from core.common import SEVERITIES, DataError, check_probs
+from float64_run import float64_models
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPERATURE = 1.7
@@ -87,25 +88,29 @@ def test_matches_direct_forward_pass(classifier, tmp_path):
     assert probs.max(-1).values.min() < 0.8 and (probs[:, 0].max() - probs[:, 0].min()) > 0.1  # not constant
 
 
-def test_torchrun_two_ranks_same_output(classifier, tmp_path):
+def test_torchrun_two_ranks_same_output(classifier, tmp_path, monkeypatch):
+    """2 ranks = 1 process, both with the classifier in float64 (tests/float64_run.py)."""
+    float64_models(monkeypatch)
     data, rows = make_input(tmp_path / "in.jsonl")
     one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
     ss.main(["--data", str(data), "--model", str(classifier), "--out", str(one), "--chunk-size", "5", "--device", "cpu"])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "score_severity.py"), "--data", str(data), "--model", str(classifier), "--out", str(two),
+           str(ROOT / "tests" / "float64_run.py"), "score_severity.py", "--data", str(data), "--model", str(classifier), "--out", str(two),
            "--chunk-size", "5", "--batch-size", "2", "--device", "cpu"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    # same rows, fields and order; probabilities equal up to float noise (the ranks batch, and
-    # so pad, different rows together): a 1e-7 difference can land on either side of a 6-decimal
-    # rounding step, and renormalization can move a second value by another step
+    # same rows, fields and order. The ranks batch, and so pad, other rows together: in float64 the
+    # probabilities then differ by ~1e-15, or, where a logit's rounding to float32 (models/bert.py)
+    # lands on the other neighbour, by at most max|d z| / 2 (softmax) = 2**-24 |logit| / T < 2e-7
+    # (|logit| / T < 3 for this classifier); rounding to 6 decimals maps two values less than 1e-6
+    # apart to the same or adjacent steps: |a - b| <= 1e-6
     a = [json.loads(line) for line in one.read_text(encoding="utf-8").splitlines()]
     b = [json.loads(line) for line in two.read_text(encoding="utf-8").splitlines()]
     assert [{**r, "severity_probs": None} for r in a] == [{**r, "severity_probs": None} for r in b]
     assert [r["id"] for r in b] == [r["id"] for r in rows]
-    torch.testing.assert_close(torch.tensor([r["severity_probs"] for r in b]),
-                               torch.tensor([r["severity_probs"] for r in a]), atol=5e-6, rtol=0)
+    torch.testing.assert_close(torch.tensor([r["severity_probs"] for r in b], dtype=torch.float64),
+                               torch.tensor([r["severity_probs"] for r in a], dtype=torch.float64), atol=1e-6 + 1e-12, rtol=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "one.jsonl", "one.jsonl.meta.json", "two.jsonl",
                                                           "two.jsonl.meta.json"]  # shards and locks removed
 

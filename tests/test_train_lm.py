@@ -24,7 +24,7 @@ import train_lm
 from core.common import DataError, UsageError
 from models import build_model, load_pretrained, save_pretrained
 from conftest import write_rows
-from float64_train_lm import PARALLEL_ATOL, float64_models
+from float64_run import PARALLEL_ATOL, float64_models
 from core.prompt import build_example, format_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -374,11 +374,13 @@ def test_saved_model_opens_in_transformers(setup, tmp_path):
     transformers = pytest.importorskip("transformers")
     out = tmp_path / "run"
     train_lm.main(args_for(setup, out, "--max-steps", "3", "--eval-every", "100"))
-    ours, tok = load_pretrained(out / "last")
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(out / "last").eval()
+    # both in float64 (an exact upcast of the saved float32 weights): the two implementations then
+    # differ by ~1e-15, and ours rounds its logits to float32 (models/gpt2.py): |diff| <= 2**-24 |logit|
+    ours, tok = load_pretrained(out / "last", dtype=torch.float64)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(out / "last", dtype=torch.float64).eval()
     ids = torch.tensor([tok.encode(format_prompt("عندي صداع شديد منذ يومين")) + [5, 6, 7]])
     with torch.no_grad():
-        torch.testing.assert_close(ours(ids), theirs(ids).logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(theirs(ids).logits, ours(ids).double(), rtol=2 ** -24 + 1e-12, atol=1e-12)
     hf_tok = transformers.AutoTokenizer.from_pretrained(out / "last")
     text = "أعاني من ألم في الصدر\nالجواب:\n"
     assert hf_tok(text)["input_ids"] == tok.encode(text) and hf_tok.eos_token_id == 0
@@ -387,15 +389,16 @@ def test_saved_model_opens_in_transformers(setup, tmp_path):
 # ----------------------------------------------------------------------------- torchrun
 
 
-def torchrun(setup, out, nproc, *extra, restarts=0, script=ROOT / "train_lm.py"):
-    return torchrun_args(args_for(setup, out, *extra), nproc, restarts, script)
+def torchrun(setup, out, nproc, *extra, restarts=0, float64=False):
+    return torchrun_args(args_for(setup, out, *extra), nproc, restarts, float64)
 
 
-def torchrun_args(args, nproc, restarts=0, script=ROOT / "train_lm.py"):
-    """train_lm.py (or script, e.g. tests/float64_train_lm.py) with these flags under torchrun
-    (nproc gloo ranks); asserts it exits 0."""
+def torchrun_args(args, nproc, restarts=0, float64=False):
+    """train_lm.py with these flags under torchrun (nproc gloo ranks); asserts it exits 0.
+    float64: model folders loaded in float64 (tests/float64_run.py)."""
+    script = [str(ROOT / "tests" / "float64_run.py"), "train_lm.py"] if float64 else [str(ROOT / "train_lm.py")]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "--max-restarts", str(restarts), str(script), *args]
+           "--max-restarts", str(restarts), *script, *args]
     # a fresh rendezvous store per restart: see train_lm's docstring (pytorch/pytorch#135712)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
     try:
@@ -415,16 +418,15 @@ def test_ddp_two_ranks_match_one(setup, tmp_path, monkeypatch):
     torchrun with one process and --force-ddp takes the DDP path (what a 1-GPU check exercises) and equals
     the plain loop; without the flag one process is not wrapped.
 
-    Every run is in float64 (tests/float64_train_lm.py, with the reference loss), so the runs differ
+    Every run is in float64 (tests/float64_run.py, with the reference loss), so the runs differ
     only by float64 rounding and PARALLEL_ATOL is derived there; the fused loss is held to the
     reference per micro-batch in test_loss.py and test_fast_step.py."""
     float64_models(monkeypatch)
     common = ("--max-steps", "6", "--save-every", "3", "--eval-every", "3", "--no-fused-loss")
-    f64 = {"script": Path(__file__).parent / "float64_train_lm.py"}
     train_lm.main(args_for(setup, tmp_path / "one", *common, "--grad-accum", "4"))
-    torchrun(setup, tmp_path / "two", 2, *common, "--grad-accum", "2", **f64)
-    torchrun(setup, tmp_path / "one_rank", 1, *common, "--grad-accum", "4", "--force-ddp", **f64)
-    r = torchrun(setup, tmp_path / "crash", 2, *common, "--grad-accum", "2", "--crash-at-step", "4", restarts=1, **f64)
+    torchrun(setup, tmp_path / "two", 2, *common, "--grad-accum", "2", float64=True)
+    torchrun(setup, tmp_path / "one_rank", 1, *common, "--grad-accum", "4", "--force-ddp", float64=True)
+    r = torchrun(setup, tmp_path / "crash", 2, *common, "--grad-accum", "2", "--crash-at-step", "4", restarts=1, float64=True)
     assert (tmp_path / "crash" / ".crashed").exists() and "resumed from" in r.stdout + r.stderr
     parallel = {run: json.loads((tmp_path / run / "last" / "meta.json").read_text())["parallel"]
                 for run in ("one", "two", "one_rank")}
