@@ -148,22 +148,24 @@ def test_overlong_examples_truncated_and_counted(tok, setup, tmp_path):
 def test_balanced_weights_by_hand():
     probs = [[1, 0, 0], [1, 0, 0], [0.5, 0.5, 0], [0, 0, 1]]
     n = [2, 4, 6, 8]
+    # every check below: float64 on both sides, a few operations on these small numbers, so they agree
+    # within ~10 u = 1e-15 relative (atol=0: numpy's default 1e-8 would be the real tolerance)
     raw, alpha = train_lm.severity_alpha("balanced", probs, n)
     # alpha_c = N / (3 * sum_i p_ic) = 4 / (3 * (2.5, 0.5, 1))
-    assert np.allclose(raw, [8 / 15, 8 / 3, 4 / 3], rtol=1e-12)
+    assert np.allclose(raw, [8 / 15, 8 / 3, 4 / 3], rtol=1e-12, atol=0)
     # example weights (8/15, 8/15, 8/5, 4/3); token mean = (2+4)*8/15 + 6*8/5 + 8*4/3 over 20 = 88/75
-    assert np.allclose(alpha, np.array([8 / 15, 8 / 3, 4 / 3]) * 75 / 88, rtol=1e-12)
+    assert np.allclose(alpha, np.array([8 / 15, 8 / 3, 4 / 3]) * 75 / 88, rtol=1e-12, atol=0)
     w = train_lm.example_weights("balanced", probs, alpha)
-    assert np.isclose((np.array(n) * w).sum() / sum(n), 1.0, rtol=1e-12)
+    assert np.isclose((np.array(n) * w).sum() / sum(n), 1.0, rtol=1e-12, atol=0)
     # balanced makes the mean *example* weight 1 before rescaling
-    assert np.isclose(train_lm.example_weights("balanced", probs, raw).mean(), 1.0, rtol=1e-12)
+    assert np.isclose(train_lm.example_weights("balanced", probs, raw).mean(), 1.0, rtol=1e-12, atol=0)
     # ramp and a custom triple: rescaled so the token mean is 1
     raw, alpha = train_lm.severity_alpha("ramp", probs, n)
     assert raw.tolist() == [1.0, 1.5, 2.0]
     mean = (2 * 1 + 4 * 1 + 6 * 1.25 + 8 * 2) / 20
-    assert np.allclose(alpha, np.array([1, 1.5, 2]) / mean, rtol=1e-12)
+    assert np.allclose(alpha, np.array([1, 1.5, 2]) / mean, rtol=1e-12, atol=0)
     raw, alpha = train_lm.severity_alpha("1,0,3", probs, n)
-    assert np.allclose(alpha, np.array([1, 0, 3]) / ((2 + 4 + 3 + 24) / 20), rtol=1e-12)
+    assert np.allclose(alpha, np.array([1, 0, 3]) / ((2 + 4 + 3 + 24) / 20), rtol=1e-12, atol=0)
     assert (train_lm.example_weights("uniform", probs, np.ones(3)) == 1).all()
     with pytest.raises(ValueError, match="three"):
         train_lm.severity_alpha("1,2", probs, n)
@@ -223,10 +225,16 @@ def test_step0_loss_matches_cross_entropy(setup, tmp_path, weights, denominator,
     expected = (w * ce).sum() / (n.sum() if denominator == "tokens" else (n * w).sum())
     if weights == "uniform":
         assert math.isclose(expected, ce.sum() / n.sum())  # plain token-mean cross-entropy
+    # the logged loss is float32: logits are sums of d = 32 products through 2 blocks (rounding
+    # ~32 u = 2e-6 of their size ~1), cross-entropy moves by at most twice a logit's error, and the
+    # pairwise sums over V = 300 classes and ~300 answer tokens add ~2 log2(300) u = 1e-6 relative:
+    # ~3e-6 relative in all; 1e-5 is 3x that (measured 2e-9 to 3e-8)
     assert logged == pytest.approx(expected, rel=1e-5)
     meta = json.loads((out / "last" / "meta.json").read_text(encoding="utf-8"))
     if weights != "uniform":
-        assert np.allclose(meta["weights"]["alpha_raw"], raw) and np.allclose(meta["weights"]["alpha"], raw / ((n * (P @ raw)).sum() / n.sum()))
+        # float64 on both sides, sums of 24 rows in another order: <= 24 u = 3e-15 relative
+        assert np.allclose(meta["weights"]["alpha_raw"], raw, rtol=1e-12, atol=0)
+        assert np.allclose(meta["weights"]["alpha"], raw / ((n * (P @ raw)).sum() / n.sum()), rtol=1e-12, atol=0)
 
 
 def test_grad_accum_equals_full_batch(setup):
