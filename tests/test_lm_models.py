@@ -5,6 +5,7 @@ safetensors + load_hf_state_dict), and compared: logits (unpadded, right- and le
 generation token for token, the logits processors, checkpoint round trips and loading errors. The
 KV-cache path is held against full recomputation, for greedy and for seeded sampling.
 """
+import copy
 import json
 
 import pytest
@@ -100,6 +101,25 @@ def batch(B=3, T=10, seed=1):
     return torch.randint(1, V, (B, T), generator=g)
 
 
+# Logits are compared in float64 (float64 copies of both models, same weights): the two implementations
+# then differ only by float64 rounding, in sums of at most 48 + 96 terms through <= 3 blocks with
+# logits <~ 8: <= 144 x 3 x 1.1e-16 x 8 = 4e-13, so atol 1e-11 (25x); and ours returns its logits
+# rounded to float32 (`.float()` in every model file), by at most 2**-24 of their size: rtol 2**-24.
+# Two of our own outputs, each rounded to float32 from float64 values that agree within 1e-11, differ
+# by at most 2**-24 of each: rtol 2**-23.
+THEIRS = dict(rtol=2 ** -24, atol=1e-11)
+OURS_TWICE = dict(rtol=2 ** -23, atol=1e-11)
+
+
+def float64_copies(hf, ours):
+    """float64 copies of a transformers model and ours."""
+    hf64, ours64 = copy.deepcopy(hf).double(), copy.deepcopy(ours).double()
+    emb = getattr(getattr(hf64, "model", None), "embed_tokens", None)
+    if hasattr(emb, "scalar_embed_scale"):  # Gemma-3 keeps sqrt(hidden) in a float32 buffer that
+        emb.embed_scale = torch.tensor(emb.scalar_embed_scale, dtype=torch.float64)  # .double() cannot refine
+    return hf64, ours64
+
+
 def padded_mask(lengths, T, left):
     mask = torch.zeros(len(lengths), T, dtype=torch.long)
     for b, n in enumerate(lengths):
@@ -115,19 +135,21 @@ def padded_mask(lengths, T, left):
 @torch.no_grad()
 def test_logits_match_transformers(pair):
     kind, hf, ours, _ = pair
+    hf, ours = float64_copies(hf, ours)
     ids = batch()
     ref = hf(ids).logits
     out = ours(ids)
-    assert out.dtype == torch.float32 and out.shape == (3, 10, V)
-    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    assert out.dtype == torch.float32 and out.shape == (3, 10, V) and ref.dtype == torch.float64
+    torch.testing.assert_close(out.double(), ref, **THEIRS)
     # return_hidden gives the final-norm output that the lm_head turns into these logits
     hidden = ours(ids, return_hidden=True)
-    torch.testing.assert_close(hidden @ ours.lm_head.weight.T, out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.double(), hidden @ ours.lm_head.weight.T, **THEIRS)
 
 
 @torch.no_grad()
 def test_padded_logits_match_transformers(pair):
     kind, hf, ours, _ = pair
+    hf, ours = float64_copies(hf, ours)
     ids = batch()
     for left in (False, True):
         mask = padded_mask([10, 7, 3], 10, left)
@@ -136,15 +158,16 @@ def test_padded_logits_match_transformers(pair):
         out = ours(ids, attention_mask=mask)  # our default positions are the same cumsum
         assert not out.isnan().any(), "fully masked padding rows must not produce NaN"
         real = mask.bool()
-        torch.testing.assert_close(out[real], ref[real], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(out[real].double(), ref[real], **THEIRS)
         # a padded row's real positions equal the same prompt run alone, unpadded
         alone = ours(ids[2:3, 7:] if left else ids[2:3, :3])
-        torch.testing.assert_close(out[2][real[2]], alone[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out[2][real[2]].double(), alone[0].double(), **OURS_TWICE)
 
 
 @torch.no_grad()
 def test_kv_cache_forward_matches_full_forward(pair):
-    _, _, ours, _ = pair
+    _, hf, ours, _ = pair
+    _, ours = float64_copies(hf, ours)
     ids = batch(T=9)
     mask = padded_mask([9, 6, 4], 9, left=True)
     full = ours(ids, attention_mask=mask)
@@ -154,7 +177,7 @@ def test_kv_cache_forward_matches_full_forward(pair):
         parts.append(ours(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], cache=cache))
     stepped = torch.cat(parts, dim=1)
     real = mask.bool()
-    torch.testing.assert_close(stepped[real], full[real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(stepped[real].double(), full[real].double(), **OURS_TWICE)
     assert cache.length == 9
 
 
@@ -181,8 +204,9 @@ def test_transformers_opens_what_we_write(pair, tmp_path):
     save_file({k: v.contiguous() for k, v in ours.hf_state_dict().items()}, str(tmp_path / "model.safetensors"),
               metadata={"format": "pt"})
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    hf, ours = float64_copies(hf, ours)
     ids = batch()
-    torch.testing.assert_close(ours(ids), hf(ids).logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ours(ids).double(), hf(ids).logits, **THEIRS)
 
 
 @torch.no_grad()
@@ -196,8 +220,9 @@ def test_gpt2_key_prefix_variants_and_buffers(tmp_path):
     bare["h.0.attn.bias"] = torch.tril(torch.ones(1, 1, 64, 64))  # old checkpoints' mask buffers
     bare["h.1.attn.masked_bias"] = torch.tensor(-1e4)
     model.load_hf_state_dict(bare)
+    hf, model = float64_copies(hf, model.eval())
     ids = batch()
-    torch.testing.assert_close(model.eval()(ids), hf(ids).logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(model(ids).double(), hf(ids).logits, **THEIRS)
 
 
 def gpt2_sd(tmp_path):
