@@ -19,6 +19,7 @@ from models.qwen3 import Qwen3Config, Qwen3ForCausalLM
 from models.gemma3 import Gemma3ForCausalLM, Gemma3TextConfig
 
 transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread (conftest.py)
 
 V = 256
 KINDS = ["gpt2", "qwen2_tied_gqa", "qwen2_untied", "llama", "llama3_rope", "qwen3", "gemma3"]
