@@ -16,6 +16,8 @@ from models import load_pretrained, save_pretrained
 from models.aragpt2 import AraGPT2Config, AraGPT2LMHeadModel
 from models.generate import KVCache, generate
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one intra-op thread (conftest.py)
+
 V, C, L, NH, P = 97, 32, 2, 4, 40
 CFG = dict(vocab_size=V, n_embd=C, n_layer=L, n_head=NH, n_positions=P, activation_function="gelu_new",
            bos_token_id=0, eos_token_id=0)

@@ -12,6 +12,7 @@ from models import build_model, load_pretrained
 from models.bert import BertConfig, BertForSequenceClassification, BertModel
 
 transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one intra-op thread (conftest.py)
 
 TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
             max_position_embeddings=64, type_vocab_size=2, initializer_range=0.2)  # large weights: sensitive checks

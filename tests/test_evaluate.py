@@ -17,6 +17,7 @@ from models import build_model, load_pretrained, save_pretrained
 from conftest import write_rows
 
 CHRF = pytest.importorskip("sacrebleu.metrics").CHRF
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one intra-op thread (conftest.py)
 
 URGENT = "يجب التوجه إلى قسم الطوارئ فورا"  # lexicon: urgent advice
 CALM = "اشرب الكثير من الماء واسترح في البيت"  # lexicon: no urgent advice

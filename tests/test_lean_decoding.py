@@ -12,6 +12,7 @@ from models.qwen2 import gqa_attention
 from test_lm_models import hf_greedy, load_ours, meaningful_eos, hf_model, padded_mask
 
 transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one intra-op thread (conftest.py)
 
 # qwen2_tied_gqa, llama, qwen3: 2 query heads per KV head; gemma3: the same, and window 4 < every sequence here
 KINDS = ["gpt2", "qwen2_tied_gqa", "llama", "qwen3", "gemma3"]

@@ -12,6 +12,7 @@ from models.qwen3 import Qwen3Config
 from models.rope import rope_inv_freq, rope_spec
 
 transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one intra-op thread (conftest.py)
 
 LLAMA3 = {"rope_type": "llama3", "rope_theta": 5e5, "factor": 32.0, "low_freq_factor": 1.0,
           "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}

@@ -27,6 +27,8 @@ from conftest import write_rows
 from float64_run import PARALLEL_ATOL, float64_models
 from core.prompt import build_example, format_prompt
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one intra-op thread (conftest.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 Q_WORDS = ["أعاني", "من", "ألم", "في", "الصدر", "صداع", "حمى", "سعال", "منذ", "يومين", "أسبوع", "طفلي",
            "عندي", "دوخة", "غثيان", "ضيق", "التنفس", "حكة", "الجلد", "شديد", "خفيف", "مع", "قيء", "ظهر"]
