@@ -13,6 +13,8 @@ from conftest import write_rows
 from core.curriculum import curriculum_stages, stage_at
 from test_train_lm import args_for, make_rows, metrics, setup, tensors, tiny_model_dir, tok  # noqa: F401 (fixtures)
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one intra-op thread (conftest.py)
+
 
 def test_stage_order_membership_and_split():
     classes = [2, 0, 1, 0, 2, 0, 1, 0, 1, 0]  # 5 mild, 3 moderate, 2 critical

@@ -13,6 +13,8 @@ import torch.multiprocessing as mp
 import train_lm
 from models.loss import fused_linear_cross_entropy, linear_cross_entropy_reference
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one intra-op thread (conftest.py)
+
 
 def random_examples(n=12, seed=0, V=50):
     """Examples as train_lm builds them: a prompt (labels -100) then an answer, various lengths."""

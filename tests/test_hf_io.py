@@ -25,6 +25,8 @@ from models.qwen2 import Qwen2ForCausalLM
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one intra-op thread (conftest.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 EOS = "<|endoftext|>"
 TEXTS = ["أعاني من ألم في الصدر منذ يومين", "hello world, this is a test", "طفلي عنده حرارة",

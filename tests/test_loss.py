@@ -13,6 +13,8 @@ from torch.overrides import TorchFunctionMode
 from models.loss import (_chunk_stats_fusable, chunk_stats, default_chunk_size, fused_linear_cross_entropy,
                          linear_cross_entropy_reference, token_cross_entropy)
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one intra-op thread (conftest.py)
+
 # fp32 against float64 on the same inputs: the logits are sums of d <= 32 products and the weight
 # gradient a sum over N <= 250 tokens, plus a few element-wise roundings (u = 2**-24 = 6e-8 each).
 # Such sums carry at most (d + N) u = 1.7e-5 of the sum of their terms' sizes, and about

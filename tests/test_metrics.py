@@ -10,6 +10,8 @@ from core import metrics as M
 sacrebleu = pytest.importorskip("sacrebleu")
 from sacrebleu.metrics import CHRF  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one intra-op thread (conftest.py)
+
 AR = ["ألم شديد في الصدر منذ يومين مع ضيق في التنفس",
       "يجب الذهاب إلى الطوارئ فوراً، لا تنتظر!",
       "هل الصداع خطير؟ أعاني منه كل يوم؛ ما العلاج؟",

@@ -26,6 +26,8 @@ from models.checks import ModelFolderError
 from models.gpt2 import GPT2Config, GPT2LMHeadModel
 from models.qwen2 import Qwen2Config, Qwen2ForCausalLM
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one intra-op thread (conftest.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # the size fields of each config.json (a spec written here, independent of models/checks.py)

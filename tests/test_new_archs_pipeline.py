@@ -17,6 +17,8 @@ from models.generate import generate
 from core.prompt import format_prompt
 from test_train_lm import make_rows
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one intra-op thread (conftest.py)
+
 
 def tiny_config(kind, vocab):
     common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,

@@ -16,6 +16,8 @@ from conftest import write_rows
 from core.selection import mbr_select, oracle_select
 from test_metrics import _bert_score_reference
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one intra-op thread (conftest.py)
+
 LAYER = 6
 
 

@@ -25,6 +25,8 @@ transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, processors, trainers  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one intra-op thread (conftest.py)
+
 EOS = "<|endoftext|>"
 TEXTS = ["The Patient has a FEVER", "Café crème, naïve résumé", "أَلَمٌ شديدٌ في الصَّدْرِ", "ألم في الصدر",
          "إسهال وقيء منذ يومين", "Ärger ÜBER Öl", "ضيق التنفس Shortness of Breath!",
