@@ -32,7 +32,7 @@ demo: $(VENV)/.demo
 test: $(VENV)/.dev
 	$(PY) -m pytest -q --runslow tests
 
-# skips the tests marked slow (torchrun launches, restarts)
+# skips the tests marked slow (torchrun launches, restarts, compiles, the fast demo)
 test-fast: $(VENV)/.dev
 	$(PY) -m pytest -q tests
 
