@@ -1,8 +1,8 @@
 """The code paths a GPU run takes, exercised on the CPU: train_lm.py under bf16 autocast
 (--dtype bf16), under torch.compile (inductor), and with fused AdamW, each held against the plain
-eager run of the same steps (in float64 where the comparison allows it: tests/float64_run.py); and gpu_check's e2e path, torchrun --force-ddp --compile on one
-rank. (The fused loss under CPU bf16 autocast against float64 is
-tests/test_loss.py::test_cpu_autocast_bf16.)
+eager run of the same steps (in float64 where the comparison allows it: tests/float64_run.py); and
+gpu_check's e2e path, torchrun --force-ddp --compile on one rank. (The fused loss under CPU bf16
+autocast against float64 is tests/test_loss.py::test_cpu_autocast_bf16.)
 
 The runs use 8 training rows and --batch-size 8, so every step sees one micro-batch of one shape:
 the compiled run compiles once (recompiles on new lengths are issue 14's, not this file's)."""

@@ -81,7 +81,8 @@ def test_fsdp_two_ranks_match_one(setup, tmp_path, monkeypatch):
     float64_models(monkeypatch)
     common = ("--max-steps", "6", "--save-every", "3", "--eval-every", "3", "--no-fused-loss")
     train_lm.main(args_for(setup, tmp_path / "one", *common, "--grad-accum", "4"))
-    torchrun(setup, tmp_path / "fsdp", 2, *common, "--grad-accum", "2", "--fsdp", "--activation-checkpointing", float64=True)
+    torchrun(setup, tmp_path / "fsdp", 2, *common, "--grad-accum", "2", "--fsdp", "--activation-checkpointing",
+             float64=True)
     r = torchrun(setup, tmp_path / "crash", 2, *common, "--grad-accum", "2", "--fsdp", "--crash-at-step", "4",
                  restarts=1, float64=True)
     assert (tmp_path / "crash" / ".crashed").exists() and "resumed from" in r.stdout + r.stderr

@@ -95,7 +95,8 @@ def test_torchrun_two_ranks_same_output(classifier, tmp_path, monkeypatch):
     one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
     ss.main(["--data", str(data), "--model", str(classifier), "--out", str(one), "--chunk-size", "5", "--device", "cpu"])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "tests" / "float64_run.py"), "score_severity.py", "--data", str(data), "--model", str(classifier), "--out", str(two),
+           str(ROOT / "tests" / "float64_run.py"), "score_severity.py", "--data", str(data), "--model", str(classifier),
+           "--out", str(two),
            "--chunk-size", "5", "--batch-size", "2", "--device", "cpu"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -110,7 +111,8 @@ def test_torchrun_two_ranks_same_output(classifier, tmp_path, monkeypatch):
     assert [{**r, "severity_probs": None} for r in a] == [{**r, "severity_probs": None} for r in b]
     assert [r["id"] for r in b] == [r["id"] for r in rows]
     torch.testing.assert_close(torch.tensor([r["severity_probs"] for r in b], dtype=torch.float64),
-                               torch.tensor([r["severity_probs"] for r in a], dtype=torch.float64), atol=1e-6 + 1e-12, rtol=0)
+                               torch.tensor([r["severity_probs"] for r in a], dtype=torch.float64),
+                               atol=1e-6 + 1e-12, rtol=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "one.jsonl", "one.jsonl.meta.json", "two.jsonl",
                                                           "two.jsonl.meta.json"]  # shards and locks removed
 

@@ -444,7 +444,8 @@ def test_ddp_two_ranks_match_one(setup, tmp_path, monkeypatch):
     train_lm.main(args_for(setup, tmp_path / "one", *common, "--grad-accum", "4"))
     torchrun(setup, tmp_path / "two", 2, *common, "--grad-accum", "2", float64=True)
     torchrun(setup, tmp_path / "one_rank", 1, *common, "--grad-accum", "4", "--force-ddp", float64=True)
-    r = torchrun(setup, tmp_path / "crash", 2, *common, "--grad-accum", "2", "--crash-at-step", "4", restarts=1, float64=True)
+    r = torchrun(setup, tmp_path / "crash", 2, *common, "--grad-accum", "2", "--crash-at-step", "4", restarts=1,
+                 float64=True)
     assert (tmp_path / "crash" / ".crashed").exists() and "resumed from" in r.stdout + r.stderr
     parallel = {run: json.loads((tmp_path / run / "last" / "meta.json").read_text())["parallel"]
                 for run in ("one", "two", "one_rank")}
