@@ -3,6 +3,8 @@ penalties and with grouped-query attention on the KV cache (Qwen2 / Llama, Qwen3
 sliding layers: models/qwen2.py's gqa_attention), against transformers' generate and against
 recomputing the whole context; a decode step never repeats the cache; masks built on the inputs'
 device."""
+import copy
+
 import pytest
 import torch
 
@@ -13,6 +15,11 @@ from test_lm_models import hf_greedy, load_ours, meaningful_eos, hf_model, padde
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one intra-op thread (conftest.py)
+
+# Cached against full forwards on a float64 copy of our model: the two compute the same float64 math
+# in another order (sums of at most 96 terms through <= 3 blocks, values <~ 10: ~3e-13, atol 1e-11),
+# and each output is our float32 rounding of it (2**-24 of its size each): rtol 2**-23.
+OURS_TWICE = dict(rtol=2 ** -23, atol=1e-11)
 
 # qwen2_tied_gqa, llama, qwen3: 2 query heads per KV head; gemma3: the same, and window 4 < every sequence here
 KINDS = ["gpt2", "qwen2_tied_gqa", "llama", "qwen3", "gemma3"]
@@ -49,11 +56,12 @@ def test_chunked_prefill_with_cache_matches_full_forward(pair):
     """Several new tokens on top of a cache, no padding (the path whose mask used to be built on the
     CPU whatever the device): logits equal to one full forward."""
     _, _, ours = pair
+    ours = copy.deepcopy(ours).double()  # float64: see OURS_TWICE
     ids = torch.randint(1, 256, (2, 11), generator=torch.Generator().manual_seed(3))
     full = ours(ids)
     cache = KVCache(n_layers(ours), 11)
     parts = [ours(ids[:, s:e], cache=cache) for s, e in ((0, 4), (4, 7), (7, 8), (8, 11))]
-    torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.cat(parts, dim=1).double(), full.double(), **OURS_TWICE)
 
 
 def test_masks_are_built_on_the_inputs_device():
@@ -108,6 +116,7 @@ def test_decode_step_logits_equal_recompute(pair, padded):
     (no mask) and left-padded (a (B, 1, 1, S) mask; in Gemma-3's sliding layers the windowed one),
     for 14 steps: well past Gemma-3's window of 4."""
     _, _, ours = pair
+    ours = copy.deepcopy(ours).double()  # float64: see OURS_TWICE
     B, L, steps = 3, 6, 14
     ids = torch.randint(2, 256, (B, L + steps), generator=torch.Generator().manual_seed(5))
     mask = padded_mask([6, 3, 1], L + steps, left=True) if padded else None
@@ -120,7 +129,7 @@ def test_decode_step_logits_equal_recompute(pair, padded):
     for n in range(L + 1, L + steps + 1):  # context of n columns, the newest one fed alone
         step = ours(ids[:, n - 1:n], attention_mask=sub(n), cache=cache)[:, -1]  # (B, V)
         full = ours(ids[:, :n], attention_mask=sub(n))[:, -1]  # (B, V)
-        torch.testing.assert_close(step, full, rtol=1e-5, atol=1e-5, msg=f"context of {n} columns")
+        torch.testing.assert_close(step.double(), full.double(), **OURS_TWICE, msg=f"context of {n} columns")
 
 
 @torch.no_grad()
