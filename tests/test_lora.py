@@ -71,7 +71,7 @@ def test_merged_equals_unmerged_and_differs_by_rank_r(base_dir):
 def test_adapter_opens_in_peft_with_the_merged_logits(base_dir, tmp_path):
     transformers = pytest.importorskip("transformers")
     peft = pytest.importorskip("peft")
-    model, tok_ = load_pretrained(base_dir)
+    model, tok_ = load_pretrained(base_dir, dtype=torch.float64)  # float64 throughout: see the comparison
     add_lora(model, RANK, alpha=6, dropout=0.0, targets="auto")
     random_adapters(model)
     save_adapter(model, tmp_path / "adapter", base_dir)
@@ -80,15 +80,17 @@ def test_adapter_opens_in_peft_with_the_merged_logits(base_dir, tmp_path):
     cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "LORA" and cfg["r"] == RANK and cfg["fan_in_fan_out"] == (base_dir.name == "gpt2")
     ids = torch.randint(0, 300, (2, 13))
-    base = transformers.AutoModelForCausalLM.from_pretrained(base_dir).eval()
+    base = transformers.AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float64).eval()
     theirs = peft.PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
-    merged_hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    merged_hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float64).eval()
     with torch.no_grad():
         ours = model.eval()(ids)
-        torch.testing.assert_close(theirs(ids).logits, ours, rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(merged_hf(ids).logits, ours, rtol=1e-4, atol=1e-4)
+        # the same float64 math in two implementations (~1e-13 for these 2-block models: atol 1e-11),
+        # and our logits rounded to float32 by the model (2**-24 of their size: rtol)
+        torch.testing.assert_close(theirs(ids).logits, ours.double(), rtol=2 ** -24, atol=1e-11)
+        torch.testing.assert_close(merged_hf(ids).logits, ours.double(), rtol=2 ** -24, atol=1e-11)
     # and back: the PEFT adapter loads into a fresh LoRA model
-    again, _ = load_pretrained(base_dir)
+    again, _ = load_pretrained(base_dir, dtype=torch.float64)
     load_adapter(add_lora(again, RANK, alpha=6, targets="auto"), tmp_path / "adapter")
     with torch.no_grad():
         assert torch.equal(again.eval()(ids), ours)
