@@ -17,6 +17,19 @@ bf16 on GPUs that support it, BERTScore always in fp32). N GPUs: `torchrun --npr
 evaluate.py --model ...` splits the rows over the ranks for generation (rank r takes rows r, r+N,
 ...); rank 0 gathers the answers, scores and writes. Scoring and comparing use one process.
 
+At scale (docs/evaluation-at-scale.md): --sample N [--sample-seed S] [--sample-min-per-class K]
+evaluates a seeded sample of the split, stratified by severity class (core/sample.py; proportional,
+or at least K rows per class with the overall numbers re-weighted to the split's class shares; the
+rule and the sampled ids in config.sample; --compare / --select refuse runs on other samples).
+Answers are kept batch by batch in .OUT.parts/ beside --out (core/parts.py): after a kill (kill -9,
+Ctrl-C, a lost node) the same command continues from the finished batches and writes the same
+generations.jsonl as an uninterrupted run; another model, prompt format, decoding flag, sample, or
+number of processes is refused by name (delete .OUT.parts/ to start over). --compile compiles the
+decode step (a static KV cache, one graph per batch size; CUDA graphs on GPUs); eager is the
+default and the reference. Multi-node: torchrun --nnodes M --nproc_per_node N --rdzv-backend c10d
+--rdzv-endpoint HOST:PORT evaluate.py ...; --out, --data and the model on a file system every node
+sees; only global rank 0 writes (and holds the --out lock).
+
 Generation (mode 1): the prompt is prompt.format_prompt(question) (question, "\\nالجواب:\\n"),
 exactly what the model was trained on (built by prompt.build_example); a prompt too long for
 the model's context minus --max-new-tokens loses the end of its question, as in training, and is
@@ -24,8 +37,8 @@ counted (config.prompts_truncated). --prompt-format chat (default: the format th
 trained with, recorded in its meta.json, else plain) renders the model folder's own chat template
 instead, with add_generation_prompt (core/chat.py, docs/prompts.md; --system a system message), and
 stops at every end id (generation_config.json eos_token_id plus the tokenizer's EOS); recorded in
-config.prompt_format. Batched (rows sorted
-by prompt length), KV cache, greedy by default (--temperature > 0 samples, with --top-k --top-p;
+config.prompt_format. Batched (rows sorted by prompt length; the progress bar counts rows and
+tokens/s), KV cache, greedy by default (--temperature > 0 samples, with --top-k --top-p;
 --repetition-penalty, --no-repeat-ngram), stops at EOS or --max-new-tokens; token ids beyond the
 tokenizer's vocabulary are never produced.
 
@@ -88,6 +101,7 @@ generations per severity class. --plot also draws per-severity bars (and trainin
 metrics.jsonl train_lm.py writes next to the evaluated model) as PNG files; needs matplotlib.
 """
 import argparse
+import hashlib
 import importlib.util
 import json
 import os
@@ -108,9 +122,11 @@ from core.common import (DataError, SEVERITIES, UsageError, atomic_open, bf16_su
                         pick_device, positive_float, positive_int, proportion, read_jsonl, run_main, seed_int,
                         setup_dist, severity_class, staged_dir, write_json, write_jsonl)
 from models import load_pretrained
-from models.generate import generate
+from models.generate import Decoder, generate
+from core import parts as P  # generation that survives a kill
 from core.prompt import build_example  # the prompt format is defined once, in core/prompt.py
 from core.chat import add_prompt_flags, describe as describe_prompt, evaluation_format
+from core.sample import apply_sample, row_weights, same_sample
 
 METRICS = ("bertscore_p", "bertscore_r", "bertscore_f1", "bertscore_f1_rescaled", "chrf", "rougeL", "urgent_rate",
            "ref_urgent_rate")
@@ -136,6 +152,13 @@ def get_args(argv=None):
     p.add_argument("--data", default=None, help="mode 1: input JSONL (question, answer, split, severity/severity_probs)")
     p.add_argument("--split", default="test", help="mode 1: rows whose split field equals this ('all': every row)")
     p.add_argument("--limit", type=positive_int, default=None, help="score only the first N rows (quick looks)")
+    p.add_argument("--sample", type=positive_int, default=None, help="mode 1: a seeded sample of N rows, stratified "
+                   "by severity class (core/sample.py; the same rows in every run)")
+    p.add_argument("--sample-seed", type=seed_int, default=0, help="seed of --sample")
+    p.add_argument("--sample-min-per-class", type=non_negative_int, default=0, help="--sample: at least K rows of "
+                   "each class (the overall numbers are then re-weighted to the split's class shares)")
+    p.add_argument("--compile", action="store_true", help="mode 1: torch.compile the decode step (eager is the "
+                   "reference)")
     p.add_argument("--out", default="out/eval", type=out_path, help="output folder")
     p.add_argument("--device", default="auto", type=device_arg, help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", default="auto", type=lambda s: {"float32": "fp32", "bfloat16": "bf16"}.get(s, s),
@@ -237,8 +260,10 @@ def prompt_ids(tokenizer, question, max_len, chat=None):
     return ex["prompt_ids"], ex["truncated"] is not None
 
 
-def generate_answers(model, tokenizer, questions, args, show_progress=True, chat=None):
-    """Greedy/sampled answers (decoded text) for a list of questions; returns (answers, n_truncated)."""
+def generate_answers(model, tokenizer, questions, args, show_progress=True, chat=None, parts=None, done=None):
+    """Greedy/sampled answers (decoded text) for a list of questions; returns (answers, n_truncated).
+    parts/done (core/parts.py): this rank's batch file and the batches an earlier run finished
+    there; every new batch is appended to it as soon as it is decoded."""
     n_ctx = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
     # generate() reads prompt + max_new_tokens - 1 positions: the last new token is never fed back
     max_prompt = n_ctx - args.max_new_tokens + 1
@@ -247,18 +272,54 @@ def generate_answers(model, tokenizer, questions, args, show_progress=True, chat
     encoded = [prompt_ids(tokenizer, q, max_prompt, chat) for q in questions]
     eos_id = tokenizer.eos_id if tokenizer.eos_id is not None else model.config.eos_token_id
     eos_id = chat.end_ids if chat is not None else eos_id  # chat: every end id the folder declares
+    # the batch plan: a pure function of the prompts and --batch-size, so a resumed run replays it
     order = sorted(range(len(questions)), key=lambda i: -len(encoded[i][0]))  # similar lengths batch together
+    batches = [order[s:s + args.batch_size] for s in range(0, len(order), args.batch_size)]
+    done = done or {}
+    kept = sum(len(done[b]["rows"]) for b in done if b < len(batches))
+    if done and show_progress:
+        print(f"resuming: kept {kept} of this process's {len(questions)} rows ({len(done)} batches) "
+              f"from {parts.parent}", flush=True)
+    # --compile: one static cache length for the whole run, so the compiled step has one graph per batch size
+    longest = max(len(ids) for ids, _ in encoded)
+    decode = Decoder(model, longest + args.max_new_tokens - 1) if args.compile else None
     answers = [None] * len(questions)
-    starts = list(range(0, len(order), args.batch_size))
-    for bi, s in enumerate(tqdm(starts, desc="generate", disable=not show_progress, dynamic_ncols=True)):
-        idx = order[s:s + args.batch_size]
+    bar = tqdm(total=len(questions), initial=kept, desc="generate", unit="row", disable=not show_progress,
+               dynamic_ncols=True)
+    tokens, t0 = 0, time.perf_counter()
+    for bi, idx in enumerate(batches):
+        rec = done.get(bi)
+        if rec is not None and rec["rows"] == idx:
+            for i, a in zip(idx, rec["generated"]):
+                answers[i] = a
+            continue
         new = generate(model, [encoded[i][0] for i in idx], args.max_new_tokens, eos_id, tokenizer.pad_id,
                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                        repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram,
-                       vocab_limit=tokenizer.vocab_size, seed=args.seed + bi)
+                       vocab_limit=tokenizer.vocab_size, seed=args.seed + bi, decoder=decode)
         for i, ids in zip(idx, new):
             answers[i] = tokenizer.decode(ids).strip()
+        if parts is not None:
+            P.append(parts, {"batch": bi, "rows": idx, "generated": [answers[i] for i in idx],
+                             "tokens": sum(map(len, new))})
+        tokens += sum(map(len, new))
+        bar.update(len(idx))
+        bar.set_postfix_str(f"{tokens / (time.perf_counter() - t0):.0f} tok/s")
+    bar.close()
     return answers, sum(t for _, t in encoded)
+
+
+def generation_plan(args, rows, world, dtype, chat):
+    """What the answers depend on (core/parts.py's plan.json): a resume with another value is refused."""
+    keys = "\n".join(str(r.get("id", r["question"])) + "\t" + r["question"] for r in rows)
+    plan = {"model": str(Path(args.model).resolve()), "model_files": P.model_files(args.model),
+            "prompt_format": describe_prompt(chat),
+            "rows": hashlib.sha1(keys.encode("utf-8")).hexdigest(), "world_size": world}
+    for k in ("max_new_tokens", "batch_size", "temperature", "top_k", "top_p", "repetition_penalty",
+              "no_repeat_ngram", "seed", "compile", "sample", "sample_seed", "sample_min_per_class"):
+        plan[k] = getattr(args, k)
+    plan["dtype"] = str(dtype).replace("torch.", "")
+    return plan
 
 
 def run_generation(args):
@@ -266,17 +327,19 @@ def run_generation(args):
     rank, world, device = setup_dist(args.device)
     args.batch_size = args.batch_size or (64 if device.type == "cuda" else 16)  # a GPU decodes 64 rows for ~16's time
     try:
-        rows = [row for _, row in read_rows(args.data, False, args.split, args.limit)]
+        numbered, sample = apply_sample(read_rows(args.data, False, args.split, args.limit), args, args.data)
+        rows = [row for _, row in numbered]
         dtype = torch.float32
         if args.dtype == "bf16" or (args.dtype == "auto" and bf16_supported(device)):
             dtype = torch.bfloat16
         torch.manual_seed(args.seed)
         model, tokenizer = load_pretrained(args.model, dtype=dtype, device=device, expect="lm")
         chat = evaluation_format(args, tokenizer, model)  # --prompt-format, default: as the model was trained
+        parts, done = P.start(args.out, generation_plan(args, rows, world, dtype, chat), rank, world)
         mine = list(range(rank, len(rows), world))
         t0 = time.time()
         answers, n_trunc = generate_answers(model, tokenizer, [rows[i]["question"] for i in mine], args, rank == 0,
-                                            chat)
+                                            chat, parts, done)
         seconds = time.time() - t0
         if world > 1:  # rank 0 collects every rank's answers
             gathered = [None] * world
@@ -294,14 +357,16 @@ def run_generation(args):
         if device.type == "cuda":
             torch.cuda.empty_cache()
         decoding = {k: getattr(args, k) for k in ("max_new_tokens", "batch_size", "temperature", "top_k", "top_p",
-                                                  "repetition_penalty", "no_repeat_ngram", "seed")}
+                                                  "repetition_penalty", "no_repeat_ngram", "seed", "compile")}
         extra = {"mode": "generate", "model": str(args.model), "data": str(args.data), "split": args.split,
                  "limit": args.limit, "decoding": {**decoding, "greedy": args.temperature == 0},
                  "prompt": "prompt.format_prompt (question + '\\nالجواب:\\n')" if chat is None else
                  "core.chat (the model folder's chat template)", "prompt_format": describe_prompt(chat),
                  "prompts_truncated": n_trunc,
                  "dtype": str(dtype).replace("torch.", ""), "world_size": world,
-                 "generation_seconds": round(seconds, 2)}
+                 "generation_seconds": round(seconds, 2), "resumed_batches": len(done)}
+        if sample is not None:
+            extra["sample"] = sample
         return rows, extra
     finally:
         cleanup_dist()
@@ -370,9 +435,11 @@ def groups_of(classes):
     return {"overall": np.arange(len(classes)), **{c: np.flatnonzero(classes == c) for c in SEVERITIES}}
 
 
-def summarize(stats, classes, word_order, n_boot, seed):
-    """metrics.json's overall / by_severity / ci / n from per-example stats."""
+def summarize(stats, classes, word_order, n_boot, seed, weights=None):
+    """metrics.json's overall / by_severity / ci / n from per-example stats. weights (mean 1): the
+    overall numbers and their bootstrap use weight x stats (core/sample.py: the split's class mix)."""
     groups = groups_of(classes)
+    w = None if weights is None else np.asarray(weights, dtype=np.float64)
     values = {g: {} for g in GROUPS}
     cis = {g: {} for g in GROUPS}
     for metric in METRICS:
@@ -381,6 +448,8 @@ def summarize(stats, classes, word_order, n_boot, seed):
         fn = corpus_fn(metric, word_order)
         for g, idx in groups.items():
             s = stats[metric][idx]
+            if w is not None and g == "overall":
+                s = s * (w if s.ndim == 1 else w[:, None])
             values[g][metric] = point(s, fn) if len(idx) else None
             ci = M.bootstrap_ci(s, fn, n_boot, seed) if n_boot and len(idx) else None
             cis[g][metric] = list(ci) if ci is not None else None
@@ -391,13 +460,14 @@ def summarize(stats, classes, word_order, n_boot, seed):
             "ci": {"overall": cis["overall"], "by_severity": {c: cis[c] for c in SEVERITIES}}, "n": n}
 
 
-def score_rows(rows, classes, args, device, bertscore):
-    """All per-example stats, the summary dict and the per-row score dicts."""
+def score_rows(rows, classes, args, device, bertscore, weights=None):
+    """All per-example stats, the summary dict and the per-row score dicts. weights: per-row
+    weights of the overall numbers (a --sample with a minimum per class), or None."""
     stats = text_stats(rows, args.normalize, args.chrf_word_order)
     stats.update(urgent_stats(rows))
     bs, bs_config = bertscore_stats(rows, args, device, bertscore)
     stats.update(bs)
-    summary = summarize(stats, classes, args.chrf_word_order, args.bootstrap, args.seed)
+    summary = summarize(stats, classes, args.chrf_word_order, args.bootstrap, args.seed, weights)
     hyps = [normalize_arabic(r["generated"]) if args.normalize else r["generated"] for r in rows]
     refs = [normalize_arabic(r["answer"]) if args.normalize else r["answer"] for r in rows]
     per_row = []
@@ -451,7 +521,8 @@ def run_scoring(args, rows, lines, path, extra, out, bertscore):
     """Score rows (mode 1 or 2) and write the run files into `out`; returns the metrics dict."""
     classes = [severity_class(r, path, ln) for r, ln in zip(rows, lines)]
     device = pick_device(args.device)
-    summary, bs_config, per_row = score_rows(rows, classes, args, device, bertscore)
+    summary, bs_config, per_row = score_rows(rows, classes, args, device, bertscore,
+                                             row_weights(extra.get("sample"), classes))
     summary["degeneracy"] = R.degeneracy_by_group(rows, classes)
     config = {**extra, "bertscore": bs_config, "normalize": args.normalize,
               "chrf": {"char_order": M.CHRF_CHAR_ORDER, "word_order": args.chrf_word_order, "beta": M.CHRF_BETA,
@@ -533,6 +604,7 @@ def run_compare(args, out):
     if len(set(names)) != len(names):
         names = [str(f) for f in folders]
     runs = [load_run(f) for f in folders]
+    same_sample(folders, [meta for _, _, meta in runs])  # core/sample.py: names the flag that differs
     base_rows, classes, base_meta = runs[0]
     normalize = base_meta["config"].get("normalize", False)
     word_order = base_meta["config"].get("chrf", {}).get("word_order", 0)
@@ -695,6 +767,8 @@ def run(args, rank0):
         result = run_scoring(args, rows, lines, path, extra, tmp, bertscore)
         plots = make_plots(tmp, [(args.out, result)]) if args.plot else []
     print_written(args.out, plots)
+    if args.model:
+        P.finish(args.out)  # the run folder is in place: the finished batches are no longer needed
     return result
 
 

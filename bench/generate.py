@@ -1,14 +1,17 @@
-"""Generation throughput: ours with and without the KV cache, and transformers' generate, side by side.
+"""Generation throughput: ours eager (KV cache), ours compiled (--compile's static cache and
+torch.compile'd decode step), ours without a cache, and transformers' generate, side by side.
 
     python bench/generate.py                         # the demo's default GPT-2, random weights, CPU
     python bench/generate.py --model out/demo/lm-balanced/best --new-tokens 128
     python bench/generate.py --device cuda --model models/aragpt2-base --batch 32
     python bench/generate.py --arch qwen2            # a demo-sized Qwen2 (grouped-query attention)
     python bench/generate.py --arch gemma3           # a demo-sized Gemma-3 (1 KV head, sliding layers)
+    python bench/generate.py --batch 1,8,32 --new-tokens 128 --compile --no-recompute --threads 1  # docs/evaluation-at-scale.md
 
 Prompts are questions of the demo sample in the training prompt format. EOS is disabled so
 every row generates exactly --new-tokens tokens (equal work for every variant); greedy decoding,
-so the variants must produce the same tokens (checked; in fp32). Beside ours, when transformers is
+so the variants must produce the same tokens (checked; in fp32). --compile adds ours compiled
+(models/generate.py's Decoder; its cold compile is excluded: it runs in the warm-up round). Beside ours, when transformers is
 installed: the same weights in transformers' class for the architecture (SDPA), generate() with
 do_sample=False on the same left-padded prompts. Prints one table, writes JSON.
 """
@@ -23,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.common import DEMO_DATA, pick_device, read_jsonl  # noqa: E402
 from models import Tokenizer, build_model, load_pretrained  # noqa: E402
-from models.generate import generate  # noqa: E402
+from models.generate import Decoder, generate  # noqa: E402
 from core.prompt import format_prompt  # noqa: E402
 from train_lm import DEMO_GPT2, DEMO_TOKENIZER  # noqa: E402
 
@@ -80,11 +83,16 @@ def main(argv=None):
     p.add_argument("--arch", default="gpt2", choices=["gpt2", *DEMO_ARCHS], help="without --model: the demo GPT-2, "
                    "or a Qwen2 / Qwen3 / Gemma-3 of about its size with grouped-query attention (DEMO_ARCHS)")
     p.add_argument("--no-recompute", action="store_true", help="skip our no-cache variant (quadratic)")
+    p.add_argument("--compile", action="store_true", help="also ours compiled (evaluate.py --compile's decoder)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's); on a shared CPU, 1: "
+                   "spinning OpenMP threads of busy neighbours make every variant many times slower")
     p.add_argument("--no-transformers", action="store_true", help="skip transformers' generate")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "generate.json"), help="JSON results file")
     args = p.parse_args(argv)
 
     device = pick_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     if args.model:
         model, tok = load_pretrained(args.model, device=device)
@@ -109,6 +117,10 @@ def main(argv=None):
         outputs = {}
         pad = tok.pad_id if tok.pad_id is not None else 0
         variants = {"kv_cache": lambda: generate(model, prompts, args.new_tokens, eos_id=None, pad_id=pad)}
+        if args.compile:
+            dec = Decoder(model, max(map(len, prompts)) + args.new_tokens - 1)
+            variants["compiled"] = lambda: generate(model, prompts, args.new_tokens, eos_id=None, pad_id=pad,
+                                                    decoder=dec)
         if not args.no_recompute:
             variants["no_cache"] = lambda: generate(model, prompts, args.new_tokens, eos_id=None, pad_id=pad,
                                                     use_cache=False)
@@ -130,17 +142,22 @@ def main(argv=None):
         row["same_tokens"] = all(out == outputs["kv_cache"] for out in outputs.values())
         row["speedup"] = row["kv_cache_tok_s"] / row["no_cache_tok_s"] if "no_cache_tok_s" in row else None
         row["vs_transformers"] = row["kv_cache_tok_s"] / row["transformers_tok_s"] if hf is not None else None
+        row["compiled_vs_eager"] = row["compiled_tok_s"] / row["kv_cache_tok_s"] if args.compile else None
+        row["compiled_vs_transformers"] = (row["compiled_tok_s"] / row["transformers_tok_s"]
+                                           if args.compile and hf is not None else None)
         results.append(row)
 
     print(f"device {device}, model {args.model or f'demo {args.arch} (random weights)'}, {n_params / 1e6:.2f}M parameters, "
           f"torch {torch.__version__}")
     fmt = lambda r, k, f: format(r[k], f) if r.get(k) is not None else "-"  # noqa: E731
-    print(f"{'batch':>5} {'new tok':>7} | {'KV cache tok/s':>14} {'no cache tok/s':>14} {'transformers':>12} | "
-          f"{'cache/no':>8} {'ours/hf':>7} | same tokens")
+    print(f"{'batch':>5} {'new tok':>7} | {'KV cache tok/s':>14} {'compiled':>9} {'no cache tok/s':>14} "
+          f"{'transformers':>12} | {'cache/no':>8} {'ours/hf':>7} {'comp/eager':>10} {'comp/hf':>7} | same tokens")
     for r in results:
-        print(f"{r['batch']:>5} {r['new_tokens']:>7} | {r['kv_cache_tok_s']:>14.1f} {fmt(r, 'no_cache_tok_s', '.1f'):>14} "
-              f"{fmt(r, 'transformers_tok_s', '.1f'):>12} | {fmt(r, 'speedup', '.2f'):>8} "
-              f"{fmt(r, 'vs_transformers', '.2f'):>7} | {r['same_tokens']}")
+        print(f"{r['batch']:>5} {r['new_tokens']:>7} | {r['kv_cache_tok_s']:>14.1f} {fmt(r, 'compiled_tok_s', '.1f'):>9} "
+              f"{fmt(r, 'no_cache_tok_s', '.1f'):>14} {fmt(r, 'transformers_tok_s', '.1f'):>12} | "
+              f"{fmt(r, 'speedup', '.2f'):>8} {fmt(r, 'vs_transformers', '.2f'):>7} "
+              f"{fmt(r, 'compiled_vs_eager', '.2f'):>10} {fmt(r, 'compiled_vs_transformers', '.2f'):>7} | "
+              f"{r['same_tokens']}")
     Path(args.out).write_text(json.dumps({"device": str(device), "torch": torch.__version__, "args": vars(args),
                                           "params": n_params, "results": results}, indent=2) + "\n")
     if not all(r["same_tokens"] for r in results):

@@ -29,7 +29,9 @@ Parts, in this order (estimates for one H100/H200, torch 2.11; each part has its
                           torch.compile'd as train_lm.py --compile (sequence dimension dynamic), then
                           compiled with static shapes at Qwen2.5 (the cost of the dynamic graph); the slow
                           compiles last, so a timeout loses no baseline
-  generate   45 s   90 s  models/generate.py vs transformers generate, bf16 weights, greedy, batch 1 and 32,
+  generate  150 s  300 s  models/generate.py eager and compiled (evaluate.py --compile: static cache,
+                          mode="reduce-overhead"; its cold compile in the warm-up call) vs transformers
+                          generate (defaults, greedy, static cache off), bf16 weights, batch 1, 8 and 32,
                           64-token prompts, 128 new tokens (EOS off, so equal work): tokens/s
   score      25 s   60 s  bench/score.py: score_severity.py rows/s, BERT-base shape, 10k rows, batch 64/256/512
   syncs      20 s   45 s  one train_lm step after a warm-up step, under torch.cuda.set_sync_debug_mode("warn")
@@ -95,8 +97,8 @@ import torch  # noqa: E402
 from core.common import DEMO_DATA, atomic_open, write_json  # noqa: E402
 
 PARTS = ("parity", "loss", "train", "generate", "score", "syncs", "e2e")
-ESTIMATE_S = {"parity": 75, "loss": 140, "train": 180, "generate": 45, "score": 25, "syncs": 20, "e2e": 75}
-BUDGET_S = {"parity": 120, "loss": 200, "train": 280, "generate": 90, "score": 60, "syncs": 45, "e2e": 130}
+ESTIMATE_S = {"parity": 75, "loss": 140, "train": 180, "generate": 150, "score": 25, "syncs": 20, "e2e": 75}
+BUDGET_S = {"parity": 120, "loss": 200, "train": 280, "generate": 300, "score": 60, "syncs": 45, "e2e": 130}
 SMOKE_BUDGET_S = 600  # per part on a small shared CPU (compiles dominate)
 
 # bf16 dense peak FLOP/s for MFU, by a piece of the GPU's name (NVIDIA data sheets; the first match
@@ -164,8 +166,8 @@ SIZES = {
                 loss_no_compile=False, chunk_sweep=[512, 1024, 2048, 4096],
                 train_shapes=["qwen2.5-0.5b", "aragpt2-base"], train_static_shapes=["qwen2.5-0.5b"], train_batch=8,
                 train_seq=1024, train_warmup=2, train_steps=5, compile_backend="inductor",
-                gen_shapes=["qwen2.5-0.5b", "aragpt2-base"], gen_batches=[1, 32], gen_prompt=64, gen_new=128,
-                gen_repeats=1, score_rows=10000, score_batches="64,256,512", score_extra=[],
+                gen_shapes=["qwen2.5-0.5b", "aragpt2-base"], gen_batches=[1, 8, 32], gen_prompt=64, gen_new=128,
+                gen_repeats=1, gen_compile=True, score_rows=10000, score_batches="64,256,512", score_extra=[],
                 sync_shape="aragpt2-base", sync_batch=8, sync_seq=512,
                 e2e_steps=20, e2e_resume_steps=30, e2e_extra=["--compile", "--force-ddp", "--eval-every", "10",
                                                               "--save-every", "10"]),
@@ -175,6 +177,7 @@ SIZES = {
                   train_shapes=["tiny"], train_static_shapes=["tiny"], train_batch=2, train_seq=32, train_warmup=1,
                   train_steps=2, compile_backend="aot_eager",
                   gen_shapes=["tiny"], gen_batches=[1, 4], gen_prompt=8, gen_new=8, gen_repeats=1,
+                  gen_compile=False,  # the static-cache decoder eager: inductor's cold compile is minutes here
                   score_rows=64, score_batches="32,64", score_extra=["--tiny"],
                   sync_shape="tiny", sync_batch=2, sync_seq=32,
                   # no --compile: inductor's cold C++ builds of train_lm take 5+ minutes on a shared 2-core
@@ -528,7 +531,7 @@ def part_generate(rec, smoke):
     from bench import train as bench_train
 
     from models import build_model
-    from models.generate import generate
+    from models.generate import Decoder, generate
     device, S, _, _ = setup(smoke)
     dtype = torch.bfloat16  # bf16 weights, as a user generates on a GPU (and the CPU smoke takes the same path)
     for shape in S["gen_shapes"]:
@@ -544,8 +547,12 @@ def part_generate(rec, smoke):
             x = torch.randint(1, cfg["vocab_size"], (B, S["gen_prompt"]), generator=g).to(device)
             row = {"shape": shape, "dtype": str(dtype).replace("torch.", ""), "batch": B, "prompt": S["gen_prompt"],
                    "new_tokens": S["gen_new"]}
+            dec = Decoder(ours, S["gen_prompt"] + S["gen_new"] - 1, compile=S["gen_compile"])  # evaluate --compile
             runs = {"ours": lambda: generate(ours, x.tolist(), S["gen_new"], eos_id=None, pad_id=0),
+                    "ours_compiled": lambda: generate(ours, x.tolist(), S["gen_new"], eos_id=None, pad_id=0,
+                                                      decoder=dec),
                     "transformers": lambda: hf_generate(theirs, x, S["gen_new"]).tolist()}
+            row["compiled"] = S["gen_compile"]
             try:
                 outs = {}
                 for impl, fn in runs.items():
@@ -558,6 +565,9 @@ def part_generate(rec, smoke):
                         times.append(time.perf_counter() - t0)
                     row[f"{impl}_tok_s"] = B * S["gen_new"] / min(times[1:])
                 row["ours_vs_transformers"] = row["ours_tok_s"] / row["transformers_tok_s"]
+                row["compiled_vs_transformers"] = row["ours_compiled_tok_s"] / row["transformers_tok_s"]
+                row["compiled_vs_eager"] = row["ours_compiled_tok_s"] / row["ours_tok_s"]
+                row["compiled_same_tokens"] = outs["ours_compiled"] == outs["ours"]
                 div = [first_divergence(a, b) for a, b in zip(outs["ours"], outs["transformers"])]
                 row["same_tokens_rows"] = sum(d is None for d in div) / B  # bf16 ties may differ: parity checks fp32
             except Exception as e:
@@ -826,6 +836,9 @@ def targets(results):
         if "ours_vs_transformers" in r and r.get("shape") != "tiny":
             out.append({"target": f"generate {r['shape']} batch {r['batch']}: >= transformers tokens/s",
                         "measured": r["ours_vs_transformers"], "met": r["ours_vs_transformers"] >= 1})
+        if r.get("compiled") and "compiled_vs_transformers" in r and r.get("batch") == 32:
+            out.append({"target": f"generate {r['shape']} batch 32: ours compiled >= 2x transformers tokens/s",
+                        "measured": r["compiled_vs_transformers"], "met": r["compiled_vs_transformers"] >= 2})
     return out
 
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from core import metrics as M
 from core.common import UsageError, normalize_arabic
+from core.sample import same_sample
 
 METHODS = ("mbr", "oracle")
 RESULT_FIELDS = ("generated", "scores", "selected_from", "selection")  # a run's outputs, not input fields
@@ -80,8 +81,10 @@ def select_runs(args, device, load_run, align):
     names = [f.name for f in folders]
     if len(set(names)) != len(names):
         names = [str(f) for f in folders]
-    base_rows = load_run(folders[0])[0]
-    runs = [align(base_rows, load_run(f)[0], f / "generations.jsonl") for f in folders]
+    loaded = [load_run(f) for f in folders]
+    same_sample(folders, [meta for _, _, meta in loaded])  # core/sample.py: names the flag that differs
+    base_rows = loaded[0][0]
+    runs = [align(base_rows, rows, f / "generations.jsonl") for f, (rows, _, _) in zip(folders, loaded)]
     candidates = [[run[i]["generated"] for run in runs] for i in range(len(base_rows))]
     score_fn, layer = bertscore_f1_fn(args, device)
     if method == "mbr":
@@ -102,4 +105,6 @@ def select_runs(args, device, load_run, align):
     extra = {"mode": "select", "title": title,
              "select": {"method": method, "upper_bound": method == "oracle", "runs": [str(f) for f in folders],
                         "names": names, "criterion": criterion, "layer": layer, "idf": False, "picked": picked}}
+    if loaded[0][2]["config"].get("sample"):  # the runs' sample (and its weights) carries over
+        extra["sample"] = loaded[0][2]["config"]["sample"]
     return rows, extra

@@ -254,7 +254,8 @@ class Gemma3ForCausalLM(nn.Module):
         if "sliding_attention" in cfg.layer_types:
             masks["sliding_attention"] = sliding_mask_4d(attention_mask, past, T, cfg.sliding_window, input_ids.device)
         x = self.model.embed_tokens(input_ids)  # (B, T, C)
-        x = x * torch.tensor(cfg.hidden_size ** 0.5, dtype=x.dtype).item()  # sqrt(C) rounded to x's dtype, as HF
+        # sqrt(C) rounded to x's dtype, as HF; a tensor, not .item(), so a compiled decode step has no graph break
+        x = x * torch.tensor(cfg.hidden_size ** 0.5, dtype=x.dtype, device=x.device)
         rope = {t: rope_cos_sin(position_ids, cfg.head_dim, theta, x.dtype, spec)
                 for t, (theta, spec) in cfg.rope.items() if t in masks}
         for layer in self.model.layers:

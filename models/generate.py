@@ -50,6 +50,147 @@ class KVCache:
         self.length += T
 
 
+class StaticKVCache:
+    """A KV cache of fixed shape [B, nkv, max_len, hs] for a compiled decode step (--compile).
+
+    Every decode step shows the model the same `length` (max_len - 1 cached tokens) and the new
+    token's key/value in the last slot, so its shapes, masks and the compiled graph never change:
+      roll=False  the prompt is stored from slot 0 and each new token in its own next slot, and
+                  also in the last slot, where the model's mask puts the query (that step's mask
+                  hides the own-slot copy); attention over all slots does not depend on their order
+                  (positions are in the keys: RoPE or learned embeddings), so this equals KVCache;
+      roll=True   (sliding-window layers: Gemma-3) the prompt is stored right-aligned and each step
+                  shifts every slot left and writes the new token last, so slot distances stay
+                  token distances and the window masks the same keys as with KVCache; the shift
+                  costs a copy of the cache per layer and step.
+    Slots not yet written are masked like left padding."""
+
+    def __init__(self, n_layers, B, max_len, nkv, hs, dtype, device, roll):
+        self.max_len, self.length, self.roll, self.slot = max_len, 0, roll, None
+        self.k = [torch.zeros(B, nkv, max_len, hs, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.v = [torch.zeros(B, nkv, max_len, hs, dtype=dtype, device=device) for _ in range(n_layers)]
+
+    def update(self, layer_idx, k, v):
+        """Prefill (length 0): store, return k, v. Decode: store (see the class), return all slots."""
+        K, V = self.k[layer_idx], self.v[layer_idx]
+        T = k.shape[2]
+        if self.length == 0:
+            start = self.max_len - T if self.roll else 0
+            K[:, :, start:start + T].copy_(k)
+            V[:, :, start:start + T].copy_(v)
+            return k, v
+        if self.roll:
+            K.copy_(torch.cat([K[:, :, T:], k], dim=2))  # (B, nkv, max_len, hs), newest last
+            V.copy_(torch.cat([V[:, :, T:], v], dim=2))
+            return K, V
+        K.index_copy_(2, self.slot, k)  # its own slot, for the later steps
+        V.index_copy_(2, self.slot, v)
+        K[:, :, -1:].copy_(k)  # the query's slot in the model's mask
+        V[:, :, -1:].copy_(v)
+        return K, V
+
+    def advance(self, T):
+        self.length = self.max_len - 1  # what every decode step sees: max_len - 1 cached + 1 new
+
+
+class Decoder:
+    """The decode step on a StaticKVCache, eager or compiled (evaluate.py --compile): one graph per
+    batch size, the cache length fixed for the whole run (max_len >= longest prompt + new tokens - 1).
+    On CUDA, mode="reduce-overhead" replays the step as a CUDA graph (the caches are kept per batch
+    size, at fixed addresses). Eager (compile=False) is the same arithmetic without torch.compile."""
+
+    def __init__(self, model, max_len, compile=True):
+        self.model, self.max_len, self.caches = model, max_len, {}
+        device, cfg = next(model.parameters()).device, model.config
+        n_positions = getattr(cfg, "n_positions", None)  # GPT-2 refuses a longer "past" than this
+        self.roll = ("sliding_attention" in (getattr(cfg, "layer_types", None) or ())
+                     or (n_positions is not None and max_len + 1 > n_positions))
+        self.slots = max_len if self.roll else max_len + 1  # + the query's slot
+        self.step = last_logits
+        if compile:
+            mode = "reduce-overhead" if device.type == "cuda" else None
+            self.step = torch.compile(last_logits, mode=mode, dynamic=False)
+
+    def begin(self, prompts, L, mask, need):
+        """A new batch (prompts left-padded to L columns, mask [B, >= L] or None, `need` slots): its
+        reset cache, which the eager prefill fills; the static mask and the first new token's positions."""
+        B, device = len(prompts), self.model.lm_head.weight.device
+        self.live, self.L = self.cache(B, need), L
+        self.smask = torch.zeros((B, self.slots), dtype=torch.long, device=device)
+        prompt = slice(self.slots - L, None) if self.roll else slice(0, L)
+        self.smask[:, prompt] = 1 if mask is None else mask[:, :L]
+        self.smask[:, -1] = 1  # the query's own slot
+        self.pos = torch.tensor([len(p) for p in prompts], device=device)[:, None]  # (B, 1)
+        return self.live
+
+    def next_logits(self, tok, done, step, may_shrink):
+        """Logits [B', V] after feeding tok (B,), and the rows kept when the batch shrank (else None)."""
+        keep = None
+        shrunk = self.shrink(done, self.live) if may_shrink else None
+        if shrunk is not None:
+            self.live, keep = shrunk
+            self.smask, self.pos, tok = self.smask[keep], self.pos[keep], tok[keep]
+        if self.roll:
+            self.smask = torch.cat([self.smask[:, 1:], self.smask.new_ones(len(tok), 1)], dim=1)  # shifts with the cache
+        else:  # the token fed now is stored at slot L + step; the one fed before becomes visible
+            if step > 0:
+                self.smask[:, self.L + step - 1] = 1
+            self.live.slot = torch.tensor([self.L + step], device=tok.device)
+        return self.step(self.model, tok[:, None], self.smask, self.live, self.pos + step), keep
+
+    @staticmethod
+    def sizes(B):
+        """The batch sizes a batch that started at B may shrink to: B and the powers of two below it."""
+        return [B] + [1 << k for k in range(B.bit_length()) if (1 << k) < B]
+
+    def shrink(self, done, cache):
+        """When the unfinished rows fit a smaller fixed size: (that size's cache holding the kept
+        rows, their indices) -- the unfinished rows plus finished ones to fill it, in order; else None."""
+        B, alive = done.shape[0], int((~done).sum())
+        target = min(s for s in self.sizes(B) if s >= alive)
+        if target == B:
+            return None
+        keep = torch.argsort(done.int(), stable=True)[:target].sort().values  # unfinished rows first, in order
+        small = self.cache(target, self.max_len)
+        for layer in range(len(cache.k)):
+            small.k[layer].copy_(cache.k[layer][keep])
+            small.v[layer].copy_(cache.v[layer][keep])
+        small.length = cache.length
+        return small, keep
+
+    def cache(self, B, need):
+        """The static cache for batch size B (allocated once), reset for a new batch."""
+        if need > self.max_len:
+            raise ValueError(f"the compiled decoder holds {self.max_len} tokens; {need} were asked for")
+        if B not in self.caches:
+            cfg, ref = self.model.config, self.model.lm_head.weight
+            nkv = getattr(cfg, "num_key_value_heads", None) or cfg.n_head
+            hs = getattr(cfg, "head_dim", None) or (cfg.n_embd // cfg.n_head)
+            self.caches[B] = StaticKVCache(n_layers_of(self.model), B, self.slots, nkv, hs, ref.dtype, ref.device,
+                                           self.roll)
+            if ref.device.type == "cuda":  # CUDA graphs need the cache at fixed addresses
+                for t in self.caches[B].k + self.caches[B].v:
+                    torch._dynamo.mark_static_address(t)
+        cache = self.caches[B]
+        cache.length = 0
+        return cache
+
+
+def left_padded(prompts, L, S, pad, device):
+    """ids [B, S] with each prompt ending at column L (left padding: the last column is every row's
+    newest token; room for every new token, so no cat per step), and the mask [B, S] and positions
+    [B, S] built once per batch and sliced per step; without padding neither is needed (None)."""
+    B = len(prompts)
+    ids = torch.full((B, S), pad, dtype=torch.long, device=device)
+    mask = torch.ones((B, S), dtype=torch.long, device=device)
+    for b, p in enumerate(prompts):
+        ids[b, L - len(p):L] = torch.tensor(p, dtype=torch.long, device=device)
+        mask[b, :L - len(p)] = 0
+    if all(len(p) == L for p in prompts):
+        return ids, None, None
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)  # left padding does not shift the positions
+
+
 def n_layers_of(model):
     cfg = model.config
     return cfg.n_layer if hasattr(cfg, "n_layer") else cfg.num_hidden_layers
@@ -123,12 +264,14 @@ def choose(logits, temperature, generator):
 
 @torch.inference_mode()
 def generate(model, prompts, max_new_tokens, eos_id, pad_id, temperature=0.0, top_k=0, top_p=1.0,
-             repetition_penalty=1.0, no_repeat_ngram_size=0, vocab_limit=None, seed=None, use_cache=True):
+             repetition_penalty=1.0, no_repeat_ngram_size=0, vocab_limit=None, seed=None, use_cache=True,
+             decoder=None):
     """Continue each prompt (a list of token ids) by up to max_new_tokens tokens.
 
     Returns one list per prompt with the new tokens only, stopped at (and excluding) EOS. eos_id:
     an id, a list of ids, or None (never stop early). pad_id fills the left padding and the rows
     that already finished (None: eos or 0). The model runs in eval mode (its mode is restored).
+    decoder: a Decoder (static cache, the step compiled or not), else the eager KVCache path.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate needs at least one prompt and no empty prompt")
@@ -145,15 +288,8 @@ def generate(model, prompts, max_new_tokens, eos_id, pad_id, temperature=0.0, to
     V = model.lm_head.weight.shape[0]
 
     S = L + max_new_tokens
-    ids = torch.full((B, S), pad, dtype=torch.long, device=device)  # room for every new token: no cat per step
-    mask = torch.ones((B, S), dtype=torch.long, device=device)
-    for b, p in enumerate(prompts):  # left padding: the last column is every row's newest token
-        ids[b, L - len(p):L] = torch.tensor(p, dtype=torch.long, device=device)
-        mask[b, :L - len(p)] = 0
-    # mask and positions built once per batch, sliced per step; without padding neither is needed
-    padded = any(len(p) < L for p in prompts)
-    mask = mask if padded else None
-    positions = (mask.cumsum(-1) - 1).clamp(min=0) if padded else None  # left padding does not shift them
+    ids, mask, positions = left_padded(prompts, L, S, pad, device)
+    padded = mask is not None
     ctx = lambda n: (ids[:, :n], mask[:, :n] if padded else None)  # noqa: E731  (context of n columns)
     rows = [list(p) for p in prompts] if no_repeat_ngram_size > 0 else None  # the n-gram ban reads host lists
     seen = None  # tokens present in each row, for the repetition penalty only
@@ -176,26 +312,38 @@ def generate(model, prompts, max_new_tokens, eos_id, pad_id, temperature=0.0, to
     was_training = model.training
     model.eval()
     try:
-        cache = KVCache(n_layers_of(model), S) if use_cache else None
+        if decoder is not None:  # static shapes: the step sees the whole cache, padded on the left
+            cache = decoder.begin(prompts, L, mask, S - 1)
+        else:
+            cache = KVCache(n_layers_of(model), S) if use_cache else None
         logits = prefill(model, *ctx(L), cache)
+        slot = torch.arange(B, device=device)  # the row of `new` each batch row writes (rows drop out: --compile)
         for step in range(max_new_tokens):
             logits = process_logits(logits, seen, rows, temperature, top_k, top_p, repetition_penalty,
                                     no_repeat_ngram_size, vocab_limit)
             tok = choose(logits, temperature, generator)  # (B,), stays on the device
             done = done | torch.isin(tok, eos_ids)
-            new[:, step] = tok.masked_fill(done, -1)
+            got = tok.masked_fill(done, -1)
+            new[slot, step] = got
             tok = tok.masked_fill(done, pad)  # finished rows are fed padding and never extended
             if seen is not None:
                 seen[arange_b, tok] |= ~done
             if rows is not None:
-                for b, t in enumerate(new[:, step].tolist()):
+                for b, t in enumerate(got.tolist()):
                     if t >= 0:
                         rows[b].append(t)
             if step == max_new_tokens - 1 or ((step + 1) % check_every == 0 and bool(done.all())):
                 break
-            ids[:, L + step] = tok
-            n = L + step + 1  # context columns
-            logits = decode_one(model, *ctx(n), cache, None if positions is None else positions[:, :n])
+            if decoder is None:
+                ids[:, L + step] = tok
+                n = L + step + 1  # context columns
+                logits = decode_one(model, *ctx(n), cache, None if positions is None else positions[:, :n])
+                continue
+            logits, keep = decoder.next_logits(tok, done, step, (step + 1) % check_every == 0)
+            if keep is not None:  # finished rows left the batch (at a fixed size): their state goes too
+                done, slot, arange_b = done[keep], slot[keep], torch.arange(len(keep), device=device)
+                seen = seen[keep] if seen is not None else None
+                rows = [rows[i] for i in keep.tolist()] if rows is not None else None
         out = [[t for t in row if t >= 0] for row in new.tolist()]  # -1 only after a row's EOS
     finally:
         model.train(was_training)

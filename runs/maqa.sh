@@ -29,7 +29,11 @@
 # A folder with only pytorch_model.bin: python tools/convert_bin_to_safetensors.py FOLDER (once).
 #
 # Usage:  NGPU=8 bash runs/maqa.sh            (NGPU=1 for one GPU)
-# Each step is resumable: train_lm.py continues from <out>/last when it exists.
+# Each step is resumable: train_lm.py continues from <out>/last when it exists, evaluate.py from the
+# batches in .<out>.parts/ (docs/evaluation-at-scale.md).
+# Every evaluation generates for the same SAMPLE test rows (evaluate.py --sample: stratified by severity,
+# at least SAMPLE_MIN per class, overall numbers re-weighted to the split's mix); SAMPLE=0: the whole
+# split (~43,000 rows). COMPILE=1 adds --compile (a compiled decode step; eager is the reference).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODELS=${MODELS:-models}
@@ -37,6 +41,10 @@ DATA=${DATA:-data/maqa}
 OUT=${OUT:-out/maqa}
 NGPU=${NGPU:-1}
 STEPS=${STEPS:-10000}
+SAMPLE=${SAMPLE:-5000}
+SAMPLE_MIN=${SAMPLE_MIN:-500}
+SAMPLE_ARGS=""; [ "$SAMPLE" != 0 ] && SAMPLE_ARGS="--sample $SAMPLE --sample-seed 0 --sample-min-per-class $SAMPLE_MIN"
+[ "${COMPILE:-0}" = 1 ] && SAMPLE_ARGS="$SAMPLE_ARGS --compile"
 PY=${PY:-.venv/bin/python}
 # torch >= 2.5 reuses the rendezvous store across restarts, and restarted workers can read stale
 # addresses (pytorch/pytorch#135712); this keeps --max-restarts reliable
@@ -64,7 +72,7 @@ for lm in $LMS $CHAT_LMS; do
   fmt="--prompt-format plain"; case " $CHAT_LMS " in *" $lm "*) fmt="--prompt-format chat";; esac
   # zero-shot: the model as it is, with the same prompt format (the paper's gains start here)
   [ -f "$OUT/$lm-zeroshot-eval/metrics.json" ] || $TORCHRUN evaluate.py --model "$MODELS/$lm" $EVAL_ARGS $fmt \
-      --max-new-tokens 256 --batch-size 64 --out "$OUT/$lm-zeroshot-eval"
+      --max-new-tokens 256 --batch-size 64 $SAMPLE_ARGS --out "$OUT/$lm-zeroshot-eval"
   for weights in uniform balanced curriculum; do
     # curriculum: stages mild, moderate, critical (cumulative), plain cross-entropy inside each
     flags="--weights $weights"; [ "$weights" = curriculum ] && flags="--weights uniform --curriculum cumulative"
@@ -74,7 +82,7 @@ for lm in $LMS $CHAT_LMS; do
         --max-len 512 --lr 5e-5 --eval-every 500 --save-every 500
     [ -f "$run-eval/metrics.json" ] || $TORCHRUN evaluate.py --model "$run/best" --data "$OUT/scored.jsonl" \
         --split test --bertscore-model "$MODELS/bert-base-multilingual-cased" --bertscore-layer 9 $fmt \
-        --max-new-tokens 256 --batch-size 64 --out "$run-eval"
+        --max-new-tokens 256 --batch-size 64 $SAMPLE_ARGS --out "$run-eval"
   done
   # MBR selection over the three fine-tuned runs (no reference used); the oracle is an upper bound
   [ -f "$OUT/$lm-mbr-eval/metrics.json" ] || $PY evaluate.py --select mbr "$OUT/$lm-uniform-eval" \
