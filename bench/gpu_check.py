@@ -1,6 +1,6 @@
 """Every GPU measurement of the project in one command: results in files as each part ends.
 
-    python bench/gpu_check.py --out out/gpu_check            # one CUDA GPU: about 9 minutes
+    python bench/gpu_check.py --out out/gpu_check            # one CUDA GPU: about 11 minutes
     python bench/gpu_check.py --out out/gpu_check --only loss,train   # rerun some parts (the others are kept)
     python bench/gpu_check.py --out out/smoke --smoke        # the same sequence on a CPU, tiny shapes
 
@@ -43,7 +43,9 @@ Parts, in this order (estimates for one H100/H200, torch 2.11; each part has its
                           steps, then a resume to 30 (DDP on one rank, nccl): exit codes, loss, tokens/s, MFU,
                           memory, recompiles (TORCH_LOGS)
 
-Total about 9 1/2 minutes; --time-limit (default 570 s, under a 10-minute slot) caps the whole run.
+Total about 11 minutes (generate's compiled variant added ~105 s, not yet measured on a GPU); --time-limit
+(default 570 s, under a 10-minute slot) caps the whole run, so with the default the last parts may run
+short or be skipped: rerun them with --only.
 A part gets its budget, but beyond its estimate no time the later parts' estimates need, so one slow
 part cannot starve the rest; a part that would start with less than 10 s left is recorded as
 skipped, to be rerun with --only. Inside each part the measurements behind the targets come first.
