@@ -56,6 +56,14 @@ Prompt format (core/prompt.py; evaluate.py uses the same): <question> "\\nالج
 --prompt-format chat uses the model folder's own chat template instead (instruct models; core/chat.py,
 docs/prompts.md): loss on the assistant turn and its end-of-turn token, --system an optional system
 message; recorded in meta.json ("prompt") and checked on resume.
+
+Reading the code: train() at the end of the file is the run, top to bottom. Set-up (setup_run),
+the model (load_model), the data and the severity weights (load_examples: severity_alpha,
+example_weights), the batches (plan_batches, validation_batches), the optimizer (make_optimizer),
+a resume (resume_or_start), then the loop: validate and keep the best (validate, save_best), save
+the last checkpoint (save_last), then one optimizer step: the data position (advance), the loss
+denominator (step_denominator), the weighted loss and its gradients (forward_backward), clipping,
+optimizer.step(), one log line (step_record).
 """
 import argparse
 import functools
@@ -67,11 +75,13 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.nn.utils import clip_grad_norm_
 from tqdm import tqdm
 
 from core.chat import add_prompt_flags, chat_format, describe as describe_prompt
@@ -391,6 +401,373 @@ def step_flops(model, lengths):
 
 
 # -----------------------------------------------------------------------------
+# The phases of a run, in the order train() calls them
+
+
+def setup_run(args, rank, world, device):
+    """Set-up: refuse a launch that cannot work, recover the output folder after a kill, choose the
+    precision. Returns what every later phase reads (a namespace): rank, world, device; the folders
+    out, last_dir, best_dir; resume (whether <out>/last holds a run to continue); bf16, autocast (the
+    context of every forward pass) and acc_dtype (of sums over many batches)."""
+    if args.fsdp and world == 1:  # (checked before any data or model is loaded)
+        raise UsageError("--fsdp shards the model over torchrun's ranks: run it under torchrun --nproc_per_node N")
+    if args.force_ddp and not (dist.is_available() and dist.is_initialized()):
+        raise UsageError("--force-ddp wraps the model in DDP under torchrun: run it under torchrun --nproc_per_node 1")
+    out = Path(args.out)
+    use_bf16 = args.dtype == "bf16" or (args.dtype == "auto" and bf16_supported(device))
+    run = SimpleNamespace(rank=rank, world=world, device=device, out=out, last_dir=out / "last", best_dir=out / "best",
+                          bf16=use_bf16, autocast=lambda: torch.autocast(device.type, dtype=torch.bfloat16,
+                                                                         enabled=use_bf16),
+                          acc_dtype=torch.float32 if device.type == "mps" else torch.float64)  # MPS has no float64
+    if rank == 0:
+        remove_stale_temps(out / "metrics.jsonl")  # left by a run killed while rewriting it
+        for folder in (run.last_dir, run.best_dir):
+            recover_dir(folder)  # a kill inside replace_dir left the previous checkpoint in .<folder>.old
+    if world > 1:
+        dist.barrier()  # every rank decides about resuming after the recovery
+    run.resume = args.resume == "auto" and (run.last_dir / "trainer_state.pt").is_file()
+    return run
+
+
+def pick_loss(args, device):
+    """The training loss function (models/loss.py): the fused chunked lm_head + cross-entropy, or with
+    --no-fused-loss its reference (the logits materialized). Both return sum_t w_t * ce_t."""
+    if not args.fused_loss:
+        return linear_cross_entropy_reference
+    if args.compile and device.type == "cuda":  # the loss chunks' element-wise work compiled too
+        return functools.partial(fused_linear_cross_entropy, compiled=True)  # (on a CPU it does not pay)
+    return fused_linear_cross_entropy
+
+
+def load_model(args, run):
+    """The model and its tokenizer: <out>/last when resuming, else --model, else the demo's small GPT-2
+    from scratch (data/demo_tokenizer); with --lora-rank the adapters are added (and, resuming, loaded).
+    Fits --max-len to the model's positions. Returns (raw_model in train mode, tokenizer, pad_id, chat:
+    the --prompt-format chat template, core/chat.py, or None for the plain format)."""
+    if run.resume and not args.lora_rank:
+        raw_model, tokenizer = load_pretrained(run.last_dir, device=run.device, expect="lm")
+    elif args.model:
+        raw_model, tokenizer = load_pretrained(args.model, device=run.device, expect="lm")
+    else:
+        tokenizer = Tokenizer.from_folder(DEMO_TOKENIZER)
+        eos = tokenizer.eos_id
+        raw_model = build_model({**DEMO_GPT2, "vocab_size": tokenizer.vocab_size, "bos_token_id": eos,
+                                 "eos_token_id": eos, "pad_token_id": eos}).to(run.device)
+    if args.lora_rank:  # only the adapters train; last/ holds merged weights, so a resume is base + last/adapter
+        try:
+            add_lora(raw_model, args.lora_rank, args.lora_alpha, args.lora_dropout, args.lora_targets)
+        except ValueError as e:  # a --lora-targets name this model lacks: the valid names are listed
+            raise UsageError(str(e)) from None
+        if run.resume:
+            load_adapter(raw_model, run.last_dir / "adapter")
+    raw_model.train()
+    chat = chat_format(args.prompt_format, args.system, tokenizer, raw_model, args.model or DEMO_TOKENIZER)
+    if tokenizer.eos_id is None:
+        raise UsageError("the tokenizer declares no EOS token (tokenizer_config.json eos_token): the model "
+                         "could not learn where an answer ends")
+    cfg = raw_model.config
+    n_positions = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings")
+    if args.max_len > n_positions:
+        print0(f"--max-len {args.max_len} > the model's {n_positions} positions: using {n_positions}")
+        args.max_len = n_positions
+    if args.max_len < 16:
+        raise UsageError(f"--max-len {args.max_len} is too short for a question and an answer")
+    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id  # never a target: see labels
+    return raw_model, tokenizer, pad_id, chat
+
+
+def tokenize(rows, tokenizer, max_len, chat, name, quiet):
+    """The rows as examples (core/prompt.py's format, or chat's template): input_ids and labels (int32
+    arrays; label -100 = no loss), n_answer (the tokens with a loss), truncated (None, "question" or
+    "answer"), id, cls."""
+    examples = []
+    for row in tqdm(rows, desc=f"tokenizing {name}", disable=quiet or len(rows) < 10_000):
+        ex = build_example(tokenizer, row["question"], row["answer"], max_len, chat)
+        examples.append({"id": row["id"], "cls": row["cls"], "n_answer": ex["n_answer"], "truncated": ex["truncated"],
+                         "input_ids": np.array(ex["input_ids"], dtype=np.int32),
+                         "labels": np.array(ex["labels"], dtype=np.int32)})
+    return examples
+
+
+def load_examples(args, tokenizer, chat, rank):
+    """Data and weights: read --data, tokenize every row once, and give every example its severity
+    weight w_i = p_i . alpha (example["weight"]). Returns (train examples, val examples, data_info,
+    weights_info); the two infos go into meta.json (data_info's fingerprint guards a resume)."""
+    train_rows, val_rows = read_rows(args.data, need_probs=args.weights != "uniform")
+    if not train_rows:
+        raise DataError(args.data, None, "split", "no rows with split 'train'")
+    if not val_rows:
+        print0(f"note: {args.data} has no 'val' rows: training without validation, so no best/ checkpoint is written")
+    if args.weights != "uniform":
+        for warning in classifier_warnings(args.data):
+            print0(f"WARNING (severity classifier): {warning}")
+    train_ex = tokenize(train_rows, tokenizer, args.max_len, chat, "train", quiet=rank != 0)
+    val_ex = tokenize(val_rows, tokenizer, args.max_len, chat, "val", quiet=rank != 0)
+    # THE WEIGHTS: alpha from the preset over the training rows (rescaled so the mean weight over the
+    # training answer tokens is 1), then w_i = p_i . alpha for every example, train and val
+    train_probs = [r["probs"] or [1 / 3] * 3 for r in train_rows]  # no probabilities: --weights uniform only
+    alpha_raw, alpha = severity_alpha(args.weights, train_probs, [e["n_answer"] for e in train_ex])
+    for rows, examples in ((train_rows, train_ex), (val_rows, val_ex)):
+        w = example_weights(args.weights, [r["probs"] or [1 / 3] * 3 for r in rows], alpha)
+        for ex, wi in zip(examples, w):
+            ex["weight"] = float(wi)
+    counts = {f"{name}_{kind}": sum(e["truncated"] == kind for e in examples)
+              for name, examples in (("train", train_ex), ("val", val_ex)) for kind in ("question", "answer")}
+    fingerprint = hashlib.sha1("\n".join(f"{e['id']} {len(e['input_ids'])} {e['weight']!r}" for e in train_ex).encode())
+    data_info = {"train_examples": len(train_ex), "val_examples": len(val_ex), "fingerprint": fingerprint.hexdigest(),
+                 "train_answer_tokens": int(sum(e["n_answer"] for e in train_ex)),
+                 "truncated": counts, "max_len": args.max_len}
+    weights_info = {"preset": args.weights, "alpha_raw": alpha_raw.tolist(), "alpha": alpha.tolist(),
+                    "classes": list(SEVERITIES), "denominator": args.denominator,
+                    "mean_example_weight": float(np.mean([e["weight"] for e in train_ex]))}
+    print0(f"data: {len(train_ex)} train / {len(val_ex)} val examples, {data_info['train_answer_tokens']} train "
+           f"answer tokens; truncated (question / answer): train {counts['train_question']} / "
+           f"{counts['train_answer']}, val {counts['val_question']} / {counts['val_answer']}")
+    print0(f"weights {args.weights}: alpha raw {np.round(alpha_raw, 4).tolist()} -> rescaled "
+           f"{np.round(alpha, 4).tolist()} (mean weight over train answer tokens = 1)")
+    return train_ex, val_ex, data_info, weights_info
+
+
+def plan_batches(args, train_ex, train_lengths, data_info, world):
+    """--curriculum's stages (core/curriculum.py; None without it; written into data_info), and the
+    check that the training rows, and every stage's, fill the grad_accum * world micro-batches of one
+    optimizer step."""
+    stages = curriculum_stages([e["cls"] for e in train_ex], args.curriculum, args.max_steps) if args.curriculum else None
+    if stages:
+        data_info["curriculum"] = describe(stages, args.curriculum)
+        print0(f"curriculum {args.curriculum}: " + ", ".join(f"{s['name']} {len(s['rows'])} rows {s['steps']} steps" for s in stages))
+    steps_batches = args.grad_accum * world  # micro-batches per optimizer step, over all ranks
+    if len(make_batches(train_lengths, args.batch_size, args.seed, 0)) < steps_batches:
+        raise UsageError(f"{len(train_ex)} training examples make fewer than grad_accum * world_size = "
+                         f"{steps_batches} micro-batches of {args.batch_size}: lower --batch-size or --grad-accum")
+    for st in stages or []:
+        if len(stage_batches(train_lengths, args.batch_size, args.seed, 0, st)) < steps_batches:
+            raise UsageError(f"--curriculum: stage {st['name']} has {len(st['rows'])} training rows, fewer than "
+                             f"grad_accum * world_size = {steps_batches} micro-batches of {args.batch_size}")
+    return stages
+
+
+def validation_batches(val_ex, args):
+    """The validation batches, fixed for the run: a seeded sample of at most eval_batches * batch_size
+    rows, grouped by severity class (so one batch's loss is one class's loss), sorted by length.
+    A list of (class, example indices)."""
+    val_order = np.random.default_rng([args.seed, 10**6]).permutation(len(val_ex))
+    if args.eval_batches > 0:
+        val_order = val_order[:args.eval_batches * args.batch_size]
+    val_batches = []
+    for c in range(len(SEVERITIES) + 1):  # the last class: rows with no severity at all
+        idx = sorted((i for i in val_order if val_ex[i]["cls"] == c), key=lambda i: len(val_ex[i]["input_ids"]))
+        val_batches += [(c, idx[s:s + args.batch_size]) for s in range(0, len(idx), args.batch_size)]
+    return val_batches
+
+
+def make_optimizer(raw_model, args):
+    """AdamW (fused where torch has it), weight decay on every >= 2-D tensor (matmuls and embeddings,
+    as nanoGPT and HF Trainer do), none on biases and norm gains; only trainable parameters (LoRA: the
+    adapters)."""
+    decay = [p for p in raw_model.parameters() if p.dim() >= 2 and p.requires_grad]
+    no_decay = [p for p in raw_model.parameters() if p.dim() < 2 and p.requires_grad]
+    return adamw([{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                 lr=args.lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def resume_or_start(args, run, sharded, optimizer, data_info):
+    """Where the loop starts: step 0 of a fresh run (its --out marked as this project's), or, resuming,
+    <out>/last's optimizer state, step, data position, best validation loss and random generators,
+    once core/checkpoint.py's check_resumable agrees. Returns (step, epoch, data_pos, best_val)."""
+    if not run.resume:
+        if run.rank == 0:
+            mark_dir(run.out)  # created once every check has passed, marked as the project's (so it may be resumed into)
+        return 0, 0, 0, float("inf")
+    state = torch.load(run.last_dir / "trainer_state.pt", map_location="cpu", weights_only=True)
+    meta = json.loads((run.last_dir / "meta.json").read_text(encoding="utf-8"))
+    check_resumable(meta, args, vars(get_args([])), run.world, data_info, run.last_dir)
+    load_optimizer_state(sharded, optimizer, state["optimizer"])
+    set_rng_state(state["rng"][run.rank % len(state["rng"])], run.device)
+    print0(f"resumed from {run.last_dir} at step {state['step']}")
+    return state["step"], state["epoch"], state["data_pos"], state["best_val"]
+
+
+def wrap_model(raw_model, sharded, args, run):
+    """The module the loop runs: FSDP2's (sharded), DDP's under torchrun (or --force-ddp), else the raw
+    model; --compile compiles that. raw_model stays the plain module for validation and saving.
+    Returns (model, parallel: "fsdp", "ddp" or "none")."""
+    model = sharded if sharded is not None else raw_model
+    parallel = "fsdp" if sharded is not None else "ddp" if run.world > 1 or args.force_ddp else "none"
+    if parallel == "ddp":
+        model = DDP(model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+    if args.compile:  # compile the DDP module (PyTorch's guidance): its all-reduce still overlaps the backward
+        model = torch.compile(model)
+    return model, parallel
+
+
+def start_metrics(run, args, step):
+    """<out>/metrics.jsonl at the start (rank 0): a fresh run's first line is {"args": ...}; a resumed
+    run drops the lines of steps after its checkpoint (they are redone) and adds {"args", "resumed_at"}."""
+    path = run.out / "metrics.jsonl"
+    if run.rank != 0:
+        return
+    if not run.resume:  # a fresh run: lines left by an earlier run in this folder are dropped
+        write_jsonl(path, [{"args": vars(args)}])
+        return
+    if path.is_file():
+        records = []
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # a line torn by the kill: its step is redone anyway
+                pass
+        write_jsonl(path, [r for r in records if r.get("step", 0) <= step])
+    log_metrics(run, {"args": vars(args), "resumed_at": step})
+
+
+def log_metrics(run, record):
+    """Append one line to <out>/metrics.jsonl (rank 0)."""
+    if run.rank == 0:
+        with open(run.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(dumps(record))
+
+
+def collate_step(examples, step_batches, pad_id, run, args):
+    """This rank's micro-batches of one step: rank r takes every world-th. --compile: short ones padded
+    to --batch-size rows and the sequence length marked dynamic, so one graph serves every step."""
+    micro_batches = [collate(examples, idx, pad_id, run.device, rows=args.batch_size if args.compile else None)
+                     for idx in step_batches[run.rank::run.world]]
+    for mb in micro_batches if args.compile else []:  # one graph for every length, from the first step
+        torch._dynamo.mark_dynamic(mb["input_ids"], 1)
+    return micro_batches
+
+
+def advance(args, stages, train_lengths, steps_batches, step, stage, epoch, data_pos, batches):
+    """The data position for optimizer step `step`: a new curriculum stage starts on its own rows from
+    the beginning; an epoch too short for one more step is over (its remainder dropped) and the next
+    one shuffled. Returns (stage, epoch, data_pos, batches)."""
+    if stages and stage_at(stages, step) is not stage:  # next curriculum stage: its rows, from the start
+        stage, epoch, data_pos = stage_at(stages, step), 0, 0
+        batches = stage_batches(train_lengths, args.batch_size, args.seed, epoch, stage)
+    if data_pos + steps_batches > len(batches):  # epoch over: drop the remainder, reshuffle
+        epoch, data_pos = epoch + 1, 0
+        batches = stage_batches(train_lengths, args.batch_size, args.seed, epoch, stage)
+    return stage, epoch, data_pos, batches
+
+
+def gather_losses(sums, world):
+    """Every micro-batch's loss sum of the step on every rank, in step_batches order (one small
+    collective per step)."""
+    if world == 1:
+        return sums
+    gathered = [torch.empty_like(sums) for _ in range(world)]
+    dist.all_gather(gathered, sums)
+    return torch.stack(gathered, dim=1).flatten()  # back to step_batches order: [k, r] -> k * world + r
+
+
+def crash_once_at(args, run, step):
+    """--crash-at-step (tests): die once at this step as if killed (torchrun --max-restarts restarts us)."""
+    if args.crash_at_step == step and run.rank == 0 and not (run.out / ".crashed").exists():
+        (run.out / ".crashed").touch()
+        raise SystemExit(f"simulated crash at step {step} (--crash-at-step)")
+
+
+def check_finite(args, step, loss, grad_norm, mb_sums, step_batches, train_ex):
+    """Stop at a non-finite loss or gradient norm: one line naming the step, --lr and the examples of
+    the bad micro-batches (common.check_finite_step)."""
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        return
+    bad = [j for j, s in enumerate(mb_sums) if not math.isfinite(s)] or range(len(step_batches))
+    ids = [train_ex[i]["id"] for j in bad for i in step_batches[j]]
+    check_finite_step(step + 1, loss, grad_norm, f"lower --lr (now {args.lr:g})", f"; examples of the bad "
+                      f"micro-batch(es): {', '.join(ids[:8])}{' ...' if len(ids) > 8 else ''}")
+
+
+@torch.no_grad()
+def validate(raw_model, sharded, val_ex, val_batches, pad_id, run):
+    """Validation loss: plain token-mean CE (comparable across --weights), the weighted one, and both
+    per severity class; summed over ranks. None when the batches hold no answer token."""
+    raw_model.eval()
+    sums = torch.zeros(len(SEVERITIES) + 1, 3, dtype=run.acc_dtype, device=run.device)  # (class, [ce, w*ce, tokens])
+    # FSDP: every forward is collective (it gathers weights), so every rank runs every batch
+    for c, idx in (val_batches if sharded is not None else val_batches[run.rank::run.world]):
+        mb = collate(val_ex, idx, pad_id, run.device)
+        with run.autocast():
+            w = mb["weights"][:, None].expand_as(mb["labels"]).flatten()
+            if sharded is not None:  # FSDP: the loss inside the forward (models/parallel.py)
+                ce, wce = sharded(mb["input_ids"], mb["labels"], torch.ones_like(w), w)
+            else:  # the output layer on the labelled positions only, once for both losses
+                pos = mb["label_pos"]
+                hidden = raw_model(mb["input_ids"], return_hidden=True).flatten(0, 1).index_select(0, pos)
+                ce_t = token_cross_entropy(hidden, raw_model.lm_head.weight, mb["labels"].flatten()[pos])
+                ce, wce = ce_t.sum(), (ce_t * w[pos]).sum()
+        sums[c] += torch.stack([ce, wce, torch.tensor(float(mb["n_tokens"]), device=run.device)]).to(run.acc_dtype)
+    if run.world > 1 and sharded is None:
+        dist.all_reduce(sums)
+    raw_model.train()
+    total = sums.sum(0).tolist()
+    if total[2] == 0:
+        return None
+    res = {"val_loss": total[0] / total[2], "val_loss_weighted": total[1] / total[2]}
+    res["val_ppl"] = math.exp(min(res["val_loss"], 50.0))
+    for c, name in enumerate(SEVERITIES):
+        ce, _, n = sums[c].tolist()
+        if n > 0:
+            res[f"val_loss_{name}"], res[f"val_ppl_{name}"] = ce / n, math.exp(min(ce / n, 50.0))
+    return res
+
+
+def report_val(run, step, res, say):
+    """One validation's line in metrics.jsonl and on the terminal (nothing when res is None)."""
+    if res is None:
+        return
+    log_metrics(run, {"step": step, **res})
+    per_class = ", ".join(f"{n} {res[f'val_loss_{n}']:.4f}" for n in SEVERITIES if f"val_loss_{n}" in res)
+    say(f"step {step}: val loss {res['val_loss']:.4f} (ppl {res['val_ppl']:.2f}), "
+        f"weighted {res['val_loss_weighted']:.4f}, per class {per_class}")
+
+
+def save_best(run, raw_model, sharded, tokenizer, meta):
+    """<out>/best: the model folder and meta.json (core/checkpoint.py). Every rank calls it (FSDP gathers
+    the weights to rank 0, which writes)."""
+    with full_weights(raw_model, run.rank, sharded):  # FSDP: gathered to rank 0 (a no-op otherwise)
+        if run.rank == 0:
+            save_checkpoint(run.best_dir, raw_model, tokenizer, meta)
+
+
+def save_last(run, raw_model, sharded, optimizer, tokenizer, meta, position):
+    """<out>/last: the model folder, meta.json and trainer_state.pt (core/checkpoint.py): the optimizer,
+    position (step, epoch, data_pos, best_val) and every rank's random generators, all a resume needs.
+    Every rank calls it; none runs ahead before it is written."""
+    rngs = [None] * run.world
+    if run.world > 1:
+        dist.all_gather_object(rngs, rng_state(run.device))
+    else:
+        rngs = [rng_state(run.device)]
+    opt_state = optimizer_state(sharded, optimizer)  # FSDP: gathered from every rank
+    with full_weights(raw_model, run.rank, sharded):  # FSDP: gathered to rank 0 (a no-op otherwise)
+        if run.rank == 0:
+            save_checkpoint(run.last_dir, raw_model, tokenizer, meta, {"optimizer": opt_state, **position, "rng": rngs})
+    if run.world > 1:
+        dist.barrier()  # nobody runs ahead of a checkpoint that is not written yet
+
+
+def step_record(raw_model, args, run, lengths, dt, step, loss, lr, grad_norm, epoch, stage):
+    """One step's line of metrics.jsonl: the step's weighted training loss, lr, grad norm, epoch,
+    throughput (tokens/s of the sequences' lengths; MFU on CUDA, counted by step_flops), peak
+    memory, curriculum stage."""
+    peak_mem = (torch.cuda.max_memory_allocated(run.device) if run.device.type == "cuda" else
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * RSS_UNIT) / 2**30
+    mfu = step_flops(raw_model, lengths) / dt / (args.peak_flops * run.world) if run.device.type == "cuda" else None
+    return {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "epoch": epoch,
+            "tokens_per_s": sum(lengths) / dt, "step_ms": 1000 * dt, "mfu": mfu, "peak_mem_gb": peak_mem,
+            "stage": stage["name"] if stage else None}
+
+
+def step_line(record):
+    """The terminal line of one step (the same numbers as its metrics.jsonl line)."""
+    mfu = f"mfu {100 * record['mfu']:.1f}% " if record["mfu"] is not None else ""
+    return (f"step {record['step']}: loss {record['loss']:.4f} lr {record['lr']:.2e} grad norm "
+            f"{record['grad_norm']:.3f} {record['tokens_per_s']:.0f} tok/s {mfu}mem {record['peak_mem_gb']:.2f} GB")
+
+
+# -----------------------------------------------------------------------------
 
 
 def main(argv=None):
@@ -408,322 +785,87 @@ def main(argv=None):
 
 
 def train(args, rank, world, device, progress):
-    # ---- setup: seed, precision, output folder
-    if args.fsdp and world == 1:  # (checked before any data or model is loaded)
-        raise UsageError("--fsdp shards the model over torchrun's ranks: run it under torchrun --nproc_per_node N")
-    if args.force_ddp and not (dist.is_available() and dist.is_initialized()):
-        raise UsageError("--force-ddp wraps the model in DDP under torchrun: run it under torchrun --nproc_per_node 1")
-    out = Path(args.out)
-    last_dir, best_dir = out / "last", out / "best"
-    use_bf16 = args.dtype == "bf16" or (args.dtype == "auto" and bf16_supported(device))
-    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
-    loss_fn = fused_linear_cross_entropy if args.fused_loss else linear_cross_entropy_reference
-    if args.fused_loss and args.compile and device.type == "cuda":  # the loss chunks' element-wise work too
-        loss_fn = functools.partial(fused_linear_cross_entropy, compiled=True)  # (on a CPU it does not pay)
-    acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
-    if rank == 0:
-        remove_stale_temps(out / "metrics.jsonl")  # left by a run killed while rewriting it
-        for folder in (last_dir, best_dir):
-            recover_dir(folder)  # a kill inside replace_dir left the previous checkpoint in .<folder>.old
-    if world > 1:
-        dist.barrier()  # every rank decides about resuming after the recovery
-    resume = args.resume == "auto" and (last_dir / "trainer_state.pt").is_file()
+    """One run: set-up, model, data and weights, optimizer (or resume), then the loop: validate and save
+    at the top, then one optimizer step. progress["step"]: the loop's step. Returns {"step", "best_val"}."""
+    run = setup_run(args, rank, world, device)  # launch checks, output folder, precision
+    loss_fn = pick_loss(args, device)  # models/loss.py: fused, or --no-fused-loss its reference
     seed_all(args.seed)  # the same on every rank: identical initialization (and reproducible generator states)
-
-    # ---- model and tokenizer: the last checkpoint, --model, or a small GPT-2 from scratch
-    if resume and not args.lora_rank:
-        raw_model, tokenizer = load_pretrained(last_dir, device=device, expect="lm")
-    elif args.model:
-        raw_model, tokenizer = load_pretrained(args.model, device=device, expect="lm")
-    else:
-        tokenizer = Tokenizer.from_folder(DEMO_TOKENIZER)
-        eos = tokenizer.eos_id
-        raw_model = build_model({**DEMO_GPT2, "vocab_size": tokenizer.vocab_size, "bos_token_id": eos,
-                                 "eos_token_id": eos, "pad_token_id": eos}).to(device)
-    if args.lora_rank:  # only the adapters train; last/ holds merged weights, so a resume is base + last/adapter
-        try:
-            add_lora(raw_model, args.lora_rank, args.lora_alpha, args.lora_dropout, args.lora_targets)
-        except ValueError as e:  # a --lora-targets name this model lacks: the valid names are listed
-            raise UsageError(str(e)) from None
-        if resume:
-            load_adapter(raw_model, last_dir / "adapter")
-    raw_model.train()
+    raw_model, tokenizer, pad_id, chat = load_model(args, run)  # <out>/last, --model or the demo GPT-2 (+ LoRA)
     torch.manual_seed(args.seed + rank)  # initialization was the same on every rank; dropout masks must not be
-    chat = chat_format(args.prompt_format, args.system, tokenizer, raw_model, args.model or DEMO_TOKENIZER)
-    if tokenizer.eos_id is None:
-        raise UsageError("the tokenizer declares no EOS token (tokenizer_config.json eos_token): the model "
-                         "could not learn where an answer ends")
-    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id  # never a target: see labels
-    cfg = raw_model.config
-    n_positions = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings")
-    if args.max_len > n_positions:
-        print0(f"--max-len {args.max_len} > the model's {n_positions} positions: using {n_positions}")
-        args.max_len = n_positions
-    if args.max_len < 16:
-        raise UsageError(f"--max-len {args.max_len} is too short for a question and an answer")
 
-    # ---- data: read, tokenize once, weigh
-    train_rows, val_rows = read_rows(args.data, need_probs=args.weights != "uniform")
-    if not train_rows:
-        raise DataError(args.data, None, "split", "no rows with split 'train'")
-    if not val_rows:
-        print0(f"note: {args.data} has no 'val' rows: training without validation, so no best/ checkpoint is written")
-    if args.weights != "uniform":
-        for warning in classifier_warnings(args.data):
-            print0(f"WARNING (severity classifier): {warning}")
-    examples = {}
-    for name, rows in (("train", train_rows), ("val", val_rows)):
-        examples[name] = []
-        for row in tqdm(rows, desc=f"tokenizing {name}", disable=rank != 0 or len(rows) < 10_000):
-            ex = build_example(tokenizer, row["question"], row["answer"], args.max_len, chat)
-            examples[name].append({"id": row["id"], "cls": row["cls"], "n_answer": ex["n_answer"],
-                                   "truncated": ex["truncated"],
-                                   "input_ids": np.array(ex["input_ids"], dtype=np.int32),
-                                   "labels": np.array(ex["labels"], dtype=np.int32)})
-    train_probs = [r["probs"] or [1 / 3] * 3 for r in train_rows]
-    alpha_raw, alpha = severity_alpha(args.weights, train_probs, [e["n_answer"] for e in examples["train"]])
-    for name, rows in (("train", train_rows), ("val", val_rows)):
-        w = example_weights(args.weights, [r["probs"] or [1 / 3] * 3 for r in rows], alpha)
-        for ex, wi in zip(examples[name], w):
-            ex["weight"] = float(wi)
-    train_ex, val_ex = examples["train"], examples["val"]
-    train_lengths = np.array([len(e["input_ids"]) for e in train_ex])
-    counts = {f"{name}_{kind}": sum(e["truncated"] == kind for e in examples[name])
-              for name in ("train", "val") for kind in ("question", "answer")}
-    fingerprint = hashlib.sha1("\n".join(f"{e['id']} {len(e['input_ids'])} {e['weight']!r}" for e in train_ex).encode())
-    data_info = {"train_examples": len(train_ex), "val_examples": len(val_ex), "fingerprint": fingerprint.hexdigest(),
-                 "train_answer_tokens": int(sum(e["n_answer"] for e in train_ex)),
-                 "truncated": counts, "max_len": args.max_len}
-    weights_info = {"preset": args.weights, "alpha_raw": alpha_raw.tolist(), "alpha": alpha.tolist(),
-                    "classes": list(SEVERITIES), "denominator": args.denominator,
-                    "mean_example_weight": float(np.mean([e["weight"] for e in train_ex]))}
-    stages = curriculum_stages([e["cls"] for e in train_ex], args.curriculum, args.max_steps) if args.curriculum else None
-    if stages:
-        data_info["curriculum"] = describe(stages, args.curriculum)
-        print0(f"curriculum {args.curriculum}: " + ", ".join(f"{s['name']} {len(s['rows'])} rows {s['steps']} steps" for s in stages))
-    print0(f"data: {len(train_ex)} train / {len(val_ex)} val examples, {data_info['train_answer_tokens']} train "
-           f"answer tokens; truncated (question / answer): train {counts['train_question']} / "
-           f"{counts['train_answer']}, val {counts['val_question']} / {counts['val_answer']}")
-    print0(f"weights {args.weights}: alpha raw {np.round(alpha_raw, 4).tolist()} -> rescaled "
-           f"{np.round(alpha, 4).tolist()} (mean weight over train answer tokens = 1)")
-    steps_batches = args.grad_accum * world  # micro-batches per optimizer step, over all ranks
-    if len(make_batches(train_lengths, args.batch_size, args.seed, 0)) < steps_batches:
-        raise UsageError(f"{len(train_ex)} training examples make fewer than grad_accum * world_size = "
-                         f"{steps_batches} micro-batches of {args.batch_size}: lower --batch-size or --grad-accum")
-    for st in stages or []:
-        if len(stage_batches(train_lengths, args.batch_size, args.seed, 0, st)) < steps_batches:
-            raise UsageError(f"--curriculum: stage {st['name']} has {len(st['rows'])} training rows, fewer than "
-                             f"grad_accum * world_size = {steps_batches} micro-batches of {args.batch_size}")
+    # ---- data and weights: every example tokenized once, with its weight w_i = p_i . alpha
+    train_ex, val_ex, data_info, weights_info = load_examples(args, tokenizer, chat, rank)
+    train_lengths = np.array([len(e["input_ids"]) for e in train_ex])  # for length-bucketed batches
+    stages = plan_batches(args, train_ex, train_lengths, data_info, world)  # --curriculum's stages, or None
+    val_batches = validation_batches(val_ex, args)
 
-    # validation batches, fixed: a seeded sample of at most eval_batches * batch_size rows,
-    # grouped by severity class so one batch's loss is one class's loss, sorted by length
-    val_order = np.random.default_rng([args.seed, 10**6]).permutation(len(val_ex))
-    if args.eval_batches > 0:
-        val_order = val_order[:args.eval_batches * args.batch_size]
-    val_batches = []
-    for c in range(len(SEVERITIES) + 1):  # the last class: rows with no severity at all
-        idx = sorted((i for i in val_order if val_ex[i]["cls"] == c), key=lambda i: len(val_ex[i]["input_ids"]))
-        val_batches += [(c, idx[s:s + args.batch_size]) for s in range(0, len(idx), args.batch_size)]
-
-    # ---- memory savers (models/parallel.py): recompute blocks in backward; FSDP2 shards over ranks
+    # ---- memory savers (models/parallel.py), optimizer, resume, the parallel wrapper, metrics.jsonl
     if args.activation_checkpointing:
-        checkpoint_blocks(raw_model)
-    sharded = shard_model(raw_model, loss_fn, bf16=use_bf16) if args.fsdp else None
-
-    # ---- optimizer: AdamW, weight decay on every >= 2-D tensor (matmuls and embeddings, as
-    # nanoGPT and HF Trainer do), none on biases and norm gains
-    decay = [p for p in raw_model.parameters() if p.dim() >= 2 and p.requires_grad]  # LoRA: the adapters only
-    no_decay = [p for p in raw_model.parameters() if p.dim() < 2 and p.requires_grad]
-    optimizer = adamw([{"params": decay, "weight_decay": args.weight_decay},  # fused where torch has it
-                       {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95), eps=1e-8)
-
-    # ---- resume: optimizer, step, data position, best val, random generators
-    step, epoch, data_pos, best_val = 0, 0, 0, float("inf")
-    if resume:
-        state = torch.load(last_dir / "trainer_state.pt", map_location="cpu", weights_only=True)
-        meta = json.loads((last_dir / "meta.json").read_text(encoding="utf-8"))
-        check_resumable(meta, args, vars(get_args([])), world, data_info, last_dir)
-        load_optimizer_state(sharded, optimizer, state["optimizer"])
-        step, epoch, data_pos, best_val = state["step"], state["epoch"], state["data_pos"], state["best_val"]
-        set_rng_state(state["rng"][rank % len(state["rng"])], device)
-        print0(f"resumed from {last_dir} at step {step}")
-    elif rank == 0:
-        mark_dir(out)  # created once every check has passed, marked as the project's (so it may be resumed into)
-
-    model = sharded if sharded is not None else raw_model
-    parallel = "fsdp" if sharded is not None else "ddp" if world > 1 or args.force_ddp else "none"
-    if parallel == "ddp":
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if args.compile:  # compile the DDP module (PyTorch's guidance): its all-reduce still overlaps the backward
-        model = torch.compile(model)
-    metrics_path = out / "metrics.jsonl"
+        checkpoint_blocks(raw_model)  # recompute each block in the backward
+    sharded = shard_model(raw_model, loss_fn, bf16=run.bf16) if args.fsdp else None  # FSDP2 over the ranks
+    optimizer = make_optimizer(raw_model, args)
+    step, epoch, data_pos, best_val = resume_or_start(args, run, sharded, optimizer, data_info)
+    model, parallel = wrap_model(raw_model, sharded, args, run)
     meta = {"args": vars(args), "weights": weights_info, "data": data_info, "world_size": world, "parallel": parallel,
             "prompt": describe_prompt(chat)}
+    start_metrics(run, args, step)
 
-    def log(record):
-        if rank == 0:
-            with open(metrics_path, "a", encoding="utf-8") as f:
-                f.write(dumps(record))
-
-    if rank == 0:
-        if resume and metrics_path.is_file():  # drop lines of steps after the checkpoint: they are redone
-            records = []
-            for line in metrics_path.read_text(encoding="utf-8", errors="replace").splitlines():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:  # a line torn by the kill: its step is redone anyway
-                    pass
-            write_jsonl(metrics_path, [r for r in records if r.get("step", 0) <= step])
-        if resume:
-            log({"args": vars(args), "resumed_at": step})
-        else:  # a fresh run: lines left by an earlier run in this folder are dropped
-            write_jsonl(metrics_path, [{"args": vars(args)}])
-
-    @torch.no_grad()
-    def evaluate():
-        """Validation loss: plain token-mean CE (comparable across --weights), the weighted one,
-        and both per severity class; summed over ranks."""
-        raw_model.eval()
-        sums = torch.zeros(len(SEVERITIES) + 1, 3, dtype=acc_dtype, device=device)  # (class, [ce, w*ce, tokens])
-        # FSDP: every forward is collective (it gathers weights), so every rank runs every batch
-        for c, idx in (val_batches if sharded is not None else val_batches[rank::world]):
-            mb = collate(val_ex, idx, pad_id, device)
-            with autocast():
-                w = mb["weights"][:, None].expand_as(mb["labels"]).flatten()
-                if sharded is not None:  # FSDP: the loss inside the forward (models/parallel.py)
-                    ce, wce = sharded(mb["input_ids"], mb["labels"], torch.ones_like(w), w)
-                else:  # the output layer on the labelled positions only, once for both losses
-                    pos = mb["label_pos"]
-                    hidden = raw_model(mb["input_ids"], return_hidden=True).flatten(0, 1).index_select(0, pos)
-                    ce_t = token_cross_entropy(hidden, raw_model.lm_head.weight, mb["labels"].flatten()[pos])
-                    ce, wce = ce_t.sum(), (ce_t * w[pos]).sum()
-            sums[c] += torch.stack([ce, wce, torch.tensor(float(mb["n_tokens"]), device=device)]).to(acc_dtype)
-        if world > 1 and sharded is None:
-            dist.all_reduce(sums)
-        raw_model.train()
-        total = sums.sum(0).tolist()
-        if total[2] == 0:
-            return None
-        res = {"val_loss": total[0] / total[2], "val_loss_weighted": total[1] / total[2]}
-        res["val_ppl"] = math.exp(min(res["val_loss"], 50.0))
-        for c, name in enumerate(SEVERITIES):
-            ce, _, n = sums[c].tolist()
-            if n > 0:
-                res[f"val_loss_{name}"], res[f"val_ppl_{name}"] = ce / n, math.exp(min(ce / n, 50.0))
-        return res
-
-    # ---- the loop: validate / save at the top, then one optimizer step
+    # ---- the loop: validate / save at the top, then one optimizer step over grad_accum * world micro-batches
+    steps_batches = args.grad_accum * world
     stage = stage_at(stages, max(step - 1, 0)) if stages else None  # the stage of the saved data position
     batches = stage_batches(train_lengths, args.batch_size, args.seed, epoch, stage)
-    pbar = tqdm(total=args.max_steps, initial=step, disable=rank != 0, dynamic_ncols=True, desc="train")
-    say = pbar.write if rank == 0 else (lambda text: None)  # log lines above the progress bar
-    start_step = step
-    ahead = {}  # (stage, epoch, data_pos after a step) -> the next step's micro-batches, collated during the step
-
-    def collate_step(step_batches):
-        """This rank's micro-batches of one step (--compile: short ones padded, so one shape)."""
-        return [collate(train_ex, idx, pad_id, device, rows=args.batch_size if args.compile else None)
-                for idx in step_batches[rank::world]]
-
-    while True:
-        last_step = step >= args.max_steps  # >=: a run resumed with a lower --max-steps stops at once
-        if val_batches and (step > start_step or step == 0) and (step % args.eval_every == 0 or last_step):
-            res = evaluate()
-            if res is not None:
-                log({"step": step, **res})
-                per_class = ", ".join(f"{n} {res[f'val_loss_{n}']:.4f}" for n in SEVERITIES if f"val_loss_{n}" in res)
-                say(f"step {step}: val loss {res['val_loss']:.4f} (ppl {res['val_ppl']:.2f}), "
-                    f"weighted {res['val_loss_weighted']:.4f}, per class {per_class}")
-                if res["val_loss"] < best_val:
+    start_step, ahead = step, {}  # ahead: (stage, epoch, data_pos after a step) -> the next step's micro-batches
+    with tqdm(total=args.max_steps, initial=step, disable=rank != 0, dynamic_ncols=True, desc="train") as pbar:
+        say = pbar.write if rank == 0 else (lambda text: None)  # log lines above the progress bar
+        while True:
+            last_step = step >= args.max_steps  # >=: a run resumed with a lower --max-steps stops at once
+            if val_batches and (step > start_step or step == 0) and (step % args.eval_every == 0 or last_step):
+                res = validate(raw_model, sharded, val_ex, val_batches, pad_id, run)
+                report_val(run, step, res, say)
+                if res is not None and res["val_loss"] < best_val:  # best/: the lowest validation loss so far
                     best_val = res["val_loss"]
-                    with full_weights(raw_model, rank, sharded):  # FSDP: gathered to rank 0 (a no-op otherwise)
-                        if rank == 0:
-                            save_checkpoint(best_dir, raw_model, tokenizer, {**meta, "step": step,
-                                                                             "best_val": best_val, "val": res})
-        if step > start_step and (step % args.save_every == 0 or last_step):
-            rngs = [None] * world
-            if world > 1:
-                dist.all_gather_object(rngs, rng_state(device))
-            else:
-                rngs = [rng_state(device)]
-            opt_state = optimizer_state(sharded, optimizer)  # FSDP: gathered from every rank
-            with full_weights(raw_model, rank, sharded):  # FSDP: gathered to rank 0 (a no-op otherwise)
-                if rank == 0:
-                    trainer_state = {"optimizer": opt_state, "step": step, "epoch": epoch,
-                                     "data_pos": data_pos, "best_val": best_val, "rng": rngs}
-                    save_checkpoint(last_dir, raw_model, tokenizer, {**meta, "step": step, "best_val": best_val},
-                                    trainer_state)
-            if world > 1:
-                dist.barrier()  # nobody runs ahead of a checkpoint that is not written yet
-        if last_step:
-            break
-        if args.crash_at_step == step and rank == 0 and not (out / ".crashed").exists():
-            (out / ".crashed").touch()  # tests: die once here, as if killed; torchrun restarts us
-            raise SystemExit(f"simulated crash at step {step} (--crash-at-step)")
+                    save_best(run, raw_model, sharded, tokenizer, {**meta, "step": step, "best_val": best_val, "val": res})
+            if step > start_step and (step % args.save_every == 0 or last_step):  # last/: all a resume needs
+                save_last(run, raw_model, sharded, optimizer, tokenizer, {**meta, "step": step, "best_val": best_val},
+                          {"step": step, "epoch": epoch, "data_pos": data_pos, "best_val": best_val})
+            if last_step:
+                break
+            crash_once_at(args, run, step)
 
-        # one optimizer step over grad_accum * world micro-batches; rank r takes every world-th
-        t0 = time.time()
-        if stages and stage_at(stages, step) is not stage:  # next curriculum stage: its rows, from the start
-            stage, epoch, data_pos = stage_at(stages, step), 0, 0
-            batches = stage_batches(train_lengths, args.batch_size, args.seed, epoch, stage)
-        if data_pos + steps_batches > len(batches):  # epoch over: drop the remainder, reshuffle
-            epoch, data_pos = epoch + 1, 0
-            batches = stage_batches(train_lengths, args.batch_size, args.seed, epoch, stage)
-        step_batches = batches[data_pos:data_pos + steps_batches]
-        data_pos += steps_batches
-        micro_batches = ahead.pop((stage and stage["name"], epoch, data_pos), None) or collate_step(step_batches)
-        for mb in micro_batches if args.compile else []:  # one graph for every length, from the first step
-            torch._dynamo.mark_dynamic(mb["input_ids"], 1)
-        # THE DENOMINATOR: answer tokens (or their weight mass) of the whole optimizer step,
-        # summed over every micro-batch of every rank before any backward (on the host: step_denominator),
-        # so every token weighs the same however the batch is split into micro-batches and ranks
-        denom = step_denominator(train_ex, step_batches, args.denominator)  # a float: no copy, no all-reduce
-        lr = lr_at(step, args)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        sums = forward_backward(model, raw_model.lm_head.weight, micro_batches, denom, world, loss_fn, autocast)
-        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip if args.grad_clip > 0 else math.inf)
-        grad_norm = plain(grad_norm)  # FSDP: a DTensor
-        if world > 1:  # every rank learns every micro-batch's loss (one small collective per step)
-            gathered = [torch.empty_like(sums) for _ in range(world)]
-            dist.all_gather(gathered, sums)
-            sums = torch.stack(gathered, dim=1).flatten()  # back to step_batches order: [k, r] -> k * world + r
-        if data_pos + steps_batches <= len(batches):  # the next step's batches, while the device still works
-            ahead = {(stage and stage["name"], epoch, data_pos + steps_batches):
-                     collate_step(batches[data_pos:data_pos + steps_batches])}
-        stats = torch.cat([sums, grad_norm.float().view(1)]).tolist()  # the step's one host sync
-        mb_sums, gnorm = stats[:-1], stats[-1]
-        loss = sum(mb_sums) / denom
-        if not (math.isfinite(loss) and math.isfinite(gnorm)):  # one line naming the step and the flag
-            bad = [j for j, s in enumerate(mb_sums) if not math.isfinite(s)] or range(len(step_batches))
-            ids = [train_ex[i]["id"] for j in bad for i in step_batches[j]]
-            check_finite_step(step + 1, loss, gnorm, f"lower --lr (now {args.lr:g})", f"; examples of the bad "
-                              f"micro-batch(es): {', '.join(ids[:8])}{' ...' if len(ids) > 8 else ''}")
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        progress["step"] = step
-        pbar.update(1)
-
-        if step % args.log_every == 0 or step == args.max_steps:
-            dt = time.time() - t0
-            lengths = [len(train_ex[i]["input_ids"]) for b in step_batches for i in b]
-            flops = step_flops(raw_model, lengths)
-            peak_mem = (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else
-                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * RSS_UNIT) / 2**30
-            record = {"step": step, "loss": loss, "lr": lr, "grad_norm": gnorm, "epoch": epoch,
-                      "tokens_per_s": sum(lengths) / dt, "step_ms": 1000 * dt,
-                      "mfu": flops / dt / (args.peak_flops * world) if device.type == "cuda" else None,
-                      "peak_mem_gb": peak_mem, "stage": stage["name"] if stage else None}
-            log(record)
-            mfu = f"mfu {100 * record['mfu']:.1f}% " if record["mfu"] is not None else ""
-            say(f"step {step}: loss {loss:.4f} lr {lr:.2e} grad norm {gnorm:.3f} "
-                f"{record['tokens_per_s']:.0f} tok/s {mfu}mem {peak_mem:.2f} GB")
-    pbar.close()
-    if val_batches:
-        print0(f"done: {step} steps, best val loss {best_val:.4f}; checkpoints in {last_dir} and {best_dir}")
-    else:
-        print0(f"done: {step} steps without validation (no val rows); checkpoint in {last_dir}, no best/")
+            t0 = time.time()
+            stage, epoch, data_pos, batches = advance(args, stages, train_lengths, steps_batches, step, stage, epoch,
+                                                      data_pos, batches)
+            step_batches = batches[data_pos:data_pos + steps_batches]  # rank r takes every world-th
+            data_pos += steps_batches
+            micro_batches = (ahead.pop((stage and stage["name"], epoch, data_pos), None)
+                             or collate_step(train_ex, step_batches, pad_id, run, args))
+            # THE DENOMINATOR: answer tokens (or their weight mass) of the whole step, all micro-batches of all ranks,
+            # before any backward: every token weighs the same however the batch is split (micro-batches, ranks)
+            denom = step_denominator(train_ex, step_batches, args.denominator)  # a float: no copy, no all-reduce
+            lr = lr_at(step, args)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            sums = forward_backward(model, raw_model.lm_head.weight, micro_batches, denom, world, loss_fn, run.autocast)
+            grad_norm = plain(clip_grad_norm_(raw_model.parameters(), args.grad_clip if args.grad_clip > 0 else math.inf))
+            sums = gather_losses(sums, world)  # every rank learns every micro-batch's loss
+            if data_pos + steps_batches <= len(batches):  # the next step's batches, while the device still works
+                ahead = {(stage and stage["name"], epoch, data_pos + steps_batches):
+                         collate_step(train_ex, batches[data_pos:data_pos + steps_batches], pad_id, run, args)}
+            *mb_sums, gnorm = torch.cat([sums, grad_norm.float().view(1)]).tolist()  # the step's one host sync
+            loss = sum(mb_sums) / denom
+            check_finite(args, step, loss, gnorm, mb_sums, step_batches, train_ex)  # else stop, naming the examples
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            progress["step"] = step
+            pbar.update(1)
+            if step % args.log_every == 0 or step == args.max_steps:
+                lengths = [len(train_ex[i]["input_ids"]) for b in step_batches for i in b]
+                record = step_record(raw_model, args, run, lengths, time.time() - t0, step, loss, lr, gnorm, epoch, stage)
+                log_metrics(run, record)
+                say(step_line(record))
+    print0(f"done: {step} steps" + (f", best val loss {best_val:.4f}; checkpoints in {run.last_dir} and {run.best_dir}"
+                                    if val_batches else f" without validation (no val rows); checkpoint in {run.last_dir}, no best/"))
     return {"step": step, "best_val": best_val}
 
 
