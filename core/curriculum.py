@@ -42,11 +42,15 @@ def curriculum_stages(classes, mode, max_steps):
                          f"severity nor severity_probs, so they belong to no stage")
     present = [k for k in range(len(SEVERITIES)) if (classes == k).any()]
     members = [np.flatnonzero(classes == k if mode == "disjoint" else classes <= k) for k in present]
-    sizes = np.array([len(m) for m in members], dtype=np.float64)
-    quota = max_steps * sizes / sizes.sum()  # the step budget in proportion to the stage's rows
-    steps = np.floor(quota).astype(np.int64)
-    for j in np.argsort(-(quota - steps), kind="stable")[:max_steps - int(steps.sum())]:
-        steps[j] += 1  # largest remainder; stable sort: ties go to the earlier stage
+    sizes = [len(m) for m in members]
+    total = sum(sizes)
+    # the budget in proportion to the stage's rows, max_steps * size / total, in integers (Python's,
+    # unbounded): the floor and the remainder of the division, so equal fractions compare equal
+    steps = [max_steps * n // total for n in sizes]
+    remainders = [max_steps * n % total for n in sizes]
+    by_remainder = sorted(range(len(sizes)), key=lambda j: -remainders[j])  # stable: ties go to the earlier stage
+    for j in by_remainder[:max_steps - sum(steps)]:
+        steps[j] += 1  # largest remainder
     stages, first = [], 0
     for k, rows, n in zip(present, members, steps):
         if n > 0:  # a stage too small for one step of the budget is skipped (only with tiny --max-steps)

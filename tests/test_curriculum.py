@@ -1,14 +1,17 @@
 """The severity curriculum (core/curriculum.py, train_lm.py --curriculum): stage order and membership,
 the documented step split (checked against hand-computed largest-remainder splits), the rows each
 step actually trains on, and exact resume in the middle of a stage and at a stage boundary."""
+import itertools
 import json
+import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
 import torch
 
 import train_lm
-from core.common import UsageError
+from core.common import SEVERITIES, UsageError
 from conftest import write_rows
 from core.curriculum import curriculum_stages, stage_at
 from test_train_lm import args_for, make_rows, metrics, setup, tensors, tiny_model_dir, tok  # noqa: F401 (fixtures)
@@ -36,6 +39,43 @@ def test_stage_order_membership_and_split():
     assert [stage_at(s, k)["name"] for k in range(11)] == ["mild"] * 4 + ["critical"] * 7
     with pytest.raises(UsageError, match="neither severity nor severity_probs"):
         curriculum_stages([0, 3], "disjoint", 4)
+
+
+def largest_remainder(sizes, budget):
+    """The documented split in exact arithmetic (Fraction): each stage's quota budget * size / total,
+    its floor, and the steps left over one each to the largest fractional parts, ties to the earlier stage."""
+    quotas = [Fraction(budget * n, sum(sizes)) for n in sizes]
+    steps = [math.floor(q) for q in quotas]
+    order = sorted(range(len(sizes)), key=lambda j: (-(quotas[j] - steps[j]), j))
+    for j in order[:budget - sum(steps)]:
+        steps[j] += 1
+    return steps
+
+
+def test_split_ties_go_to_the_earlier_stage():
+    """The issue's cases: quotas with equal fractional parts that floating point made unequal
+    (10 steps over 1/1/4 rows: 1.67 each of 1.67, 1.67, 6.67; 3 steps over 1/1/7: 0.33, 0.33, 2.33)."""
+    assert [s["steps"] for s in curriculum_stages([0, 1, 2, 2, 2, 2], "disjoint", 10)] == [2, 2, 6]
+    split = curriculum_stages([0, 1] + [2] * 7, "disjoint", 3)  # moderate gets 0 steps: no stage
+    assert [(s["name"], s["first_step"], s["steps"]) for s in split] == [("mild", 0, 1), ("critical", 1, 2)]
+
+
+@pytest.mark.parametrize("mode", ["disjoint", "cumulative"])
+def test_split_matches_exact_largest_remainder(mode):
+    """Every class count 0..5 (124 mixes) and every budget 1..16 against the Fraction reference: the
+    steps per stage, stages in order and back to back, a stage only where it has a step."""
+    for counts in itertools.product(range(6), repeat=3):
+        if not any(counts):
+            continue
+        classes = [k for k, n in enumerate(counts) for _ in range(n)]
+        present = [k for k in range(3) if counts[k]]
+        sizes = [counts[k] if mode == "disjoint" else sum(counts[:k + 1]) for k in present]
+        for budget in range(1, 17):
+            want = [(SEVERITIES[k], n) for k, n in zip(present, largest_remainder(sizes, budget)) if n > 0]
+            got = curriculum_stages(classes, mode, budget)
+            assert [(s["name"], s["steps"]) for s in got] == want, (counts, budget)
+            assert [s["first_step"] for s in got] == [sum(s["steps"] for s in got[:i]) for i in range(len(got))]
+            assert sum(s["steps"] for s in got) == budget
 
 
 def curriculum_rows():
