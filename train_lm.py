@@ -51,6 +51,16 @@ Writes --out (default out/lm-<weights>):
     metrics.jsonl  first line {"args": ...}; then one line per step and one per validation
 Checkpoints (core/checkpoint.py) are written to a temporary folder and renamed into place, so a run killed
 at any moment resumes from a complete checkpoint; resuming gives the same weights as not stopping.
+Rerunning the same command resumes (a finished run stops at once). A resume that would not continue
+the same training is refused, naming the flag: another --max-steps (the cosine would be recomputed
+mid-run), data, weights, batch settings, learning rate, number of processes. To train longer, start
+a new run from the weights, with a fresh optimizer and schedule: --model <out>/last --out <another>.
+
+The terminal: one line per step (its "weighted loss" is the training objective above, the same
+number as "loss" in metrics.jsonl; plain "loss" under --weights uniform, where it is the usual
+cross-entropy), one per validation (the plain token-mean CE, comparable across --weights, then the
+weighted one and the plain CE per class), and one when a curriculum stage begins. --help shows every
+flag's default. Bad input ends the run with one "error: ..." line (said once under torchrun).
 
 Prompt format (core/prompt.py; evaluate.py uses the same): <question> "\\nالجواب:\\n" <answer> <EOS>;
 --prompt-format chat uses the model folder's own chat template instead (instruct models; core/chat.py,
@@ -87,8 +97,8 @@ from tqdm import tqdm
 from core.chat import add_prompt_flags, chat_format, describe as describe_prompt
 from core.checkpoint import check_resumable, save_checkpoint
 from core.curriculum import CURRICULA, curriculum_stages, describe, stage_at
-from core.common import (DEMO_DATA, DataError, REPO, SEVERITIES, UsageError, adamw, bf16_supported,
-                        check_finite_step, check_out_dir, check_probs, classifier_warnings, cleanup_dist,
+from core.common import (DEMO_DATA, DataError, HelpFormatter, REPO, SEVERITIES, UsageError, adamw,
+                        bf16_supported, check_finite_step, check_out_dir, check_probs, classifier_warnings, cleanup_dist,
                         device_arg, dumps, fraction, mark_dir, non_negative_float, non_negative_int, out_path,
                         output_lock, positive_float, positive_int, print0, read_jsonl, recover_dir,
                         remove_stale_temps, rng_state, run_main, seed_all, seed_int, set_rng_state, setup_dist,
@@ -119,7 +129,7 @@ BUCKET_WINDOW = 100  # length bucketing sorts windows of this many micro-batches
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)  # --help shows the defaults
     # data and model
     p.add_argument("--data", default=str(DEMO_DATA), help="input JSONL with question, answer, split, severity_probs")
     p.add_argument("--out", default=None, type=out_path, help="run folder (default out/lm-<weights>)")
@@ -132,7 +142,8 @@ def get_args(argv=None):
                         "example's gradient); weights: divide by the weight mass sum m*w (a weighted mean)")
     p.add_argument("--curriculum", default=None, choices=CURRICULA,
                    help="severity curriculum (core/curriculum.py): stages mild, moderate, critical; disjoint: stage k "
-                        "trains on class k only, cumulative: on classes up to k; steps split by stage rows")
+                        "trains on class k only, cumulative: on classes up to k; steps split by stage rows "
+                        "(default: none)")
     p.add_argument("--max-len", type=positive_int, default=512,
                    help="longest example in tokens (question + separator + "
                                                             "answer + EOS); longer ones are truncated and counted")
@@ -638,13 +649,15 @@ def collate_step(examples, step_batches, pad_id, run, args):
     return micro_batches
 
 
-def advance(args, stages, train_lengths, steps_batches, step, stage, epoch, data_pos, batches):
-    """The data position for optimizer step `step`: a new curriculum stage starts on its own rows from
-    the beginning; an epoch too short for one more step is over (its remainder dropped) and the next
-    one shuffled. Returns (stage, epoch, data_pos, batches)."""
+def advance(args, stages, train_lengths, steps_batches, step, stage, epoch, data_pos, batches, say):
+    """The data position for optimizer step `step` (0-based): a new curriculum stage starts on its own
+    rows from the beginning (and says so); an epoch too short for one more step is over (its remainder
+    dropped) and the next one shuffled. Returns (stage, epoch, data_pos, batches)."""
     if stages and stage_at(stages, step) is not stage:  # next curriculum stage: its rows, from the start
         stage, epoch, data_pos = stage_at(stages, step), 0, 0
         batches = stage_batches(train_lengths, args.batch_size, args.seed, epoch, stage)
+        say(f"curriculum stage {stage['name']}: {len(stage['rows'])} rows, steps {stage['first_step'] + 1} to "
+            f"{stage['first_step'] + stage['steps']}")
     if data_pos + steps_batches > len(batches):  # epoch over: drop the remainder, reshuffle
         epoch, data_pos = epoch + 1, 0
         batches = stage_batches(train_lengths, args.batch_size, args.seed, epoch, stage)
@@ -760,10 +773,13 @@ def step_record(raw_model, args, run, lengths, dt, step, loss, lr, grad_norm, ep
             "stage": stage["name"] if stage else None}
 
 
-def step_line(record):
-    """The terminal line of one step (the same numbers as its metrics.jsonl line)."""
+def step_line(record, weights):
+    """The terminal line of one step (the same numbers as its metrics.jsonl line). Its loss is the
+    training objective, the severity-weighted loss, and says so; under --weights uniform every weight
+    is 1 and it is the plain cross-entropy."""
     mfu = f"mfu {100 * record['mfu']:.1f}% " if record["mfu"] is not None else ""
-    return (f"step {record['step']}: loss {record['loss']:.4f} lr {record['lr']:.2e} grad norm "
+    loss = "loss" if weights == "uniform" else "weighted loss"
+    return (f"step {record['step']}: {loss} {record['loss']:.4f} lr {record['lr']:.2e} grad norm "
             f"{record['grad_norm']:.3f} {record['tokens_per_s']:.0f} tok/s {mfu}mem {record['peak_mem_gb']:.2f} GB")
 
 
@@ -818,7 +834,7 @@ def train(args, rank, world, device, progress):
     with tqdm(total=args.max_steps, initial=step, disable=rank != 0, dynamic_ncols=True, desc="train") as pbar:
         say = pbar.write if rank == 0 else (lambda text: None)  # log lines above the progress bar
         while True:
-            last_step = step >= args.max_steps  # >=: a run resumed with a lower --max-steps stops at once
+            last_step = step >= args.max_steps
             if val_batches and (step > start_step or step == 0) and (step % args.eval_every == 0 or last_step):
                 res = validate(raw_model, sharded, val_ex, val_batches, pad_id, run)
                 report_val(run, step, res, say)
@@ -834,7 +850,7 @@ def train(args, rank, world, device, progress):
 
             t0 = time.time()
             stage, epoch, data_pos, batches = advance(args, stages, train_lengths, steps_batches, step, stage, epoch,
-                                                      data_pos, batches)
+                                                      data_pos, batches, say)
             step_batches = batches[data_pos:data_pos + steps_batches]  # rank r takes every world-th
             data_pos += steps_batches
             micro_batches = (ahead.pop((stage and stage["name"], epoch, data_pos), None)
@@ -863,9 +879,10 @@ def train(args, rank, world, device, progress):
                 lengths = [len(train_ex[i]["input_ids"]) for b in step_batches for i in b]
                 record = step_record(raw_model, args, run, lengths, time.time() - t0, step, loss, lr, gnorm, epoch, stage)
                 log_metrics(run, record)
-                say(step_line(record))
+                say(step_line(record, args.weights))
     print0(f"done: {step} steps" + (f", best val loss {best_val:.4f}; checkpoints in {run.last_dir} and {run.best_dir}"
-                                    if val_batches else f" without validation (no val rows); checkpoint in {run.last_dir}, no best/"))
+                                    if val_batches else " without validation (no val rows); checkpoint in "
+                                    f"{run.last_dir}, no best/"))
     return {"step": step, "best_val": best_val}
 
 

@@ -29,13 +29,19 @@ def save_checkpoint(folder, raw_model, tokenizer, meta, trainer_state=None):
 
 def check_resumable(meta, args, defaults, world, data_info, last_dir):
     """Refuse to resume from last_dir (meta: its meta.json) a run that would not continue the same
-    training: other flags that shape it, another number of processes (so another data order),
-    other training rows or weights, other curriculum stages. Raises UsageError naming the change.
+    training: another --max-steps (the schedule) or other flags that shape it, another number of
+    processes (so another data order), other training rows or weights, other curriculum stages.
+    Raises UsageError naming the change.
     defaults: train_lm.py's flags with their default values (what a run made before a flag existed
     ran with)."""
+    if meta["args"]["max_steps"] != args.max_steps:  # the cosine (and a curriculum's split) is over max_steps
+        raise UsageError(f"{last_dir} was trained with --max-steps {meta['args']['max_steps']}, not {args.max_steps}: "
+                         f"the learning-rate schedule (and a curriculum's stages) would change mid-run. To train "
+                         f"longer, start a new run from its weights (a fresh optimizer and schedule): --model "
+                         f"{last_dir} --out <another folder>; or --resume never to start over")
     for key in ("data", "weights", "denominator", "batch_size", "grad_accum", "seed", "max_len", "model", "lr",
                 "min_lr", "warmup_steps", "weight_decay", "curriculum", "lora_rank", "lora_alpha", "lora_targets",
-                "fsdp", "prompt_format", "system") + (("max_steps",) if args.curriculum else ()):  # the curriculum's split depends on max_steps
+                "fsdp", "prompt_format", "system"):
         if meta["args"].get(key, defaults[key]) != getattr(args, key):  # a key an older run lacks: the default
             raise UsageError(f"{last_dir} was trained with --{key.replace('_', '-')} {meta['args'].get(key)}, "
                              f"not {getattr(args, key)}: use another --out, or --resume never to start over")

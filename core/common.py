@@ -202,6 +202,16 @@ class OutputError(UsageError):
 USER_ERRORS = (DataError, UsageError)
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help with the docstring as written and each flag's default, '(default: X)', where it has one
+    (a None or False default says nothing: the flag's help tells what happens without it)."""
+
+    def _get_help_string(self, action):  # the hook ArgumentDefaultsHelpFormatter itself overrides
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _ours(folder, expected=()):
     """True if `folder` is one this project wrote: it holds MARKER, or is empty, or holds only
     names in `expected` (folders written before the marker existed)."""

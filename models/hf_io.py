@@ -152,6 +152,12 @@ def load_pretrained(folder, dtype=torch.float32, device="cpu", tokenizer=True, e
         raise ModelFolderError(folder, "model folder not found")
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
+        inside = [f"{folder / sub} ({what})" for sub, what in (("best", "the lowest validation loss"),
+                                                            ("last", "the latest step"))
+                  if (folder / sub / "config.json").is_file()]
+        if inside:  # a train_lm.py run folder: its checkpoints are the model folders
+            raise ModelFolderError(folder, f"no config.json: a training run's folder, whose checkpoints are the model "
+                                           f"folders: give {' or '.join(inside)}")
         raise ModelFolderError(folder, "no config.json (not a Hugging Face model folder?)")
     cfg = read_json(cfg_path)
     try:  # fail on an unknown model_type before reading weights

@@ -95,9 +95,10 @@ def expected_class(row):
 
 
 @pytest.mark.parametrize("mode", ["disjoint", "cumulative"])
-def test_each_step_trains_on_its_stage(setup, tmp_path, monkeypatch, mode):
+def test_each_step_trains_on_its_stage(setup, tmp_path, monkeypatch, capsys, mode):
     """Every row a step trains on belongs to that step's stage, the stages come in order with the
-    documented number of steps, and every step line of metrics.jsonl names its stage."""
+    documented number of steps, every step line of metrics.jsonl names its stage, and the terminal
+    says when a stage begins."""
     rows = curriculum_rows()
     data = write_rows(tmp_path / "d.jsonl", rows)
     cls_of = {r["id"]: expected_class(r) for r in rows if r["split"] == "train"}
@@ -115,11 +116,11 @@ def test_each_step_trains_on_its_stage(setup, tmp_path, monkeypatch, mode):
     counts = {c: sum(v == c for v in cls_of.values()) for c in ("mild", "moderate", "critical")}
     sizes = ([counts["mild"], counts["moderate"], counts["critical"]] if mode == "disjoint" else
              [counts["mild"], counts["mild"] + counts["moderate"], len(cls_of)])
-    quota = [12 * n / sum(sizes) for n in sizes]
-    steps = [int(q) for q in quota]
-    for j in sorted(range(3), key=lambda j: -(quota[j] - steps[j]))[:12 - sum(steps)]:
-        steps[j] += 1
+    steps = largest_remainder(sizes, 12)
     plan = [name for name, n in zip(("mild", "moderate", "critical"), steps) for _ in range(n)]
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("curriculum stage")]
+    assert printed == [f"curriculum stage {name}: {rows} rows, steps {sum(steps[:k]) + 1} to {sum(steps[:k + 1])}"
+                       for k, (name, rows) in enumerate(zip(("mild", "moderate", "critical"), sizes)) if k > 0]
     lines = [m for m in metrics(tmp_path / "run") if "loss" in m]
     assert [m["stage"] for m in lines] == plan
     allowed = {"mild": {"mild"}, "moderate": {"moderate"}, "critical": {"critical"}} if mode == "disjoint" else \

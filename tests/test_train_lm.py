@@ -364,16 +364,23 @@ def test_resume_after_kill_inside_checkpoint_write(setup, tmp_path):
     assert la == [(m["step"], m["loss"]) for m in metrics(run) if "loss" in m] and len(la) == 4
 
 
-def test_resume_with_lower_max_steps_stops_at_once(setup, tmp_path):
-    """Rerunning a finished 4-step run with --max-steps 2 changes nothing (it used to train on past
-    step 4 forever, the stop test being step == max_steps; --crash-at-step 6 makes that fail here)."""
+def test_resume_with_other_max_steps_is_refused(setup, tmp_path):
+    """Rerunning a finished 4-step run with --max-steps 2 or 8 is refused naming --max-steps (the cosine
+    would be recomputed for the new length mid-run: 8 steps used to continue at another learning rate,
+    and 2 to train on past step 4 forever) and changes nothing: not the weights, not metrics.jsonl.
+    The same command again resumes and stops at once."""
     out = tmp_path / "run"
     common = ("--save-every", "4", "--eval-every", "4")
     train_lm.main(args_for(setup, out, *common, "--max-steps", "4"))
-    before = tensors(out / "last")
-    train_lm.main(args_for(setup, out, *common, "--max-steps", "2", "--crash-at-step", "6"))
+    before, lines = tensors(out / "last"), (out / "metrics.jsonl").read_text(encoding="utf-8")
+    for other in ("2", "8"):
+        with pytest.raises(ValueError, match=f"--max-steps 4, not {other}: .*To train longer, start a new run from "
+                                             f"its weights .*--model {re.escape(str(out / 'last'))}"):
+            train_lm.main(args_for(setup, out, *common, "--max-steps", other, "--crash-at-step", "6"))
+    assert train_lm.main(args_for(setup, out, *common, "--max-steps", "4"))["step"] == 4
     after = tensors(out / "last")
     assert all(torch.equal(before[k], after[k]) for k in before)
+    assert (out / "metrics.jsonl").read_text(encoding="utf-8").startswith(lines)
     assert [m["step"] for m in metrics(out) if "loss" in m] == [1, 2, 3, 4]
 
 
@@ -508,6 +515,11 @@ def test_no_val_rows_trains_without_validation(setup, tmp_path, weights, capsys)
                          "--weights", weights])
     printed = capsys.readouterr().out
     assert res["step"] == 3 and "no 'val' rows" in printed and "no best/" in printed
+    # the step lines name the loss they show: the weighted loss, plain under uniform weights
+    loss = [m["loss"] for m in metrics(out) if "loss" in m]
+    name = "loss" if weights == "uniform" else "weighted loss"
+    assert [line.split(" lr ")[0] for line in printed.splitlines() if re.match(r"step \d+: ", line)] == \
+        [f"step {k + 1}: {name} {x:.4f}" for k, x in enumerate(loss)]
     assert (out / "last" / "model.safetensors").is_file() and not (out / "best").exists()
     assert not any("val_loss" in m for m in metrics(out))
 
@@ -523,7 +535,7 @@ def test_resume_refuses_another_lr_or_world_size(setup, tmp_path):
         train_lm.main(args_for(setup, out, "--max-steps", "4"))
 
 
-def test_ctrl_c_names_the_step_and_the_checkpoint(setup, tmp_path, monkeypatch):
+def test_ctrl_c_names_the_step_and_the_checkpoint(setup, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     real = train_lm.lr_at
 
@@ -536,6 +548,9 @@ def test_ctrl_c_names_the_step_and_the_checkpoint(setup, tmp_path, monkeypatch):
         train_lm.main(args_for(setup, out, "--save-every", "3"))
     assert str(e.value) == (f"interrupted at step 4; the last checkpoint is step 3 in {out / 'last'}: run the same "
                             f"command to resume")
+    # the progress bar (on stderr, redrawn after \r) was closed with a newline: the message starts a line
+    bar = capsys.readouterr().err
+    assert "train:" in bar and bar.endswith("\n")
     assert not (tmp_path / ".run.lock").exists()  # the lock went with the run
 
 
@@ -574,3 +589,23 @@ def test_classifier_warnings_are_repeated(setup, tmp_path, capsys):
     train_lm.main(["--data", str(data), "--model", str(setup["model"]), "--out", str(tmp_path / "run"),
                    "--device", "cpu", "--batch-size", "4", "--grad-accum", "1", "--max-steps", "1"])
     assert "WARNING (severity classifier): the training loss stayed at chance" in capsys.readouterr().out
+
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        train_lm.get_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps help lines
+    for flag, default in (("--max-steps", "300"), ("--weights", "balanced"), ("--grad-clip", "1.0")):
+        assert re.search(rf"{flag} \S+ (?:(?! --[a-z]).)*\(default: {re.escape(default)}\)", text), flag
+    assert "(default: None)" not in text and "(default: False)" not in text  # flags without a default say nothing
+    assert "Reading the code: train()" in text  # the docstring, the manual, comes first
+
+
+def test_run_folder_as_model_names_its_checkpoints(setup, tmp_path):
+    """--model RUN (a run folder, not RUN/best): the loader's error names best/ and last/ (evaluate.py
+    loads models the same way)."""
+    out = tmp_path / "run"
+    train_lm.main(args_for(setup, out, "--max-steps", "1", "--eval-every", "1"))
+    with pytest.raises(ValueError, match=re.escape(f"give {out / 'best'} (the lowest validation loss) or "
+                                                   f"{out / 'last'} (the latest step)")):
+        train_lm.main(args_for(setup, tmp_path / "again", "--model", str(out)))
