@@ -34,11 +34,6 @@ def check_resumable(meta, args, defaults, world, data_info, last_dir):
     Raises UsageError naming the change.
     defaults: train_lm.py's flags with their default values (what a run made before a flag existed
     ran with)."""
-    if meta["args"]["max_steps"] != args.max_steps:  # the cosine (and a curriculum's split) is over max_steps
-        raise UsageError(f"{last_dir} was trained with --max-steps {meta['args']['max_steps']}, not {args.max_steps}: "
-                         f"the learning-rate schedule (and a curriculum's stages) would change mid-run. To train "
-                         f"longer, start a new run from its weights (a fresh optimizer and schedule): --model "
-                         f"{last_dir} --out <another folder>; or --resume never to start over")
     for key in ("data", "weights", "denominator", "batch_size", "grad_accum", "seed", "max_len", "model", "lr",
                 "min_lr", "warmup_steps", "weight_decay", "curriculum", "lora_rank", "lora_alpha", "lora_targets",
                 "fsdp", "prompt_format", "system"):
@@ -52,5 +47,10 @@ def check_resumable(meta, args, defaults, world, data_info, last_dir):
     if meta["data"]["fingerprint"] != data_info["fingerprint"]:  # same file name, other rows or weights
         raise UsageError(f"{last_dir} was trained on other training rows (or severity weights) than {args.data} "
                          f"holds now: use another --out, or --resume never to start over")
+    if meta["args"]["max_steps"] != args.max_steps:  # the cosine (and a curriculum's stages) depend on it
+        raise UsageError(f"{last_dir} was trained with --max-steps {meta['args']['max_steps']}, not {args.max_steps}: "
+                         f"the learning-rate schedule (and a curriculum's stages) would change mid-run. To train "
+                         f"longer, start a new run from its weights (a fresh optimizer and schedule): --model "
+                         f"{last_dir} --out <another folder>; or --resume never to start over")
     if meta["data"].get("curriculum") != data_info.get("curriculum"):
         raise UsageError(f"{last_dir} was trained with other curriculum stages: use another --out, or --resume never")
