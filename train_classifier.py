@@ -284,22 +284,21 @@ def main(argv=None):
         return train(args)
 
 
-def train(args):
-    seed_all(args.seed)
-    device = pick_device(args.device)
-    lr = args.lr if args.lr is not None else (3e-5 if args.model else 5e-4)
-    preprocess_name = resolve_preprocess(args.preprocess, args.model)
-    preprocess = PREPROCESSORS[preprocess_name]
-    t0 = time.time()
-
-    # data
+def load_splits(args, preprocess):
+    """Data: the labelled rows of each split, preprocessed. Returns per split the texts, the labels (a
+    long tensor of class ids) and the count of each class."""
     data = load_labeled(args.data, args.text_field)
     texts = {s: [preprocess(t) for t in data[s][0]] for s in SPLITS}
     labels = {s: torch.tensor(data[s][1], dtype=torch.long) for s in SPLITS}
     counts = {s: [int((labels[s] == c).sum()) for c in range(len(SEVERITIES))] for s in SPLITS}
     print0("rows: " + ", ".join(f"{s} {len(texts[s])} {dict(zip(SEVERITIES, counts[s]))}" for s in SPLITS))
+    return texts, labels, counts
 
-    # model and tokenizer
+
+def model_and_inputs(args, texts, device):
+    """The model (--model's encoder with a new head, or a small BERT from scratch with a WordPiece
+    vocabulary trained on the training texts) and every split's texts as token ids, cut to --max-len
+    (at most the model's positions). Returns (model on device, tokenizer, seqs, cut, max_len, pad_id)."""
     if args.model is None:
         tokenizer = scratch_tokenizer(texts["train"], args.vocab_size, args.max_len)
         model, _ = build_classifier(None, tokenizer.vocab_size, args.max_len, tokenizer.pad_id)
@@ -315,29 +314,23 @@ def train(args):
         seqs[s], cut[s] = encode_texts(tokenizer, texts[s], max_len)
     if any(cut.values()):
         print0(f"texts cut to {max_len} tokens: {cut}")
-    n_params = sum(p.numel() for p in model.parameters())
-    print0(f"model: {args.model or 'small BERT from scratch'} ({n_params / 1e6:.2f}M parameters, "
-           f"vocab {tokenizer.vocab_size}), preprocess={preprocess_name}, device={device}, lr={lr:g}")
+    return model, tokenizer, seqs, cut, max_len, pad_id
 
-    # loss weights: inverse class frequency on the train split, N / (K * n_c); absent class -> 0
-    n_train = len(seqs["train"])
-    if args.class_weights:
-        class_weights = [n_train / (len(SEVERITIES) * n) if n else 0.0 for n in counts["train"]]
-    else:
-        class_weights = [1.0] * len(SEVERITIES)
-    weight = torch.tensor(class_weights, dtype=torch.float32, device=device)
 
-    # optimizer: decay weight matrices (linear, embeddings), not biases and LayerNorm gains
+def fit(args, model, seqs, labels, weight, pad_id, lr, device, t0):
+    """The loop: AdamW (decay on weight matrices: linear, embeddings; not on biases and LayerNorm
+    gains), warmup then linear decay (lr_at), shuffled batches, the weighted cross-entropy, and after
+    each epoch the val macro-F1; stops after --patience epochs without a better one. The model ends
+    with its best epoch's weights. Returns (best_epoch, history: one record per epoch)."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8,
                                   fused=device.type == "cuda")
+    n_train = len(seqs["train"])
     steps_per_epoch = math.ceil(n_train / args.batch_size)
     total_steps = steps_per_epoch * args.epochs
     warmup_steps = max(1, int(args.warmup * total_steps))
-
-    # the loop
     gen = torch.Generator().manual_seed(args.seed)
     best_f1, best_epoch, best_state, history, step = -1.0, 0, None, [], 0
     for epoch in range(1, args.epochs + 1):
@@ -380,6 +373,31 @@ def train(args):
             break
     model.load_state_dict(best_state)
     check_finite_weights(model, step, f"lower --lr (now {lr:g})")
+    return best_epoch, history
+
+
+def train(args):
+    """The run: data, model, class weights, the loop (fit), then temperature scaling on val, the
+    final numbers and the saved folder. Returns metrics.json's dict."""
+    seed_all(args.seed)
+    device = pick_device(args.device)
+    lr = args.lr if args.lr is not None else (3e-5 if args.model else 5e-4)
+    preprocess_name = resolve_preprocess(args.preprocess, args.model)
+    t0 = time.time()
+    texts, labels, counts = load_splits(args, PREPROCESSORS[preprocess_name])
+    model, tokenizer, seqs, cut, max_len, pad_id = model_and_inputs(args, texts, device)
+    n_params = sum(p.numel() for p in model.parameters())
+    print0(f"model: {args.model or 'small BERT from scratch'} ({n_params / 1e6:.2f}M parameters, "
+           f"vocab {tokenizer.vocab_size}), preprocess={preprocess_name}, device={device}, lr={lr:g}")
+
+    # loss weights: inverse class frequency on the train split, N / (K * n_c); absent class -> 0
+    n_train = len(seqs["train"])
+    if args.class_weights:
+        class_weights = [n_train / (len(SEVERITIES) * n) if n else 0.0 for n in counts["train"]]
+    else:
+        class_weights = [1.0] * len(SEVERITIES)
+    weight = torch.tensor(class_weights, dtype=torch.float32, device=device)
+    best_epoch, history = fit(args, model, seqs, labels, weight, pad_id, lr, device, t0)
 
     # calibration and final numbers
     logits = {s: predict_logits(model, seqs[s], pad_id, args.eval_batch_size, device) for s in ("val", "test")}
