@@ -228,111 +228,124 @@ def main(argv=None):
         return prepare(args, path)
 
 
+def check_columns(args, columns, path, line):
+    """Settle the column flags left unset (MAQA's q_body / a_body when the input has either, else this
+    project's question / answer) and stop, listing the columns, when one the run needs is missing."""
+    maqa = any(names[0] in columns for names in DEFAULT_COLUMNS.values())
+    for flag, names in DEFAULT_COLUMNS.items():  # unset: MAQA's columns (q_body, a_body) if the input
+        if getattr(args, flag) is None:          # has either, else this project's (question, answer)
+            setattr(args, flag, names[0] if maqa else names[1])
+    needed = [args.question_col, args.answer_col] + [c for c in (args.id_col, args.category_col) if c]
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        raise DataError(path, line, missing[0], f"column not found; available columns: {', '.join(map(str, columns))}")
+
+
+def row_id_of(row, content, args, seen_ids, path, line):
+    """A row's id: its --id-col (or "id") value, checked (a string or an integer, not empty, not seen
+    before), else the hash of its content. Returns (id, the id column or None)."""
+    id_col = args.id_col or ("id" if "id" in row else None)
+    if not id_col:
+        return f"{content:016x}", None
+    row_id = row[id_col]
+    if isinstance(row_id, bool) or not isinstance(row_id, (str, int, type(None))):
+        raise DataError(path, line, id_col, f"expected a string or an integer, got {type(row_id).__name__}")
+    row_id = str(row_id).strip() if row_id is not None else ""
+    if not row_id:
+        raise DataError(path, line, id_col, "empty id")
+    if stable_hash(row_id) in seen_ids:
+        raise DataError(path, line, id_col, f"duplicate id {row_id!r}")
+    seen_ids.add(stable_hash(row_id))
+    return row_id, id_col
+
+
+def prepared(rows, args, path, fmt, stats):
+    """The output rows, one by one: cleaned question and answer, short and duplicate rows dropped
+    (counted in stats), id, split, category, the severity (gold, else the rules' label with --label
+    rules), severity_probs, and every other field kept unchanged."""
+    if args.label == "rules":
+        from core.lexicon import severity_of  # loads the lexicon only when labeling
+    category_col = args.category_col or "category"
+    seen_text, seen_ids = set(), set()
+    for line, row in tqdm(rows, desc="prepare", unit=" rows", disable=None):
+        if line == 0:  # the table header
+            if row is not None:
+                check_columns(args, row, path, 1)
+            continue
+        if fmt == "jsonl":
+            check_columns(args, row, path, line)
+        stats["rows_read"] += 1
+        question = clean(text_field(row, args.question_col, path, line), args)
+        answer = clean(text_field(row, args.answer_col, path, line), args)
+        if not question:
+            raise DataError(path, line, args.question_col, "empty question")
+        if len(question.split()) < args.min_question_words:
+            stats["dropped"]["short_question"] += 1
+            continue
+        if len(answer.split()) < args.min_answer_words:
+            stats["dropped"]["short_answer"] += 1
+            continue
+        key = normalize_arabic(question) + "\n" + normalize_arabic(answer)
+        content = stable_hash(key)
+        if content in seen_text:
+            stats["dropped"]["duplicate"] += 1
+            continue
+        seen_text.add(content)
+        row_id, id_col = row_id_of(row, content, args, seen_ids, path, line)
+
+        split = row.get("split")
+        if split in (None, ""):
+            split = split_of(row_id, args)
+        elif split not in SPLITS:
+            raise DataError(path, line, "split", f"{split!r} is not one of {SPLITS}")
+
+        out = {"id": row_id, "question": question, "answer": answer}
+        if category_col in row:
+            out["category"] = row[category_col]
+        out["split"] = split
+        gold = gold_severity(row, path, line)
+        if gold is not None and row.get("severity_source") != "rules":
+            out["severity"], out["severity_source"] = gold, "gold"
+        elif args.label == "rules":
+            out["severity"], out["severity_source"] = severity_of(question)[0], "rules"
+        probs = input_probs(row, path, line, fmt != "jsonl")
+        if probs is not None:
+            out["severity_probs"] = probs
+        mapped = {args.question_col, args.answer_col, category_col, id_col}
+        for k, v in row.items():  # severity fields were set above when given; an empty or null one is not copied
+            if k not in mapped and k not in out and k not in ("severity", "severity_source", "severity_probs"):
+                out[k] = v
+
+        stats["kept"] += 1
+        stats["severity_source"][out.get("severity_source", "none")] += 1
+        stats["splits"][split][out.get("severity", "unlabeled")] += 1
+        yield out
+
+
+def nonempty(rows, stats, path):
+    """The rows, passed through; no rows is an error, raised before the output is replaced."""
+    n = 0
+    for row in rows:
+        n += 1
+        yield row
+    if n == 0:
+        what = "no data rows" if stats["rows_read"] == 0 else f"all {stats['rows_read']} rows were dropped"
+        raise DataError(path, None, None, f"{what}: nothing to write ({stats['dropped']})")
+
+
 def prepare(args, path):
-    """Read, clean, label and write the rows (main() holds the output's lock)."""
+    """Read, clean, label and write the rows (main() holds the output's lock); print and return the
+    counts (rows read and kept, dropped by reason, severity sources, labels per split)."""
     fmt = args.format if args.format != "auto" else FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise DataError(path, None, None, f"unknown extension {path.suffix!r}: pass --format csv|tsv|jsonl")
     rows = (read_jsonl_rows(path, args.encoding) if fmt == "jsonl" else
             read_table(path, "," if fmt == "csv" else "\t", args.encoding))
-    if args.label == "rules":
-        from core.lexicon import severity_of  # loads the lexicon only when labeling
-    category_col = args.category_col or "category"
-
     stats = {"rows_read": 0, "kept": 0,
              "dropped": {"short_question": 0, "short_answer": 0, "duplicate": 0},
              "severity_source": {"gold": 0, "rules": 0, "none": 0},
              "splits": {s: {label: 0 for label in SEVERITIES + ("unlabeled",)} for s in SPLITS}}
-    seen_text, seen_ids = set(), set()
-
-    def check_columns(columns, line):
-        maqa = any(names[0] in columns for names in DEFAULT_COLUMNS.values())
-        for flag, names in DEFAULT_COLUMNS.items():  # unset: MAQA's columns (q_body, a_body) if the input
-            if getattr(args, flag) is None:          # has either, else this project's (question, answer)
-                setattr(args, flag, names[0] if maqa else names[1])
-        needed = [args.question_col, args.answer_col] + [c for c in (args.id_col, args.category_col) if c]
-        missing = [c for c in needed if c not in columns]
-        if missing:
-            raise DataError(path, line, missing[0], f"column not found; available columns: {', '.join(map(str, columns))}")
-
-    def prepared():
-        for line, row in tqdm(rows, desc="prepare", unit=" rows", disable=None):
-            if line == 0:  # the table header
-                if row is not None:
-                    check_columns(row, 1)
-                continue
-            if fmt == "jsonl":
-                check_columns(row, line)
-            stats["rows_read"] += 1
-            question = clean(text_field(row, args.question_col, path, line), args)
-            answer = clean(text_field(row, args.answer_col, path, line), args)
-            if not question:
-                raise DataError(path, line, args.question_col, "empty question")
-            if len(question.split()) < args.min_question_words:
-                stats["dropped"]["short_question"] += 1
-                continue
-            if len(answer.split()) < args.min_answer_words:
-                stats["dropped"]["short_answer"] += 1
-                continue
-            key = normalize_arabic(question) + "\n" + normalize_arabic(answer)
-            content = stable_hash(key)
-            if content in seen_text:
-                stats["dropped"]["duplicate"] += 1
-                continue
-            seen_text.add(content)
-
-            id_col = args.id_col or ("id" if "id" in row else None)
-            if id_col:
-                row_id = row[id_col]
-                if isinstance(row_id, bool) or not isinstance(row_id, (str, int, type(None))):
-                    raise DataError(path, line, id_col, f"expected a string or an integer, got {type(row_id).__name__}")
-                row_id = str(row_id).strip() if row_id is not None else ""
-                if not row_id:
-                    raise DataError(path, line, id_col, "empty id")
-                if stable_hash(row_id) in seen_ids:
-                    raise DataError(path, line, id_col, f"duplicate id {row_id!r}")
-                seen_ids.add(stable_hash(row_id))
-            else:
-                row_id = f"{content:016x}"
-
-            split = row.get("split")
-            if split in (None, ""):
-                split = split_of(row_id, args)
-            elif split not in SPLITS:
-                raise DataError(path, line, "split", f"{split!r} is not one of {SPLITS}")
-
-            out = {"id": row_id, "question": question, "answer": answer}
-            if category_col in row:
-                out["category"] = row[category_col]
-            out["split"] = split
-            gold = gold_severity(row, path, line)
-            if gold is not None and row.get("severity_source") != "rules":
-                out["severity"], out["severity_source"] = gold, "gold"
-            elif args.label == "rules":
-                out["severity"], out["severity_source"] = severity_of(question)[0], "rules"
-            probs = input_probs(row, path, line, fmt != "jsonl")
-            if probs is not None:
-                out["severity_probs"] = probs
-            mapped = {args.question_col, args.answer_col, category_col, id_col}
-            for k, v in row.items():  # severity fields were set above when given; an empty or null one is not copied
-                if k not in mapped and k not in out and k not in ("severity", "severity_source", "severity_probs"):
-                    out[k] = v
-
-            stats["kept"] += 1
-            stats["severity_source"][out.get("severity_source", "none")] += 1
-            stats["splits"][split][out.get("severity", "unlabeled")] += 1
-            yield out
-
-    def nonempty(rows):  # no rows is an error, raised before the output is replaced
-        n = 0
-        for row in rows:
-            n += 1
-            yield row
-        if n == 0:
-            what = "no data rows" if stats["rows_read"] == 0 else f"all {stats['rows_read']} rows were dropped"
-            raise DataError(path, None, None, f"{what}: nothing to write ({stats['dropped']})")
-
-    write_jsonl(args.out, nonempty(prepared()))
+    write_jsonl(args.out, nonempty(prepared(rows, args, path, fmt, stats), stats, path))
 
     print(f"{path}: {stats['rows_read']} rows read, {stats['kept']} kept -> {args.out}")
     print("dropped: " + ", ".join(f"{k} {v}" for k, v in stats["dropped"].items()))
