@@ -197,7 +197,12 @@ def get_args(argv=None):
     p.add_argument("--fsdp", action="store_true", help="under torchrun: shard weights, gradients and optimizer state "
                                                       "over the ranks with FSDP2 instead of DDP (models/parallel.py)")
     p.add_argument("--crash-at-step", type=int, default=None, help=argparse.SUPPRESS)  # tests: die once, see the loop
-    args = p.parse_args(argv)
+    return resolve_args(p, p.parse_args(argv))
+
+
+def resolve_args(p, args):
+    """The checks that span flags (parser p reports them) and the defaults that depend on other flags
+    (--out on --weights, --lr on --model, --min-lr on --lr, --lora-alpha on --lora-rank)."""
     for flag in ("max_steps", "batch_size", "grad_accum", "eval_every", "save_every", "log_every"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1")
@@ -539,10 +544,11 @@ def load_examples(args, tokenizer, chat, rank):
     return train_ex, val_ex, data_info, weights_info
 
 
-def plan_batches(args, train_ex, train_lengths, data_info, world):
+def plan_batches(args, train_ex, data_info, world):
     """--curriculum's stages (core/curriculum.py; None without it; written into data_info), and the
     check that the training rows, and every stage's, fill the grad_accum * world micro-batches of one
-    optimizer step."""
+    optimizer step. Returns (stages, train_lengths: each example's length, for length-bucketed batches)."""
+    train_lengths = np.array([len(e["input_ids"]) for e in train_ex])
     stages = curriculum_stages([e["cls"] for e in train_ex], args.curriculum, args.max_steps) if args.curriculum else None
     if stages:
         data_info["curriculum"] = describe(stages, args.curriculum)
@@ -555,7 +561,7 @@ def plan_batches(args, train_ex, train_lengths, data_info, world):
         if len(stage_batches(train_lengths, args.batch_size, args.seed, 0, st)) < steps_batches:
             raise UsageError(f"--curriculum: stage {st['name']} has {len(st['rows'])} training rows, fewer than "
                              f"grad_accum * world_size = {steps_batches} micro-batches of {args.batch_size}")
-    return stages
+    return stages, train_lengths
 
 
 def validation_batches(val_ex, args):
@@ -783,6 +789,14 @@ def step_line(record, weights):
             f"{record['grad_norm']:.3f} {record['tokens_per_s']:.0f} tok/s {mfu}mem {record['peak_mem_gb']:.2f} GB")
 
 
+def print_done(run, step, best_val, val_batches):
+    """The run's last line: its steps, the best validation loss and where the checkpoints are."""
+    if val_batches:
+        print0(f"done: {step} steps, best val loss {best_val:.4f}; checkpoints in {run.last_dir} and {run.best_dir}")
+    else:
+        print0(f"done: {step} steps without validation (no val rows); checkpoint in {run.last_dir}, no best/")
+
+
 # -----------------------------------------------------------------------------
 
 
@@ -811,8 +825,7 @@ def train(args, rank, world, device, progress):
 
     # ---- data and weights: every example tokenized once, with its weight w_i = p_i . alpha
     train_ex, val_ex, data_info, weights_info = load_examples(args, tokenizer, chat, rank)
-    train_lengths = np.array([len(e["input_ids"]) for e in train_ex])  # for length-bucketed batches
-    stages = plan_batches(args, train_ex, train_lengths, data_info, world)  # --curriculum's stages, or None
+    stages, train_lengths = plan_batches(args, train_ex, data_info, world)  # --curriculum's stages, or None
     val_batches = validation_batches(val_ex, args)
 
     # ---- memory savers (models/parallel.py), optimizer, resume, the parallel wrapper, metrics.jsonl
@@ -880,9 +893,7 @@ def train(args, rank, world, device, progress):
                 record = step_record(raw_model, args, run, lengths, time.time() - t0, step, loss, lr, gnorm, epoch, stage)
                 log_metrics(run, record)
                 say(step_line(record, args.weights))
-    print0(f"done: {step} steps" + (f", best val loss {best_val:.4f}; checkpoints in {run.last_dir} and {run.best_dir}"
-                                    if val_batches else " without validation (no val rows); checkpoint in "
-                                    f"{run.last_dir}, no best/"))
+    print_done(run, step, best_val, val_batches)
     return {"step": step, "best_val": best_val}
 
 
