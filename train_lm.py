@@ -97,12 +97,12 @@ from tqdm import tqdm
 from core.chat import add_prompt_flags, chat_format, describe as describe_prompt
 from core.checkpoint import check_resumable, save_checkpoint
 from core.curriculum import CURRICULA, curriculum_stages, describe, stage_at
-from core.common import (DEMO_DATA, DataError, HelpFormatter, REPO, SEVERITIES, UsageError, adamw,
-                        bf16_supported, check_finite_step, check_out_dir, check_probs, classifier_warnings, cleanup_dist,
-                        device_arg, dumps, fraction, mark_dir, non_negative_float, non_negative_int, out_path,
-                        output_lock, positive_float, positive_int, print0, read_jsonl, recover_dir,
-                        remove_stale_temps, rng_state, run_main, seed_all, seed_int, set_rng_state, setup_dist,
-                        severity_class, stop_cleanly, warn_high_lr, write_jsonl)
+from core.common import (DEMO_DATA, DataError, HelpFormatter, REPO, SEVERITIES, UsageError, adamw, bf16_supported,
+                        check_finite_step, check_out_dir, check_probs, classifier_warnings, cleanup_dist, device_arg,
+                        dumps, fraction, mark_dir, non_negative_float, non_negative_int, out_path, output_lock,
+                        positive_float, positive_int, print0, read_jsonl, recover_dir, remove_stale_temps, rng_state,
+                        run_main, seed_all, seed_int, set_rng_state, setup_dist, severity_class, stop_cleanly,
+                        warn_high_lr, write_jsonl)
 from models import Tokenizer, build_model, load_pretrained
 from models.loss import fused_linear_cross_entropy, linear_cross_entropy_reference, token_cross_entropy
 from models.lora import add_lora, load_adapter
@@ -549,10 +549,12 @@ def plan_batches(args, train_ex, data_info, world):
     check that the training rows, and every stage's, fill the grad_accum * world micro-batches of one
     optimizer step. Returns (stages, train_lengths: each example's length, for length-bucketed batches)."""
     train_lengths = np.array([len(e["input_ids"]) for e in train_ex])
-    stages = curriculum_stages([e["cls"] for e in train_ex], args.curriculum, args.max_steps) if args.curriculum else None
-    if stages:
+    stages = None
+    if args.curriculum:
+        stages = curriculum_stages([e["cls"] for e in train_ex], args.curriculum, args.max_steps)
         data_info["curriculum"] = describe(stages, args.curriculum)
-        print0(f"curriculum {args.curriculum}: " + ", ".join(f"{s['name']} {len(s['rows'])} rows {s['steps']} steps" for s in stages))
+        print0(f"curriculum {args.curriculum}: "
+               + ", ".join(f"{s['name']} {len(s['rows'])} rows {s['steps']} steps" for s in stages))
     steps_batches = args.grad_accum * world  # micro-batches per optimizer step, over all ranks
     if len(make_batches(train_lengths, args.batch_size, args.seed, 0)) < steps_batches:
         raise UsageError(f"{len(train_ex)} training examples make fewer than grad_accum * world_size = "
@@ -594,7 +596,7 @@ def resume_or_start(args, run, sharded, optimizer, data_info):
     once core/checkpoint.py's check_resumable agrees. Returns (step, epoch, data_pos, best_val)."""
     if not run.resume:
         if run.rank == 0:
-            mark_dir(run.out)  # created once every check has passed, marked as the project's (so it may be resumed into)
+            mark_dir(run.out)  # created once every check has passed, marked as the project's (it may be resumed into)
         return 0, 0, 0, float("inf")
     state = torch.load(run.last_dir / "trainer_state.pt", map_location="cpu", weights_only=True)
     meta = json.loads((run.last_dir / "meta.json").read_text(encoding="utf-8"))
@@ -767,10 +769,11 @@ def save_last(run, raw_model, sharded, optimizer, tokenizer, meta, position):
         dist.barrier()  # nobody runs ahead of a checkpoint that is not written yet
 
 
-def step_record(raw_model, args, run, lengths, dt, step, loss, lr, grad_norm, epoch, stage):
+def step_record(raw_model, args, run, train_ex, step_batches, dt, step, loss, lr, grad_norm, epoch, stage):
     """One step's line of metrics.jsonl: the step's weighted training loss, lr, grad norm, epoch,
     throughput (tokens/s of the sequences' lengths; MFU on CUDA, counted by step_flops), peak
     memory, curriculum stage."""
+    lengths = [len(train_ex[i]["input_ids"]) for b in step_batches for i in b]
     peak_mem = (torch.cuda.max_memory_allocated(run.device) if run.device.type == "cuda" else
                 resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * RSS_UNIT) / 2**30
     mfu = step_flops(raw_model, lengths) / dt / (args.peak_flops * run.world) if run.device.type == "cuda" else None
@@ -853,7 +856,8 @@ def train(args, rank, world, device, progress):
                 report_val(run, step, res, say)
                 if res is not None and res["val_loss"] < best_val:  # best/: the lowest validation loss so far
                     best_val = res["val_loss"]
-                    save_best(run, raw_model, sharded, tokenizer, {**meta, "step": step, "best_val": best_val, "val": res})
+                    save_best(run, raw_model, sharded, tokenizer,
+                              {**meta, "step": step, "best_val": best_val, "val": res})
             if step > start_step and (step % args.save_every == 0 or last_step):  # last/: all a resume needs
                 save_last(run, raw_model, sharded, optimizer, tokenizer, {**meta, "step": step, "best_val": best_val},
                           {"step": step, "epoch": epoch, "data_pos": data_pos, "best_val": best_val})
@@ -875,7 +879,7 @@ def train(args, rank, world, device, progress):
             for group in optimizer.param_groups:
                 group["lr"] = lr
             sums = forward_backward(model, raw_model.lm_head.weight, micro_batches, denom, world, loss_fn, run.autocast)
-            grad_norm = plain(clip_grad_norm_(raw_model.parameters(), args.grad_clip if args.grad_clip > 0 else math.inf))
+            grad_norm = plain(clip_grad_norm_(raw_model.parameters(), args.grad_clip or math.inf))  # 0: no clipping
             sums = gather_losses(sums, world)  # every rank learns every micro-batch's loss
             if data_pos + steps_batches <= len(batches):  # the next step's batches, while the device still works
                 ahead = {(stage and stage["name"], epoch, data_pos + steps_batches):
@@ -889,8 +893,8 @@ def train(args, rank, world, device, progress):
             progress["step"] = step
             pbar.update(1)
             if step % args.log_every == 0 or step == args.max_steps:
-                lengths = [len(train_ex[i]["input_ids"]) for b in step_batches for i in b]
-                record = step_record(raw_model, args, run, lengths, time.time() - t0, step, loss, lr, gnorm, epoch, stage)
+                record = step_record(raw_model, args, run, train_ex, step_batches, time.time() - t0,
+                                     step, loss, lr, gnorm, epoch, stage)
                 log_metrics(run, record)
                 say(step_line(record, args.weights))
     print_done(run, step, best_val, val_batches)
