@@ -117,10 +117,10 @@ from tqdm import tqdm
 
 from core import metrics as M
 from core import reporting as R
-from core.common import (DataError, SEVERITIES, UsageError, atomic_open, bf16_supported, check_out_dir, cleanup_dist,
-                        device_arg, non_negative_float, non_negative_int, normalize_arabic, out_path, output_lock,
-                        pick_device, positive_float, positive_int, proportion, read_jsonl, run_main, seed_int,
-                        setup_dist, severity_class, staged_dir, write_json, write_jsonl)
+from core.common import (DataError, HelpFormatter, SEVERITIES, UsageError, atomic_open, bf16_supported, check_out_dir,
+                         cleanup_dist, device_arg, non_negative_float, non_negative_int, normalize_arabic, out_path,
+                         output_lock, pick_device, positive_float, positive_int, proportion, read_jsonl, run_main,
+                         seed_int, setup_dist, severity_class, staged_dir, write_json, write_jsonl)
 from models import load_pretrained
 from models.generate import Decoder, generate
 from core import parts as P  # generation that survives a kill
@@ -142,7 +142,7 @@ RUN_FILES = {"generations.jsonl", "metrics.json", "report.md", "compare.json", "
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)  # --help shows the defaults
     # what to do
     p.add_argument("--model", default=None, help="mode 1: language model folder to generate answers with")
     p.add_argument("--generations", default=None, help="mode 2: JSONL with question, answer, generated to score")

@@ -64,9 +64,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from core.common import (DataError, SEVERITIES, SPLITS, ascii_digits, check_out_file, check_probs, fraction,
-                        non_negative_int, normalize_arabic, out_path, output_lock, read_jsonl, run_main, seed_int,
-                        stable_hash, write_jsonl)
+from core.common import (DataError, HelpFormatter, SEVERITIES, SPLITS, ascii_digits, check_out_file, check_probs,
+                         fraction, non_negative_int, normalize_arabic, out_path, output_lock, read_jsonl, run_main,
+                         seed_int, stable_hash, write_jsonl)
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
@@ -76,8 +76,7 @@ DEFAULT_COLUMNS = {"question_col": ("q_body", "question"), "answer_col": ("a_bod
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--data", required=True, help="input file: .csv, .tsv or .jsonl")
     p.add_argument("--out", required=True, type=out_path, help="output JSONL file (written atomically)")
     p.add_argument("--format", choices=["auto", "csv", "tsv", "jsonl"], default="auto",

@@ -50,9 +50,9 @@ from tqdm import tqdm
 
 from contextlib import nullcontext
 
-from core.common import (DEMO_DATA, DataError, atomic_open, check_out_file, cleanup_dist, device_arg, dumps,
-                        out_path, output_lock, positive_int, print0, read_jsonl, run_main, setup_dist, sidecar_path,
-                        write_json)
+from core.common import (DEMO_DATA, DataError, HelpFormatter, atomic_open, check_out_file, cleanup_dist, device_arg,
+                         dumps, out_path, output_lock, positive_int, print0, read_jsonl, run_main, setup_dist,
+                         sidecar_path, write_json)
 from core.classifier import PREPROCESSORS, encode_texts, load_classifier, predict_logits
 
 
@@ -104,7 +104,7 @@ def merge_shards(shards, out):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)  # --help shows the defaults
     parser.add_argument("--data", default=str(DEMO_DATA), help="input JSONL (rows with a question)")
     parser.add_argument("--model", default="out/classifier", help="classifier folder written by train_classifier.py")
     parser.add_argument("--out", default="out/scored.jsonl", type=out_path,

@@ -69,10 +69,10 @@ from tqdm import tqdm
 
 from core.classifier import (CLASSIFIER_FILES, PREPROCESSORS, autocast, encode_texts, predict_logits, resolve_preprocess,
                         save_classifier, scratch_tokenizer)
-from core.common import (DEMO_DATA, DataError, SEVERITIES, SPLITS, UsageError, check_finite_step,
-                        check_finite_weights, check_out_dir, device_arg, fraction, non_negative_float, out_path,
-                        output_lock, pad_batch, pick_device, positive_float, positive_int, print0, read_jsonl,
-                        run_main, seed_all, seed_int, warn_high_lr)
+from core.common import (DEMO_DATA, DataError, HelpFormatter, SEVERITIES, SPLITS, UsageError, check_finite_step,
+                         check_finite_weights, check_out_dir, device_arg, fraction, non_negative_float, out_path,
+                         output_lock, pad_batch, pick_device, positive_float, positive_int, print0, read_jsonl,
+                         run_main, seed_all, seed_int, warn_high_lr)
 
 T_BOUNDS = (0.05, 20.0)  # the fitted temperature is clamped to this range
 # the from-scratch BERT used when no --model is given (fast on a CPU, enough for the demo)
@@ -242,7 +242,7 @@ def lr_at(step, total_steps, warmup_steps, peak_lr):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)  # --help shows the defaults
     parser.add_argument("--data", default=str(DEMO_DATA), help="labeled JSONL (question, split, severity)")
     parser.add_argument("--out", default="out/classifier", type=out_path,
                         help="output folder (Hugging Face layout + metrics.json)")

@@ -22,7 +22,7 @@ Run it:
     python train_lm.py --weights balanced --curriculum cumulative   # stages mild, moderate, critical (core/curriculum.py)
     python train_lm.py --model models/qwen2.5-7b --lora-rank 16 --activation-checkpointing   # LoRA, one GPU
     torchrun --nproc_per_node 8 train_lm.py --model models/qwen2.5-7b --fsdp  # FSDP2 instead of DDP
-                                                         # (README "what fits where"; models/lora.py, models/parallel.py)
+                                                         # (docs/training.md "What fits where"; models/lora.py, models/parallel.py)
     TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --nproc_per_node 8 --max-restarts 3 train_lm.py ...
                                                          # restarted workers resume from <out>/last by themselves
 (The variable: torchrun >= 2.5 keeps one rendezvous store across restarts, and restarted workers
@@ -133,7 +133,7 @@ def get_args(argv=None):
     # data and model
     p.add_argument("--data", default=str(DEMO_DATA), help="input JSONL with question, answer, split, severity_probs")
     p.add_argument("--out", default=None, type=out_path, help="run folder (default out/lm-<weights>)")
-    p.add_argument("--model", default=None, help="Hugging Face causal LM folder to fine-tune (README: supported "
+    p.add_argument("--model", default=None, help="Hugging Face causal LM folder to fine-tune (docs/models.md: supported "
                                                  "architectures; default: a small GPT-2 from scratch with data/demo_tokenizer)")
     p.add_argument("--weights", default="balanced", type=weights_arg,
                    help=f"class weights: {', '.join(SEVERITY_WEIGHTS)} or 'a,b,c'")
@@ -182,7 +182,7 @@ def get_args(argv=None):
                         "in training (validation always uses the chunked per-token loss)")
     p.add_argument("--force-ddp", action="store_true", help="under torchrun, wrap the model in DDP with one "
                    "process too: a check of the multi-GPU code path on one GPU (same results, some overhead)")
-    # models that do not fit plain DDP (README: "what fits where")
+    # models that do not fit plain DDP (docs/training.md: "What fits where")
     p.add_argument("--lora-rank", type=non_negative_int, default=0,
                    help="train LoRA adapters of this rank on the frozen model "
                                                             "(models/lora.py; 0 = full fine-tuning)")
