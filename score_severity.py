@@ -35,11 +35,14 @@ order, writes --out and deletes the shards. The shards must be on a file system 
 Reads: --data (JSONL; each row needs a non-empty string `question`), --model (a classifier folder
 from train_classifier.py). Writes: --out, atomically (temporary file, then rename): a malformed
 line or a missing/empty question raises DataError naming the file, line and field, and leaves no
-output behind. A classifier whose config.json holds a severity_temperature that is not a finite
-number > 0, or a severity_max_len that is not an integer >= 3, is refused (docs/reliability.md).
+output behind; a full disk is one line and leaves the previous --out as it was. A classifier
+whose config.json holds a severity_temperature that is not a finite number > 0, or a
+severity_max_len that is not an integer >= 3, is refused (docs/reliability.md). Beside --out:
+--out.meta.json (written_by, the classifier, its warnings). An existing --out is replaced only if
+such a sidecar says this project wrote it, or if it is --data itself (rewritten in place, every row
+kept); an --out inside --model is refused (docs/files.md).
 """
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -50,24 +53,10 @@ from tqdm import tqdm
 
 from contextlib import nullcontext
 
-from core.common import (DEMO_DATA, DataError, HelpFormatter, atomic_open, check_out_file, cleanup_dist, device_arg,
-                         dumps, out_path, output_lock, positive_int, print0, read_jsonl, run_main, setup_dist,
-                         sidecar_path, write_json)
+from core.common import (DEMO_DATA, DataError, HelpFormatter, atomic_open, check_not_input, check_out_file,
+                         cleanup_dist, device_arg, dumps, out_path, output_lock, positive_int, print0, read_jsonl,
+                         run_main, setup_dist, write_sidecar)
 from core.classifier import PREPROCESSORS, encode_texts, load_classifier, predict_logits
-
-
-def write_sidecar(out, meta):
-    """<out>.meta.json: which classifier scored the file and its warnings (train_lm.py repeats
-    them). Never overwrites a file of that name that this script did not write."""
-    path = sidecar_path(out)
-    try:
-        ours = path.exists() and json.loads(path.read_text(encoding="utf-8")).get("written_by") == "score_severity.py"
-    except (OSError, ValueError, AttributeError):
-        ours = False
-    if path.exists() and not ours:
-        print0(f"note: {path} exists and was not written by score_severity.py: left as it is")
-        return
-    write_json(path, {"written_by": "score_severity.py", **meta})
 
 
 def severity_probs(logits, temperature):
@@ -125,7 +114,9 @@ def main(argv=None):
     if not Path(args.data).is_file():  # before the model loads (and before count_rows opens it)
         raise DataError(args.data, None, None, "file not found")
     out = Path(args.out)
-    check_out_file(out)  # a folder or an unwritable place is refused before the model loads
+    in_place = out.resolve() == Path(args.data).resolve()  # rewriting --data itself, every row kept, is allowed
+    check_not_input(out, {"--model": args.model, "--data": None if in_place else args.data})
+    check_out_file(out, in_place)  # a folder, a user's file or an unwritable place: refused before the model loads
     rank, world, device = setup_dist(args.device)
     args.batch_size = args.batch_size or (256 if device.type == "cuda" else 64)
     shard = shard_path(out, rank, world) if world > 1 else None
@@ -196,7 +187,7 @@ def score_file(args, out, rank, world, device, shard):
         print0(f"{n_cut} of {n_rows} questions were longer than {max_len} tokens and were cut")
     elapsed = time.time() - t0
     if rank == 0:
-        write_sidecar(out, {"data": str(args.data), "classifier": str(args.model), "rows": n_rows,
+        write_sidecar(out, "score_severity.py", {"data": str(args.data), "classifier": str(args.model), "rows": n_rows,
                             "temperature": T, "warnings": settings["warnings"]})
     print0(f"wrote {out}: {n_rows} rows in {elapsed:.1f}s ({n_rows / max(elapsed, 1e-9):.0f} rows/s)")
     return dict(rows=n_rows, truncated=n_cut, seconds=elapsed)

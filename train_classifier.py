@@ -57,6 +57,9 @@ Writes --out (a folder, replaced atomically when complete):
         counts, best epoch, per-epoch history and the resolved arguments.
 A loss or gradient norm that is not finite (--lr far too high) stops the run with one line naming
 the step and --lr, and nothing is written; bad flag values stop at parsing (docs/reliability.md).
+Refused before any work (docs/files.md): an --out that is, holds or lies inside --data or --model,
+and a folder that is not a classifier this project wrote holding only these names (a user's
+pretrained BERT folder is never written over). A full disk is one line; the old folder stays.
 """
 import argparse
 import math
@@ -70,9 +73,9 @@ from tqdm import tqdm
 from core.classifier import (CLASSIFIER_FILES, PREPROCESSORS, autocast, encode_texts, predict_logits, resolve_preprocess,
                         save_classifier, scratch_tokenizer)
 from core.common import (DEMO_DATA, DataError, HelpFormatter, SEVERITIES, SPLITS, UsageError, check_finite_step,
-                         check_finite_weights, check_out_dir, device_arg, fraction, non_negative_float, out_path,
-                         output_lock, pad_batch, pick_device, positive_float, positive_int, print0, read_jsonl,
-                         run_main, seed_all, seed_int, warn_high_lr)
+                         check_finite_weights, check_not_input, check_out_dir, device_arg, fraction, non_negative_float,
+                         out_path, output_lock, pad_batch, pick_device, positive_float, positive_int, print0,
+                         read_jsonl, run_main, seed_all, seed_int, warn_high_lr)
 
 T_BOUNDS = (0.05, 20.0)  # the fitted temperature is clamped to this range
 # the from-scratch BERT used when no --model is given (fast on a CPU, enough for the demo)
@@ -279,7 +282,8 @@ def main(argv=None):
     # setup
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise SystemExit("train_classifier.py is single-process: run it with python, not torchrun with N > 1")
-    check_out_dir(args.out, CLASSIFIER_FILES)  # before any work: never replace a folder the project did not write
+    check_out_dir(args.out, "classifier", CLASSIFIER_FILES)  # before any work: only a classifier folder is replaced
+    check_not_input(args.out, {"--data": args.data, "--model": args.model})
     with output_lock(args.out):  # two runs cannot write the same --out
         return train(args)
 

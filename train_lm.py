@@ -61,6 +61,9 @@ number as "loss" in metrics.jsonl; plain "loss" under --weights uniform, where i
 cross-entropy), one per validation (the plain token-mean CE, comparable across --weights, then the
 weighted one and the plain CE per class), and one when a curriculum stage begins. --help shows every
 flag's default. Bad input ends the run with one "error: ..." line (said once under torchrun).
+--out is refused before any work (docs/files.md) if it is, holds or lies inside --data or --model, or is
+a folder that is not a training run of this project holding only the names above (a user's file
+inside it, even in last/ or best/, is never deleted); a full disk stops the run with one line.
 
 Prompt format (core/prompt.py; evaluate.py uses the same): <question> "\\nالجواب:\\n" <answer> <EOS>;
 --prompt-format chat uses the model folder's own chat template instead (instruct models; core/chat.py,
@@ -95,10 +98,10 @@ from torch.nn.utils import clip_grad_norm_
 from tqdm import tqdm
 
 from core.chat import add_prompt_flags, chat_format, describe as describe_prompt
-from core.checkpoint import check_resumable, save_checkpoint
+from core.checkpoint import CHECKPOINT_FILES, check_resumable, check_run_folder, save_checkpoint
 from core.curriculum import CURRICULA, curriculum_stages, describe, stage_at
 from core.common import (DEMO_DATA, DataError, HelpFormatter, REPO, SEVERITIES, UsageError, adamw, bf16_supported,
-                        check_finite_step, check_out_dir, check_probs, classifier_warnings, cleanup_dist, device_arg,
+                        check_finite_step, check_probs, classifier_warnings, cleanup_dist, device_arg,
                         dumps, fraction, mark_dir, non_negative_float, non_negative_int, out_path, output_lock,
                         positive_float, positive_int, print0, read_jsonl, recover_dir, remove_stale_temps, rng_state,
                         run_main, seed_all, seed_int, set_rng_state, setup_dist, severity_class, stop_cleanly,
@@ -118,8 +121,8 @@ SEVERITY_WEIGHTS = {
     "steep": (1.0, 2.0, 4.0),
     "balanced": None,  # computed: alpha_c = N / (3 * sum_i p_ic), inverse soft class frequency
 }                      # anything else: a custom "a,b,c", e.g. --weights 1,1.2,3
-# what a run folder written before the project marked its folders may hold (it may be resumed into)
-RUN_FILES = {"last", "best", "metrics.jsonl", ".crashed", "last.old", "best.old", ".last.tmp", ".best.tmp"}
+# every name a training run folder (kind "training-run") holds: a folder with anything else is refused
+RUN_FILES = {"last", "best", "metrics.jsonl", ".crashed"}
 
 DEMO_TOKENIZER = REPO / "data" / "demo_tokenizer"
 DEMO_GPT2 = dict(model_type="gpt2", n_positions=256, n_embd=128, n_layer=4, n_head=4,
@@ -438,7 +441,7 @@ def setup_run(args, rank, world, device):
     if rank == 0:
         remove_stale_temps(out / "metrics.jsonl")  # left by a run killed while rewriting it
         for folder in (run.last_dir, run.best_dir):
-            recover_dir(folder)  # a kill inside replace_dir left the previous checkpoint in .<folder>.old
+            recover_dir(folder, "checkpoint", CHECKPOINT_FILES)  # a kill inside replace_dir left it in .<folder>.old
     if world > 1:
         dist.barrier()  # every rank decides about resuming after the recovery
     run.resume = args.resume == "auto" and (run.last_dir / "trainer_state.pt").is_file()
@@ -596,7 +599,7 @@ def resume_or_start(args, run, sharded, optimizer, data_info):
     once core/checkpoint.py's check_resumable agrees. Returns (step, epoch, data_pos, best_val)."""
     if not run.resume:
         if run.rank == 0:
-            mark_dir(run.out)  # created once every check has passed, marked as the project's (it may be resumed into)
+            mark_dir(run.out, "training-run")  # created once every check has passed, marked (it may be resumed into)
         return 0, 0, 0, float("inf")
     state = torch.load(run.last_dir / "trainer_state.pt", map_location="cpu", weights_only=True)
     meta = json.loads((run.last_dir / "meta.json").read_text(encoding="utf-8"))
@@ -810,7 +813,7 @@ def main(argv=None):
     try:
         with stop_cleanly(args.out, progress, checkpoint=Path(args.out) / "last"):  # Ctrl-C, full disk: one line
             if rank == 0:
-                check_out_dir(args.out, RUN_FILES)  # before any work: a folder of the user's is never written into
+                check_run_folder(args.out, RUN_FILES, {"--data": args.data, "--model": args.model})  # before any work
             with output_lock(args.out) if rank == 0 else nullcontext():  # two runs cannot share an --out
                 return train(args, rank, world, device, progress)
     finally:

@@ -8,23 +8,39 @@ moment leaves the old or the new checkpoint whole; with LoRA the folder holds th
 adapter/ the adapters alone, in PEFT's layout. Resuming is refused, with the reason, when the run
 would not continue the same training (check_resumable).
 """
+from pathlib import Path
+
 import torch
 
-from core.common import UsageError, staged_dir, write_json
-from models.hf_io import write_pretrained
+from core.common import UsageError, check_not_input, check_out_dir, naming_full_disk, staged_dir, write_json
+from models.hf_io import MODEL_FILES, write_pretrained
 from models.lora import merged, save_adapter
+
+
+# every name a checkpoint folder (kind "checkpoint") holds
+CHECKPOINT_FILES = MODEL_FILES | {"meta.json", "trainer_state.pt", "adapter"}
+
+
+def check_run_folder(out, run_files, inputs):
+    """Refuse, before any work, an --out that is not a training run folder of this project (or
+    empty, or new), whose last/ or best/ is not a checkpoint, or that is or holds an input."""
+    check_out_dir(out, "training-run", run_files)
+    for name in ("last", "best"):
+        check_out_dir(Path(out) / name, "checkpoint", CHECKPOINT_FILES)
+    check_not_input(out, inputs)
 
 
 def save_checkpoint(folder, raw_model, tokenizer, meta, trainer_state=None):
     """A Hugging Face model folder + meta.json (+ trainer_state.pt), atomically (temp folder, rename)."""
-    with staged_dir(folder) as tmp:  # folder is always the old or the new complete checkpoint (see recover_dir)
+    with staged_dir(folder, "checkpoint", CHECKPOINT_FILES) as tmp:  # always the old or the new whole checkpoint
         with merged(raw_model):  # LoRA: the folder holds the merged model (a no-op without adapters)
             write_pretrained(raw_model, tokenizer, tmp)
         if hasattr(raw_model, "lora_config"):  # and the adapters alone, in PEFT's layout
             save_adapter(raw_model, tmp / "adapter", meta["args"]["model"])
         write_json(tmp / "meta.json", meta)
-        if trainer_state is not None:
-            torch.save(trainer_state, tmp / "trainer_state.pt")
+        if trainer_state is not None:  # through a Python file: a full disk is an OSError, not torch's RuntimeError
+            with naming_full_disk(Path(folder) / "trainer_state.pt"), open(tmp / "trainer_state.pt", "wb") as f:
+                torch.save(trainer_state, f)
 
 
 def check_resumable(meta, args, defaults, world, data_info, last_dir):

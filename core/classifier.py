@@ -122,7 +122,7 @@ def predict_logits(model, seqs, pad_id, batch_size, device, progress=False):
 # The classifier folder: a tokenizer built from scratch, and the folder written and read back
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-# what an --out folder written before the project marked its folders holds (it may be replaced)
+# every name a classifier folder (kind "classifier") holds: a folder with anything else is refused
 CLASSIFIER_FILES = {"config.json", "model.safetensors", "metrics.json", "tokenizer.json", "tokenizer_config.json",
                     "special_tokens_map.json", "vocab.txt"}
 
@@ -179,7 +179,7 @@ def save_classifier(model, tokenizer, out, metrics, extra_config):
     fields and metrics.json, built in a temporary sibling and swapped into place."""
     from models.hf_io import write_pretrained
 
-    with staged_dir(out, CLASSIFIER_FILES) as tmp:
+    with staged_dir(out, "classifier", CLASSIFIER_FILES) as tmp:
         write_pretrained(model, tokenizer, tmp)
         config = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
         config.update(extra_config)

@@ -8,6 +8,7 @@ effects, so tests can import every script.
 import argparse
 import datetime
 import errno
+import fnmatch
 import functools
 import hashlib
 import io
@@ -16,6 +17,7 @@ import math
 import os
 import random
 import re
+import secrets
 import shutil
 import socket
 import sys
@@ -154,7 +156,7 @@ def atomic_open(path, mode="w"):
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     usual_permissions(tmp)  # mkstemp makes 0600 files
     try:
-        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
+        with naming_full_disk(path), os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -184,8 +186,24 @@ def write_json(path, obj):
 
 # -----------------------------------------------------------------------------
 # Output folders and files: a run only ever replaces or deletes what this project wrote.
+# The rules (docs/files.md): an output folder is written into or replaced only if it is empty or
+# holds MARKER naming the same kind of output and nothing but the names that kind writes; an
+# output file only if its sidecar <file>.meta.json names one of the project's scripts; an --out is
+# never one of the run's inputs; a full disk is one line. Scripts state their kind and names:
+# check_out_dir(out, kind, names) before the work, staged_dir(out, kind, names) to write it.
 
-MARKER = ".written-by-severity-ft"  # every folder the project writes holds this small file
+MARKER = ".written-by-severity-ft"  # every folder the project writes holds this small JSON file
+# every kind of output folder and the script that writes it; the marker records both
+KINDS = {"classifier": "train_classifier.py", "eval-run": "evaluate.py", "compare": "evaluate.py",
+         "selection": "evaluate.py", "training-run": "train_lm.py", "checkpoint": "train_lm.py", "demo": "demo.py",
+         "model": "models/hf_io.py", "tokenizer": "tools/make_demo_tokenizer.py",
+         "review-label": "review.py", "review-compare": "review.py", "review-results": "review.py",
+         "eval-parts": "evaluate.py"}
+# what a sidecar's "written_by" may name: the scripts that write output files
+FILE_SCRIPTS = {"prepare_data.py", "score_severity.py", "review.py", "tools/make_demo_data.py"}
+# what the machinery writes beside an output name n (staged folder, swap folder, atomic_open's
+# temporary file, the lock and its takeover files, score_severity's shards): n's companions
+_COMPANIONS = ("{}", ".{}.tmp", ".{}.old", ".{}.*.tmp", ".{}.lock", ".{}.lock-*", ".{}.rank*-of-*")
 
 
 class UsageError(ValueError):
@@ -194,7 +212,7 @@ class UsageError(ValueError):
 
 
 class OutputError(UsageError):
-    """An --out the run must not write to (a user's folder, a file where a folder goes, a folder
+    """An --out the run must not write to (a user's folder or file, an input of the run, a folder
     another run is writing); raised before any expensive work."""
 
 
@@ -212,31 +230,114 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         return super()._get_help_string(action)
 
 
-def _ours(folder, expected=()):
-    """True if `folder` is one this project wrote: it holds MARKER, or is empty, or holds only
-    names in `expected` (folders written before the marker existed)."""
-    names = {p.name for p in Path(folder).iterdir()}
-    return MARKER in names or names <= set(expected)
+def read_marker(folder):
+    """The marker of `folder` as a dict ({"script", "kind"}; {} for one written before kinds were
+    recorded), or None if the folder has none."""
+    path = Path(folder) / MARKER
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
-def check_out_dir(folder, expected=()):
-    """Refuse an --out folder this project must not replace: a regular file, or a folder that
-    holds anything the project did not write (see _ours). Call it before the work starts."""
+def _known(name, expected):
+    """True if `name` is MARKER, one of `expected` (names or glob patterns) or a companion of one."""
+    return name == MARKER or any(fnmatch.fnmatchcase(name, c.format(p)) for p in expected for c in _COMPANIONS)
+
+
+def dir_refusal(folder, kind, expected):
+    """Why `folder` may not be written as an output of `kind` whose names are `expected`; None if
+    it may: it is missing, empty, or holds the marker of `kind` (or an old marker without a kind)
+    and nothing but `expected` names (so an old marker counts as the kind whose files it holds)."""
+    assert kind in KINDS, kind
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise OutputError(f"--out {folder} is a file, not a folder: choose another --out")
-    if folder.is_dir() and not _ours(folder, expected):
-        raise OutputError(f"--out {folder} holds files this project did not write: it will not replace them; "
-                          f"choose another --out (or empty that folder yourself)")
-    _check_writable(folder.parent)
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder" if folder.exists() or folder.is_symlink() else None
+    names = sorted(p.name for p in folder.iterdir())
+    if not names:
+        return None
+    marker = read_marker(folder)
+    if marker is None:
+        return f"{folder} holds files this project did not write (it has no {MARKER})"
+    theirs = marker.get("kind")
+    if theirs is not None and theirs != kind:
+        return f"{folder} is a folder of kind {theirs} (written by {marker.get('script', '?')}), not of kind {kind}"
+    unknown = [n for n in names if not _known(n, expected)]
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        return f"{folder} holds what this project's {kind} folders never hold ({shown})"
+    return None
 
 
-def check_out_file(path):
-    """Refuse an --out file path that is a folder, or whose folder cannot be written."""
-    path = Path(path)
+def check_out_dir(folder, kind, expected=()):
+    """Refuse (OutputError, one line) an --out folder this project must not write as a `kind`
+    output (see dir_refusal), or one whose place cannot be written. Call it before the work."""
+    why = dir_refusal(folder, kind, expected)
+    if why:
+        raise OutputError(f"--out {why}: it is left as it is; choose another --out (or move it away yourself)")
+    _check_writable(Path(folder).parent)
+
+
+def check_not_input(out, inputs, flag="--out"):
+    """Refuse an --out that is, contains or lies inside one of the run's inputs. `inputs` maps a
+    flag to a path, a list of paths or None; paths are compared resolved (symlinks followed, a
+    hard link to the same file counts). Call it before any work."""
+    o = Path(out).resolve()
+    for name, paths in inputs.items():
+        for p in [paths] if isinstance(paths, (str, os.PathLike)) else paths or ():
+            if p is None:
+                continue
+            i = Path(p).resolve()
+            if o == i or (o.exists() and i.exists() and os.path.samefile(o, i)):
+                rel = "is"
+            elif i in o.parents:
+                rel = "lies inside"
+            elif o in i.parents:
+                rel = "contains"
+            else:
+                continue
+            raise OutputError(f"{flag} {out} {rel} the input {name} {p}: an output never replaces an input; "
+                              f"choose another {flag}")
+
+
+def sidecar_path(path):
+    """<path>.meta.json: what a script records beside an output file it wrote (written_by: the
+    script; score_severity.py: the classifier it used and its warnings, which train_lm.py reads)."""
+    return Path(f"{path}.meta.json")
+
+
+def _sidecar_ours(side):
+    try:
+        info = json.loads(Path(side).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and info.get("written_by") in FILE_SCRIPTS
+
+
+def check_out_file(path, in_place=False):
+    """Refuse (OutputError, one line) an --out file this project must not write: a folder, an
+    existing file this project did not write (its sidecar <path>.meta.json does not name one of
+    the project's scripts), a sidecar name taken by a file of the user's, or an unwritable place.
+    in_place: --out is the input file itself, rewritten with every row kept (score_severity.py)."""
+    path, side = Path(path), sidecar_path(path)
     if path.is_dir():
         raise OutputError(f"--out {path} is a folder, not a file: give a file name")
+    if side.exists() and not _sidecar_ours(side):
+        raise OutputError(f"--out {path}: {side} exists and this project did not write it: it is left as it is; "
+                          f"choose another --out (or move it away yourself)")
+    if (path.exists() or path.is_symlink()) and not in_place and not _sidecar_ours(side):
+        raise OutputError(f"--out {path} exists and this project did not write it (no {side.name} naming one of its "
+                          f"scripts): it is left as it is; choose another --out (or move it away yourself)")
     _check_writable(path.parent)
+
+
+def write_sidecar(path, script, meta=None):
+    """Record beside an output file that `script` wrote it (<path>.meta.json, written atomically)."""
+    assert script in FILE_SCRIPTS, script
+    write_json(sidecar_path(path), {"written_by": script, **(meta or {})})
 
 
 def _check_writable(folder):
@@ -247,16 +348,17 @@ def _check_writable(folder):
         raise OutputError(f"cannot write in {folder}: not a writable folder")
 
 
-def replace_dir(tmp_dir, final_dir, expected=()):
+def replace_dir(tmp_dir, final_dir, kind, expected=()):
     """Move a finished folder into place: the old one (if any) is swapped out only after the new
     one is complete, so `final_dir` is always either the old or the new complete folder, or,
     after a kill between the two renames below, missing with the old one in .NAME.old
-    (recover_dir puts it back). Only folders this project wrote are ever moved or deleted."""
+    (recover_dir puts it back). Only `kind` folders of `expected` names are ever moved or deleted."""
     tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
     old = _old_dir(final_dir)
     for folder in (old, final_dir):
-        if folder.exists() and not (folder.is_dir() and _ours(folder, expected)):
-            raise OutputError(f"{folder} was not written by this project: it will not replace it")
+        why = dir_refusal(folder, kind, expected)
+        if why:
+            raise OutputError(f"{why}: it will not be replaced")
     if old.exists():
         shutil.rmtree(old)
     if final_dir.exists():
@@ -271,46 +373,49 @@ def _old_dir(final_dir):
 
 
 @contextmanager
-def staged_dir(final_dir, expected=()):
-    """Build a folder in a temporary sibling (the path this yields, MARKER already in it) and move
-    it into place with replace_dir only if the block succeeds, so `final_dir` never holds a
-    half-written folder. A `final_dir` this project did not write is refused first (check_out_dir;
-    `expected`: the names an older version of the caller wrote, accepted without the marker).
-    The temporary name is fixed, so a killed run's leftover is replaced, not piled up."""
+def staged_dir(final_dir, kind, expected=()):
+    """Build a `kind` folder in a temporary sibling (the path this yields, MARKER already in it)
+    and move it into place with replace_dir only if the block succeeds, so `final_dir` never holds
+    a half-written folder. `expected`: every name the kind writes (glob patterns allowed); a
+    `final_dir` that is not such a folder is refused first (check_out_dir), and a block that wrote
+    another name is a bug, raised before the swap. The temporary name is fixed, so a killed run's
+    leftover is replaced, not piled up. A full disk is an OSError(ENOSPC) naming the folder."""
     final_dir = Path(final_dir)
-    check_out_dir(final_dir, expected)
+    check_out_dir(final_dir, kind, expected)
     tmp = final_dir.with_name(f".{final_dir.name}.tmp")
     if tmp.exists():
-        if not (tmp.is_dir() and _ours(tmp)):
+        if dir_refusal(tmp, kind, expected) or (any(tmp.iterdir()) and read_marker(tmp) is None):
             raise OutputError(f"{tmp} is in the way and was not written by this project: move it away")
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    _write_marker(tmp)
     try:
-        yield tmp
-        replace_dir(tmp, final_dir, expected)
+        with naming_full_disk(final_dir):
+            tmp.mkdir(parents=True)
+            _write_marker(tmp, kind)
+            yield tmp
+            stray = [p.name for p in tmp.iterdir() if not _known(p.name, expected)]
+            if stray:
+                raise RuntimeError(f"bug: a {kind} folder wrote {stray}, which its list of names lacks")
+            replace_dir(tmp, final_dir, kind, expected)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
 
 
-def mark_dir(folder):
-    """Create `folder` (if needed) as one this project writes into: it gets MARKER."""
+def mark_dir(folder, kind):
+    """Create `folder` (if needed) as a `kind` folder this project writes into: it gets MARKER
+    (an old marker without a kind is rewritten with it). Call check_out_dir first."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / MARKER).exists():
-        _write_marker(folder)
+    marker = read_marker(folder)
+    if marker is None or marker.get("kind") is None:
+        _write_marker(folder, kind)
 
 
-def _write_marker(folder):
-    (folder / MARKER).write_text(json.dumps({"written_by": "severity-aware fine-tuning (arXiv 2604.06346)"}) + "\n",
-                                 encoding="utf-8")
-
-
-def sidecar_path(path):
-    """<path>.meta.json: what score_severity.py records beside a scored file (the classifier it
-    used and its warnings) and train_lm.py reads back (classifier_warnings)."""
-    return Path(f"{path}.meta.json")
+def _write_marker(folder, kind):
+    assert kind in KINDS, kind
+    (Path(folder) / MARKER).write_text(json.dumps({"script": KINDS[kind], "kind": kind, "written_by":
+                                                   "severity-aware fine-tuning (arXiv 2604.06346)"}) + "\n",
+                                       encoding="utf-8")
 
 
 def classifier_warnings(data):
@@ -322,12 +427,12 @@ def classifier_warnings(data):
         return []
 
 
-def recover_dir(final_dir):
+def recover_dir(final_dir, kind, expected=()):
     """Undo a replace_dir interrupted between its two renames (final -> .final.old, new -> final):
-    the complete previous folder is in .final.old; put it back. Returns True if it did."""
+    the complete previous `kind` folder is in .final.old; put it back. Returns True if it did."""
     final_dir = Path(final_dir)
     old = _old_dir(final_dir)
-    if not final_dir.exists() and old.is_dir() and _ours(old):
+    if not final_dir.exists() and old.is_dir() and read_marker(old) is not None and not dir_refusal(old, kind, expected):
         os.replace(old, final_dir)
         return True
     return False
@@ -335,7 +440,7 @@ def recover_dir(final_dir):
 
 def remove_stale_temps(path):
     """Delete what killed runs of this same output left beside it: atomic_open's `.NAME.*.tmp`
-    files, staged_dir's `.NAME.tmp` folder (if ours) and score_severity's `.NAME.rankR-of-W`
+    files, staged_dir's `.NAME.tmp` folder (if marked) and score_severity's `.NAME.rankR-of-W`
     shards. Call it holding the output's lock (output_lock), so no live run owns them."""
     path = Path(path)
     if not path.parent.is_dir():
@@ -351,50 +456,96 @@ def remove_stale_temps(path):
         if p.is_file() and (rest.endswith("tmp") or re.fullmatch(r"rank\d+-of-\d+", rest)):
             p.unlink()
             n += 1
-        elif p.is_dir() and rest == "tmp" and _ours(p):
+        elif p.is_dir() and rest == "tmp" and read_marker(p) is not None:
             shutil.rmtree(p)
             n += 1
     return n
 
 
+# ---- the lock: one run per output, also across machines sharing a file system
+
+
 @contextmanager
 def output_lock(path):
     """Hold `.NAME.lock` beside the output `path` while a run writes it, so two runs cannot share
-    an --out. The lock file names the pid and host; a lock left by a dead process on this host is
-    taken over (a killed run, a torchrun restart). Stale temporary files of earlier runs of the
-    same output are removed once the lock is held. Raises OutputError if a live run holds it."""
+    an --out. The lock names the pid, host and a random token. Taking it is atomic, without flock
+    (which NFS may not honour): a fresh file with our name is hard-linked to the lock name (fails
+    if it exists). A lock left by a dead process on this host is taken over by whoever first
+    creates `.NAME.lock-<its token>.next` exclusively; that one alone renames a fresh file over the
+    lock, after reading that it still names the dead run. Stale temporary files of earlier runs of
+    the same output are removed once the lock is held. Raises OutputError if a live run holds it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.with_name(f".{path.name}.lock")
-    me = {"pid": os.getpid(), "host": socket.gethostname()}
-    for _ in range(3):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                holder = json.loads(lock.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                holder = {}
-            if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
-                lock.unlink(missing_ok=True)  # the run that held it is dead: take over
-                continue
-            raise OutputError(f"--out {path} is being written by another run (pid {holder.get('pid')} on "
-                              f"{holder.get('host')}, lock {lock}); wait for it, or delete the lock file if "
-                              f"that run is gone") from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        break
-    else:
-        raise OutputError(f"could not take the lock {lock}")
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "token": secrets.token_hex(8)}
+    fresh = path.with_name(f".{path.name}.lock-{me['token']}")
+    fresh.write_text(json.dumps(me), encoding="utf-8")
+    try:
+        for _ in range(200):  # a taker that lost a race reads the lock again
+            if _take_lock(lock, fresh, me, path):
+                break
+            time.sleep(0.005)
+        else:
+            raise OutputError(f"could not take the lock {lock}: it keeps changing hands")
+    finally:
+        fresh.unlink(missing_ok=True)
     try:
         remove_stale_temps(path)
         yield
     finally:
+        if _read_lock(lock) == me:
+            lock.unlink(missing_ok=True)
+
+
+def _read_lock(lock):
+    try:
+        holder = json.loads(Path(lock).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _take_lock(lock, fresh, me, path):
+    """One try: True if we hold `lock` now, False to try again, OutputError if a live run holds it."""
+    try:
+        os.link(fresh, lock)  # atomic exclusive create, with our name already inside
+        return True
+    except FileExistsError:
+        pass
+    except OSError as e:  # a file system without hard links: exclusive create, then write
+        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise
         try:
-            if json.loads(lock.read_text(encoding="utf-8")) == me:
-                lock.unlink()
-        except (OSError, ValueError):
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
             pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            return True
+    holder = _read_lock(lock)
+    if holder is None:
+        if not lock.exists():
+            return False  # released meanwhile: try again
+        raise OutputError(f"--out {path} is locked by {lock}, which names no run: delete that file if no run is "
+                          f"writing {path}")
+    if holder.get("host") != me["host"] or not isinstance(holder.get("pid"), int) or _alive(holder["pid"]):
+        raise OutputError(f"--out {path} is being written by another run (pid {holder.get('pid')} on "
+                          f"{holder.get('host')}, lock {lock}); wait for it, or delete the lock file if that run "
+                          f"is gone")
+    nxt = lock.with_name(f"{lock.name}-{holder.get('token', 'none')}.next")  # the dead run's successor
+    try:
+        fd = os.open(nxt, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False  # another run is taking over: read the lock again
+    os.close(fd)
+    try:
+        if _read_lock(lock) != holder:  # taken over and released since we read it
+            return False
+        os.replace(fresh, lock)  # only the successor's creator replaces the dead run's lock
+        return True
+    finally:
+        nxt.unlink(missing_ok=True)
 
 
 def _alive(pid):
@@ -405,6 +556,50 @@ def _alive(pid):
     except PermissionError:  # alive, owned by someone else
         return True
     return True
+
+
+# ---- a full disk
+
+
+@contextmanager
+def naming_full_disk(path):
+    """A full disk inside the block, however the writer reports it (an OSError ENOSPC naming no
+    file, safetensors' SafetensorError "os error 28"), becomes OSError(ENOSPC) naming `path`."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno == errno.ENOSPC and not e.filename:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+        raise
+    except Exception as e:
+        if "os error 28" in str(e) or "No space left on device" in str(e):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+        raise
+
+
+@contextmanager
+def full_disk_is_one_line():
+    """A full disk (OSError ENOSPC) ends as one `error: disk full (PATH)...` line and exit 1, not a
+    traceback: the outputs are written staged, so the previous output is intact and no partial file
+    is left (run_main uses it for every script)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        raise SystemExit(f"error: disk full ({e.filename or 'the output'}): the previous output is left as it was "
+                         f"and no partial file is left; free some space first") from None
+
+
+@contextmanager
+def one_line_errors():
+    """For a tool's `__main__` (one process): bad input (USER_ERRORS) and a full disk end as one
+    `error: ...` line and exit 1, never a traceback (scripts use run_main, which does the same)."""
+    try:
+        with full_disk_is_one_line():
+            yield
+    except USER_ERRORS as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def check_probs(probs, path, line, field="severity_probs", tol=1e-3):
@@ -708,8 +903,8 @@ RANK_ERROR_GRACE_S = 3.0  # torchrun notices a failed worker within 0.1 s and st
 def run_main(main):
     """A script's entry point (`if __name__ == "__main__": run_main(main)`).
 
-    One process: a user error (USER_ERRORS) ends with one `error: ...` line and exit 1; anything
-    else as Python does. Under torchrun every rank that fails exits at once with a non-zero code
+    One process: a user error (USER_ERRORS) or a full disk (full_disk_is_one_line) ends with one
+    `error: ...` line and exit 1; anything else as Python does. Under torchrun every rank that fails exits at once with a non-zero code
     after its message is flushed (os._exit: no destroy_process_group, no interpreter shutdown that
     joins the process group's threads), so torchrun sees the failure, stops the other ranks and
     ends or restarts the job. Every rank hits the same user error (they all read the same flags and
@@ -724,7 +919,7 @@ def run_main(main):
     rank0 = os.environ.get("RANK", "0") == "0"
     held = io.StringIO() if distributed and not rank0 else None  # another rank's stderr: said when it ends
     try:
-        with redirect_stderr(held) if held is not None else nullcontext():
+        with redirect_stderr(held) if held is not None else nullcontext(), full_disk_is_one_line():
             main()
     except USER_ERRORS as e:
         if not distributed:
@@ -827,8 +1022,8 @@ def stop_cleanly(out, progress=None, checkpoint=None):
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise
-        raise SystemExit(f"disk full ({e.filename or out}){_stopped_at(progress, checkpoint)}; free some space "
-                         f"first") from None
+        raise SystemExit(f"error: disk full ({e.filename or out}){_stopped_at(progress, checkpoint)}; free some "
+                         f"space first") from None
 
 
 def _stopped_at(progress, checkpoint):

@@ -40,7 +40,7 @@ from tokenizers import AddedToken, decoders, normalizers, pre_tokenizers, proces
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.models import BPE, WordPiece
 
-from core.common import staged_dir, usual_permissions
+from core.common import naming_full_disk, staged_dir, usual_permissions
 from models.aragpt2 import is_grover_state_dict
 from models.checks import (ModelFolderError, build_on_meta, check_config_fields, check_kind, check_layers,
                            check_shapes, read_json, read_safetensors_header, shard_files)
@@ -202,11 +202,19 @@ def load_pretrained(folder, dtype=torch.float32, device="cpu", tokenizer=True, e
     return model.eval(), tok
 
 
+# the names of a Hugging Face model folder (what this project writes, and what a folder it wrote
+# may hold: a checkpoint or a classifier adds its own names to these)
+MODEL_FILES = {"config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
+               "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+               "vocab.txt", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja"}
+
+
 def save_pretrained(model, tokenizer, folder):
     """Write `model` (and `tokenizer`, may be None) as a Hugging Face folder, atomically: built
     in a temporary sibling, then renamed into place (common.staged_dir), so `folder` is replaced
-    as a whole (anything else in it is gone). Pass the raw module (not DDP- or torch.compile-wrapped)."""
-    with staged_dir(folder) as tmp:
+    as a whole; a folder that is not a model folder this project wrote (kind "model", only
+    MODEL_FILES inside) is refused. Pass the raw module (not DDP- or torch.compile-wrapped)."""
+    with staged_dir(folder, "model", MODEL_FILES) as tmp:
         write_pretrained(model, tokenizer, tmp)
 
 
@@ -226,7 +234,8 @@ def write_pretrained(model, tokenizer, folder):
             t = t.clone()
         seen.add(t.untyped_storage().data_ptr())
         tensors[k] = t
-    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    with naming_full_disk(folder / "model.safetensors"):  # safetensors reports a full disk as its own error
+        save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     usual_permissions(folder / "model.safetensors")  # safetensors writes 0600
     if getattr(model, "generation_config", None):
         (folder / "generation_config.json").write_text(json.dumps(model.generation_config, indent=2, ensure_ascii=False)

@@ -14,8 +14,8 @@ import pytest
 import evaluate
 import prepare_data
 import train_classifier
-from core.common import (MARKER, DataError, OutputError, dumps, output_lock, recover_dir, remove_stale_temps, staged_dir,
-                    stop_cleanly, write_json)
+from core.common import (MARKER, DataError, OutputError, check_not_input, check_out_dir, dumps, output_lock, read_marker,
+                         recover_dir, remove_stale_temps, staged_dir, stop_cleanly, write_json, write_sidecar)
 from conftest import write_rows
 
 ROWS = [{"id": f"r{i}", "question": q, "answer": a, "split": s, "severity": c}
@@ -40,7 +40,7 @@ def test_staged_dir_refuses_a_users_folder_and_keeps_it(tmp_path):
     (user / "thesis.tex").write_text("months of work", encoding="utf-8")
     before = snapshot(tmp_path)
     with pytest.raises(OutputError, match="did not write"):
-        with staged_dir(user):
+        with staged_dir(user, "eval-run", {"thesis.tex"}):  # even a name the kind writes: no marker, not ours
             raise AssertionError("the block must not run")
     assert snapshot(tmp_path) == before  # nothing deleted, renamed or added
 
@@ -48,27 +48,63 @@ def test_staged_dir_refuses_a_users_folder_and_keeps_it(tmp_path):
 def test_staged_dir_refuses_a_regular_file(tmp_path):
     (tmp_path / "out").write_text("a user's file", encoding="utf-8")
     with pytest.raises(OutputError, match="is a file"):
-        with staged_dir(tmp_path / "out"):
+        with staged_dir(tmp_path / "out", "eval-run"):
             pass
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no out.old, no temp folder
     assert (tmp_path / "out").read_text(encoding="utf-8") == "a user's file"
 
 
-def test_staged_dir_replaces_its_own_folder_and_old_style_folders(tmp_path):
+def test_staged_dir_replaces_only_its_own_kind(tmp_path):
     out = tmp_path / "run"
-    with staged_dir(out) as tmp:
+    with staged_dir(out, "eval-run", {"a.txt", "b.txt"}) as tmp:
         (tmp / "a.txt").write_text("1", encoding="utf-8")
     assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, "a.txt"])
-    with staged_dir(out) as tmp:  # ours (marker): replaced whole, a.txt gone
+    assert read_marker(out) == {"script": "evaluate.py", "kind": "eval-run", "written_by": read_marker(out)["written_by"]}
+    with staged_dir(out, "eval-run", {"a.txt", "b.txt"}) as tmp:  # its own kind: replaced whole, a.txt gone
         (tmp / "b.txt").write_text("2", encoding="utf-8")
     assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, "b.txt"])
-    old_style = tmp_path / "old"  # written before the marker existed: only expected names inside
-    old_style.mkdir()
-    (old_style / "metrics.json").write_text("{}", encoding="utf-8")
-    with staged_dir(old_style, expected={"metrics.json", "config.json"}) as tmp:
-        (tmp / "config.json").write_text("{}", encoding="utf-8")
-    assert (old_style / "config.json").is_file() and not (old_style / "metrics.json").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["old", "run"]  # no temp or .old folders left
+    before = snapshot(tmp_path)
+    with pytest.raises(OutputError, match="kind eval-run .* not of kind compare"):  # another kind: refused
+        with staged_dir(out, "compare", {"b.txt"}):
+            pass
+    assert snapshot(tmp_path) == before
+    with pytest.raises(RuntimeError, match="bug"):  # a block writing a name its kind does not list
+        with staged_dir(out, "eval-run", {"b.txt"}) as tmp:
+            (tmp / "c.txt").write_text("3", encoding="utf-8")
+    assert snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    empty = tmp_path / "empty"  # an empty folder may be written into
+    empty.mkdir()
+    with staged_dir(empty, "classifier", {"x"}) as tmp:
+        (tmp / "x").write_text("1", encoding="utf-8")
+    assert read_marker(empty)["kind"] == "classifier"
+
+
+def test_an_old_marker_counts_as_the_kind_its_files_make(tmp_path):
+    old = tmp_path / "old"  # marked before kinds were recorded: the marker names no kind
+    old.mkdir()
+    (old / MARKER).write_text(json.dumps({"written_by": "severity-aware fine-tuning"}), encoding="utf-8")
+    (old / "metrics.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(OutputError, match="compare folders never hold .metrics.json"):
+        check_out_dir(old, "compare", {"compare.json"})
+    with staged_dir(old, "eval-run", {"metrics.json", "report.md"}) as tmp:
+        (tmp / "report.md").write_text("new", encoding="utf-8")
+    assert read_marker(old)["kind"] == "eval-run" and sorted(p.name for p in old.iterdir()) == [MARKER, "report.md"]
+    unmarked = tmp_path / "unmarked"  # the rule "only the script's own names, no marker" is gone
+    unmarked.mkdir()
+    (unmarked / "metrics.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(OutputError, match="did not write"):
+        check_out_dir(unmarked, "eval-run", {"metrics.json"})
+
+
+def test_unknown_entries_are_named_and_companions_are_not(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / MARKER).write_text(json.dumps({"kind": "training-run", "script": "train_lm.py"}), encoding="utf-8")
+    for name in ["last", ".last.tmp", ".best.old", ".metrics.jsonl.k2j3.tmp", "metrics.jsonl", "notes.txt", "b"]:
+        (out / name).write_text("x", encoding="utf-8")
+    with pytest.raises(OutputError) as e:
+        check_out_dir(out, "training-run", {"last", "best", "metrics.jsonl"})
+    assert "(b, notes.txt)" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_staged_dir_never_deletes_a_foreign_temp_or_old_name(tmp_path):
@@ -76,13 +112,70 @@ def test_staged_dir_never_deletes_a_foreign_temp_or_old_name(tmp_path):
     (tmp_path / ".run.tmp").mkdir()
     (tmp_path / ".run.tmp" / "mine.txt").write_text("x", encoding="utf-8")
     with pytest.raises(OutputError, match="in the way"):
-        with staged_dir(out):
+        with staged_dir(out, "eval-run", {"mine.txt"}):
             pass
     assert (tmp_path / ".run.tmp" / "mine.txt").is_file()
     # a user's folder that happens to be called like our old one is never moved back or deleted
     (tmp_path / ".other.old").mkdir()
     (tmp_path / ".other.old" / "keep.txt").write_text("y", encoding="utf-8")
-    assert recover_dir(tmp_path / "other") is False and (tmp_path / ".other.old" / "keep.txt").is_file()
+    assert recover_dir(tmp_path / "other", "checkpoint", {"keep.txt"}) is False
+    assert (tmp_path / ".other.old" / "keep.txt").is_file()
+
+
+# ---------------------------------------------------------------------------- an output is never an input
+
+
+def test_an_out_that_is_holds_or_lies_in_an_input_is_refused(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}", encoding="utf-8")
+    data = tmp_path / "rows.jsonl"
+    data.write_text("{}\n", encoding="utf-8")
+    (tmp_path / "link").symlink_to(model)
+    os.link(data, tmp_path / "hard.jsonl")
+    inputs = {"--model": model, "--data": data, "--compare": [None, tmp_path / "elsewhere"]}
+    for out, rel in [(model, "is"), (tmp_path / "link", "is"), (tmp_path / "link" / "sub", "lies inside"),
+                     (model / "config.json", "lies inside"), (tmp_path, "contains"), (tmp_path / "hard.jsonl", "is")]:
+        with pytest.raises(OutputError, match=f"--out {out} {rel} the input --"):
+            check_not_input(out, inputs)
+    check_not_input(tmp_path / "other", inputs)  # a sibling is fine
+    check_not_input(tmp_path / "model2", inputs)  # (a shared name prefix is not "inside")
+
+
+def test_score_severity_may_rewrite_its_input_in_place(tmp_path, monkeypatch):
+    import score_severity
+    data = write_rows(tmp_path / "rows.jsonl", ROWS)  # a user's JSONL, no sidecar: rewritten with every row kept
+
+    def past_the_checks(device):
+        raise RuntimeError("every output check passed")
+    monkeypatch.setattr(score_severity, "setup_dist", past_the_checks)
+    with pytest.raises(RuntimeError, match="every output check passed"):
+        score_severity.main(["--data", str(data), "--model", str(tmp_path / "clf"), "--out", str(data)])
+    with pytest.raises(OutputError, match="lies inside the input --model"):
+        score_severity.main(["--data", str(data), "--model", str(tmp_path), "--out", str(tmp_path / "s.jsonl")])
+
+
+# ---------------------------------------------------------------------------- files: replaced only with our sidecar
+
+
+def test_a_file_is_replaced_only_if_its_sidecar_says_we_wrote_it(tmp_path):
+    write_rows(tmp_path / "in.jsonl", ROWS)
+    out = tmp_path / "out.jsonl"
+    prepare_data.main(["--data", str(tmp_path / "in.jsonl"), "--out", str(out)])
+    side = json.loads((tmp_path / "out.jsonl.meta.json").read_text(encoding="utf-8"))
+    assert side["written_by"] == "prepare_data.py" and side["stats"]["kept"] == len(ROWS)
+    write_rows(tmp_path / "in.jsonl", ROWS[:3])
+    prepare_data.main(["--data", str(tmp_path / "in.jsonl"), "--out", str(out)])  # ours: replaced
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 3
+    (tmp_path / "out.jsonl.meta.json").unlink()  # without the sidecar the file could be anyone's
+    before = snapshot(tmp_path)
+    with pytest.raises(OutputError, match="exists and this project did not write it"):
+        prepare_data.main(["--data", str(tmp_path / "in.jsonl"), "--out", str(out)])
+    (tmp_path / "out.jsonl.meta.json").write_text('{"written_by": "me"}', encoding="utf-8")  # a sidecar of the user's
+    with pytest.raises(OutputError, match="meta.json exists and this project did not write it"):
+        prepare_data.main(["--data", str(tmp_path / "in.jsonl"), "--out", str(out)])
+    (tmp_path / "out.jsonl.meta.json").unlink()
+    assert snapshot(tmp_path) == before
 
 
 # ---------------------------------------------------------------------------- locks and leftovers
@@ -140,7 +233,7 @@ def test_prepare_data_cleans_its_own_leftovers(tmp_path):
     write_rows(tmp_path / "in.jsonl", ROWS)
     (tmp_path / ".out.jsonl.abc123.tmp").write_text("half a file", encoding="utf-8")
     prepare_data.main(["--data", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "out.jsonl")])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl", "out.jsonl.meta.json"]
 
 
 # ---------------------------------------------------------------------------- no rows, wrong kinds of --out
@@ -152,11 +245,12 @@ def test_no_rows_is_an_error_and_keeps_the_old_output(tmp_path, content, name):
     (tmp_path / name).write_text(content, encoding="utf-8")
     out = tmp_path / "out.jsonl"
     out.write_text("a good earlier output\n", encoding="utf-8")
+    write_sidecar(out, "prepare_data.py")  # an earlier output of this project (else it is refused)
     flags = ["--question-col", "q", "--answer-col", "a"] if name == "trailing.csv" else []
     with pytest.raises(DataError, match="no data rows"):
         prepare_data.main(["--data", str(tmp_path / name), "--out", str(out), *flags])
     assert out.read_text(encoding="utf-8") == "a good earlier output\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "out.jsonl"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "out.jsonl", "out.jsonl.meta.json"])
 
 
 def test_out_of_the_wrong_kind_is_refused_before_work(tmp_path, monkeypatch):
@@ -259,11 +353,11 @@ def test_a_stopped_run_says_where_in_one_line(tmp_path):
     (last / "meta.json").write_text(json.dumps({"step": 5}), encoding="utf-8")
     with pytest.raises(SystemExit) as e, stop_cleanly(tmp_path, progress, checkpoint=last):
         raise OSError(errno.ENOSPC, "No space left on device")  # names no file: the output is named
-    assert str(e.value) == (f"disk full ({tmp_path}) at step 7; the last checkpoint is step 5 in {last}: run the same "
+    assert str(e.value) == (f"error: disk full ({tmp_path}) at step 7; the last checkpoint is step 5 in {last}: run the same "
                             f"command to resume; free some space first")
     with pytest.raises(SystemExit) as e, stop_cleanly(tmp_path):  # no step, no checkpoint
         raise OSError(errno.ENOSPC, "No space left on device", "x.bin")
-    assert str(e.value) == "disk full (x.bin); free some space first"
+    assert str(e.value) == "error: disk full (x.bin); free some space first"
     with pytest.raises(PermissionError), stop_cleanly(tmp_path, progress, checkpoint=last):
         raise PermissionError(errno.EACCES, "Permission denied")
 

@@ -37,8 +37,11 @@ def to_safetensors(bin_path, out_path):
         seen.add(ptr)
         tensors[k] = t
     tmp = out_path.with_name(f".{out_path.name}.tmp")
-    save_file(tensors, tmp, metadata={"format": "pt"})
-    os.replace(tmp, out_path)
+    try:
+        save_file(tensors, tmp, metadata={"format": "pt"})
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed or full-disk write leaves no partial file
     print(f"{bin_path.name} -> {out_path.name} ({len(tensors)} tensors)")
     return list(tensors)
 
@@ -49,6 +52,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     folder = Path(args.folder)
     single, index = folder / "pytorch_model.bin", folder / "pytorch_model.bin.index.json"
+    done = [p.name for p in (folder / "model.safetensors", folder / "model.safetensors.index.json") if p.exists()]
+    if done:  # never written over: the folder's safetensors are the user's
+        parser.error(f"{folder} already holds {done[0]}: nothing to convert (it is left as it is)")
     if single.is_file():
         to_safetensors(single, folder / "model.safetensors")
     elif index.is_file():

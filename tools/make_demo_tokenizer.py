@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from core.common import DATA_DIR, normalize_arabic, staged_dir
+from core.common import DATA_DIR, check_not_input, check_out_dir, normalize_arabic, one_line_errors, staged_dir
 from models import Tokenizer
 
 EOS = "<|endoftext|>"
@@ -56,6 +56,9 @@ def read_demo_texts(path):
     return texts
 
 
+TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}  # kind "tokenizer"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(DATA_DIR / "demo_raw.csv"), help="CSV with q_body and a_body columns")
@@ -63,12 +66,15 @@ def main(argv=None):
     parser.add_argument("--vocab-size", type=int, default=4000, help="BPE vocabulary size (special token included)")
     args = parser.parse_args(argv)
 
-    tok = train_tokenizer(read_demo_texts(args.data), args.vocab_size)
     out = Path(args.out)
-    with staged_dir(out) as tmp:  # atomic: out is the old or the new complete folder
+    check_not_input(out, {"--data": args.data})
+    check_out_dir(out, "tokenizer", TOKENIZER_FILES)  # before the work: only a tokenizer folder of ours is replaced
+    tok = train_tokenizer(read_demo_texts(args.data), args.vocab_size)
+    with staged_dir(out, "tokenizer", TOKENIZER_FILES) as tmp:  # out is the old or the new complete folder
         tok.save(tmp)
     print(f"wrote {out} ({tok.vocab_size} tokens, eos = bos = pad = {tok.eos_id})")
 
 
 if __name__ == "__main__":
-    main()
+    with one_line_errors():
+        main()
