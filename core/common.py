@@ -388,7 +388,7 @@ def staged_dir(final_dir, kind, expected=()):
             raise OutputError(f"{tmp} is in the way and was not written by this project: move it away")
         shutil.rmtree(tmp)
     try:
-        with naming_full_disk(final_dir):
+        with naming_full_disk(final_dir, staged=tmp):
             tmp.mkdir(parents=True)
             _write_marker(tmp, kind)
             yield tmp
@@ -562,14 +562,18 @@ def _alive(pid):
 
 
 @contextmanager
-def naming_full_disk(path):
+def naming_full_disk(path, staged=None):
     """A full disk inside the block, however the writer reports it (an OSError ENOSPC naming no
-    file, safetensors' SafetensorError "os error 28"), becomes OSError(ENOSPC) naming `path`."""
+    file, safetensors' SafetensorError "os error 28"), becomes OSError(ENOSPC) naming `path`;
+    with `staged` (a temporary folder built for `path`), a file in it is named as in `path`."""
     try:
         yield
     except OSError as e:
-        if e.errno == errno.ENOSPC and not e.filename:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+        if e.errno == errno.ENOSPC and (not e.filename or staged is not None):
+            name = str(e.filename or path)
+            if staged is not None and name.startswith(str(staged) + os.sep):
+                name = str(path) + name[len(str(staged)):]
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), name) from None
         raise
     except Exception as e:
         if "os error 28" in str(e) or "No space left on device" in str(e):

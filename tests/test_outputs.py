@@ -404,3 +404,204 @@ def test_lexicon_help_is_help(capsys):
     assert e.value.code == 0 and "usage:" in capsys.readouterr().out
     lexicon.main(["عندي ألم شديد في الصدر"])
     assert "severity:   critical" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------- the data-safety cases (issue 20)
+
+from tools.safety_cases import CASES, run_case  # noqa: E402
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_a_users_data_survives(name, tmp_path):
+    """tools/safety_cases.py's case, run in-process as the script's __main__ runs it: every file
+    under the case's folder is there after, byte for byte, and the run ends with one error line."""
+    result = run_case(name, tmp_path)
+    assert result["lost"] == []
+    assert result["code"] == 1 and result["error"].startswith("error: ") and "\n" not in result["error"]
+    assert not result["traceback"]
+
+
+# ---------------------------------------------------------------------------- the lock under a crowd
+
+
+def _taker(path, rounds, barrier, held, results, me, common):
+    """One of the stress test's processes: each round, try to take the lock at the same moment as
+    the others; while holding it, count the holders (must be 1); wait for everyone; release.
+    Asking whether the dead holder is alive takes a random 0-2 ms here (a slow, shared file system
+    widens every window between reading the lock and acting on it)."""
+    import random
+    import time
+    alive = common._alive
+    common._alive = lambda pid: time.sleep(random.random() * 0.002) or alive(pid)
+    for r in range(rounds):
+        barrier.wait()
+        try:
+            with output_lock(path):
+                with held.get_lock():
+                    held.value += 1
+                    results[r * 64 + me] = held.value  # holders at this moment, this one included
+                barrier.wait()  # everyone has tried while this one holds the lock
+                with held.get_lock():
+                    held.value -= 1
+        except OutputError:
+            results[r * 64 + me] = -1
+            barrier.wait()
+        barrier.wait()  # the round is over: the parent sets up the next one
+
+
+def test_the_lock_has_one_holder_among_eight_takers(tmp_path):
+    """8 processes take one lock at once, 50 rounds; every other round the lock is a dead run's (a
+    takeover race), else there is none. Exactly one holder each round; the lock is released."""
+    import multiprocessing as mp
+    import socket
+    ctx = mp.get_context("fork")
+    takers, rounds = 8, 50
+    out = tmp_path / "out.jsonl"
+    lock = tmp_path / ".out.jsonl.lock"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "token": "dead"})
+    barrier, held = ctx.Barrier(takers + 1), ctx.Value("i", 0)
+    results = ctx.Array("i", [0] * (rounds * 64))
+    from core import common
+    procs = [ctx.Process(target=_taker, args=(out, rounds, barrier, held, results, i, common)) for i in range(takers)]
+    for p in procs:
+        p.start()
+    try:
+        for r in range(rounds):
+            if r % 2 == 0:
+                lock.write_text(stale, encoding="utf-8")  # a killed run's lock, to be taken over
+            barrier.wait()  # go
+            barrier.wait()  # everyone tried
+            barrier.wait()  # released
+            got = [results[r * 64 + i] for i in range(takers)]
+            assert sum(g > 0 for g in got) == 1 and max(got) == 1 and got.count(-1) == takers - 1, (r, got)
+            assert not lock.exists()
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no takeover or temporary file left
+
+
+def test_a_lock_that_names_no_run_is_one_clear_line(tmp_path):
+    (tmp_path / ".o.jsonl.lock").write_text("", encoding="utf-8")
+    with pytest.raises(OutputError) as e:
+        with output_lock(tmp_path / "o.jsonl"):
+            pass
+    assert "names no run" in str(e.value) and "None" not in str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".o.jsonl.lock"]
+
+
+# ---------------------------------------------------------------------------- a full disk: one line, nothing lost
+
+from test_score_severity import classifier  # noqa: E402,F401  (a tiny classifier folder, module-scoped)
+from tools.safety_cases import run_in_process  # noqa: E402
+
+NO_SPACE = OSError(errno.ENOSPC, "No space left on device")  # as a write() on a full disk raises it: no file named
+
+
+def full_disk(*a, **k):
+    raise NO_SPACE
+
+
+def safetensors_full_disk(*a, **k):  # what safetensors' save_file raises on a full disk (measured on a tmpfs)
+    from safetensors import SafetensorError
+    raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
+def assert_one_disk_full_line(tmp_path, before, code, message, path):
+    assert code == 1 and message.startswith(f"error: disk full ({path})") and "\n" not in message
+    assert snapshot(tmp_path) == before  # the earlier output is intact, byte for byte
+    assert sorted(p.name for p in tmp_path.rglob("*") if ".tmp" in p.name or ".old" in p.name) == []
+
+
+def test_full_disk_prepared_and_scored_jsonl(tmp_path, monkeypatch, classifier):
+    rows = write_rows(tmp_path / "in.jsonl", ROWS)
+    prepared, scored = tmp_path / "prepared.jsonl", tmp_path / "scored.jsonl"
+    prepare_data.main(["--data", str(rows), "--out", str(prepared)])
+    import score_severity
+    score_severity.main(["--data", str(prepared), "--model", str(classifier), "--out", str(scored), "--device", "cpu"])
+    before = snapshot(tmp_path)
+    monkeypatch.setattr(os, "fsync", full_disk)  # atomic_open's last step before the rename
+    assert_one_disk_full_line(tmp_path, before, *run_in_process("prepare_data.py", [
+        "--data", rows, "--out", prepared]), prepared)
+    assert_one_disk_full_line(tmp_path, before, *run_in_process("score_severity.py", [
+        "--data", prepared, "--model", classifier, "--out", scored, "--device", "cpu"]), scored)
+
+
+def test_full_disk_eval_folder(tmp_path, monkeypatch):
+    gens = write_rows(tmp_path / "gens.jsonl", [{**r, "generated": r["answer"]} for r in ROWS])
+    out = tmp_path / "eval"
+    evaluate.main(["--generations", str(gens), "--out", str(out), "--bootstrap", "10"])
+    before = snapshot(tmp_path)
+    monkeypatch.setattr(os, "fsync", full_disk)
+    code, message = run_in_process("evaluate.py", ["--generations", gens, "--out", out, "--bootstrap", "10"])
+    assert_one_disk_full_line(tmp_path, before, code, message, out / "generations.jsonl")
+
+
+def test_full_disk_classifier_safetensors(tmp_path, monkeypatch, classifier):
+    import shutil
+    from models import hf_io
+    clf = tmp_path / "clf"
+    shutil.copytree(classifier, clf)
+    rows = write_rows(tmp_path / "rows.jsonl", ROWS * 3)
+    before = snapshot(tmp_path)
+    monkeypatch.setattr(hf_io, "save_file", safetensors_full_disk)
+    code, message = run_in_process("train_classifier.py", ["--data", rows, "--out", clf, "--epochs", "1",
+                                                           "--device", "cpu"])
+    assert_one_disk_full_line(tmp_path, before, code, message, clf / "model.safetensors")
+
+
+@pytest.mark.parametrize("where", ["torch.save", "safetensors"])
+def test_full_disk_checkpoint(tmp_path, monkeypatch, where):
+    """train_lm's checkpoint writer (core/checkpoint.py) on a full disk, as train_lm.main runs it
+    (inside stop_cleanly): one line naming the file, the previous checkpoint intact."""
+    import torch
+    from core import checkpoint
+    from models import build_model, hf_io
+    model = build_model(dict(model_type="gpt2", vocab_size=16, n_positions=8, n_embd=8, n_layer=1, n_head=2))
+    last = tmp_path / "run" / "last"
+    meta = {"args": {"model": None}, "step": 1}
+    checkpoint.save_checkpoint(last, model, None, meta, {"step": 1})
+    before = snapshot(tmp_path)
+    if where == "torch.save":
+        monkeypatch.setattr(torch, "save", full_disk)  # torch.save into a Python file raises the write's OSError
+    else:
+        monkeypatch.setattr(hf_io, "save_file", safetensors_full_disk)
+    with pytest.raises(SystemExit) as e, stop_cleanly(tmp_path / "run", {"step": 2}, checkpoint=last):
+        checkpoint.save_checkpoint(last, model, None, {**meta, "step": 2}, {"step": 2})
+    name = "trainer_state.pt" if where == "torch.save" else "model.safetensors"
+    assert_one_disk_full_line(tmp_path, before, 1, str(e.value), last / name)
+    assert "the last checkpoint is step 1" in str(e.value)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 256 KiB tmpfs (root only: skipped elsewhere; the injected tests above run everywhere)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_a_real_full_disk(tiny_disk, tmp_path):
+    """The same on a real full file system: a prepared JSONL and a model folder that do not fit."""
+    from models import build_model, save_pretrained
+    small = tiny_disk / "small.jsonl"
+    write_rows(tmp_path / "few.jsonl", ROWS)
+    prepare_data.main(["--data", str(tmp_path / "few.jsonl"), "--out", str(small)])  # fits
+    big = [{**r, "id": f"{r['id']}-{i}", "answer": r["answer"] + f" {i}" * 40} for i in range(400) for r in ROWS]
+    write_rows(tmp_path / "big.jsonl", big)  # ~1 MB of rows: does not fit
+    before = snapshot(tiny_disk)
+    code, message = run_in_process("prepare_data.py", ["--data", tmp_path / "big.jsonl", "--out", small])
+    assert_one_disk_full_line(tiny_disk, before, code, message, small)
+    model = build_model(dict(model_type="gpt2", vocab_size=512, n_positions=64, n_embd=128, n_layer=2, n_head=2))
+    with pytest.raises(OSError) as e:  # ~2 MB of weights: safetensors' own error, named and typed as ENOSPC
+        save_pretrained(model, None, tiny_disk / "model")
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tiny_disk / "model" / "model.safetensors")
+    assert snapshot(tiny_disk) == before and sorted(p.name for p in tiny_disk.iterdir()) == sorted(
+        [p.name for p in tiny_disk.iterdir() if p.name.startswith("small.jsonl")])

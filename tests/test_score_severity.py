@@ -168,14 +168,16 @@ def test_torchrun_bad_input_leaves_nothing(classifier, tmp_path):
 
 
 def test_empty_input_or_a_folder_out_is_refused_and_keeps_the_old_output(classifier, tmp_path):
-    from core.common import OutputError
+    from core.common import OutputError, write_sidecar
     (tmp_path / "empty.jsonl").write_text("\n", encoding="utf-8")
     out = tmp_path / "scored.jsonl"
     out.write_text("a good earlier output\n", encoding="utf-8")
+    write_sidecar(out, "score_severity.py")  # an earlier output of this project (a user's file is refused)
     with pytest.raises(DataError, match="no rows"):
         ss.main(["--data", str(tmp_path / "empty.jsonl"), "--model", str(classifier), "--out", str(out)])
     assert out.read_text(encoding="utf-8") == "a good earlier output\n"
     make_input(tmp_path / "in.jsonl")
     with pytest.raises(OutputError, match="is a folder"):
         ss.main(["--data", str(tmp_path / "in.jsonl"), "--model", str(classifier), "--out", str(tmp_path)])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.jsonl", "in.jsonl", "scored.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.jsonl", "in.jsonl", "scored.jsonl",
+                                                          "scored.jsonl.meta.json"]
