@@ -8,7 +8,7 @@ import random
 import pytest
 
 import prepare_data
-from core.common import DataError, normalize_arabic, stable_hash
+from core.common import DataError, normalize_arabic, stable_hash, write_sidecar
 from core.lexicon import severity_of
 
 HEADER = ["q_body", "a_body", "q_body_count", "a_body_count", "category", "category_id"]
@@ -257,6 +257,7 @@ def test_bad_input_raises_and_leaves_nothing(tmp_path, name):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     (out_dir / "kept.jsonl").write_text("old\n", encoding="utf-8")  # an earlier output stays intact
+    write_sidecar(out_dir / "kept.jsonl", "prepare_data.py")  # (one of the project's: else it is refused first)
     for out in (out_dir / "new.jsonl", out_dir / "kept.jsonl"):
         with pytest.raises(DataError) as e:
             run("--data", src, "--out", out, *flags)
@@ -266,7 +267,7 @@ def test_bad_input_raises_and_leaves_nothing(tmp_path, name):
         assert e.value.field == field and (field is None or f"field '{field}'" in msg)
         for w in words:
             assert w in msg, msg
-    assert sorted(p.name for p in out_dir.iterdir()) == ["kept.jsonl"]  # no output, no temp file
+    assert sorted(p.name for p in out_dir.iterdir()) == ["kept.jsonl", "kept.jsonl.meta.json"]  # no output, no temp
     assert (out_dir / "kept.jsonl").read_text(encoding="utf-8") == "old\n"
 
 

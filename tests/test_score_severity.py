@@ -177,7 +177,10 @@ def test_empty_input_or_a_folder_out_is_refused_and_keeps_the_old_output(classif
         ss.main(["--data", str(tmp_path / "empty.jsonl"), "--model", str(classifier), "--out", str(out)])
     assert out.read_text(encoding="utf-8") == "a good earlier output\n"
     make_input(tmp_path / "in.jsonl")
+    (tmp_path / "afolder").mkdir()
     with pytest.raises(OutputError, match="is a folder"):
+        ss.main(["--data", str(tmp_path / "in.jsonl"), "--model", str(classifier), "--out", str(tmp_path / "afolder")])
+    with pytest.raises(OutputError, match="contains the input --data"):  # (the input's own folder)
         ss.main(["--data", str(tmp_path / "in.jsonl"), "--model", str(classifier), "--out", str(tmp_path)])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.jsonl", "in.jsonl", "scored.jsonl",
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afolder", "empty.jsonl", "in.jsonl", "scored.jsonl",
                                                           "scored.jsonl.meta.json"]
