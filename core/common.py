@@ -200,10 +200,11 @@ KINDS = {"classifier": "train_classifier.py", "eval-run": "evaluate.py", "compar
          "review-label": "review.py", "review-compare": "review.py", "review-results": "review.py",
          "eval-parts": "evaluate.py"}
 # what a sidecar's "written_by" may name: the scripts that write output files
-FILE_SCRIPTS = {"prepare_data.py", "score_severity.py", "review.py", "tools/make_demo_data.py"}
+FILE_SCRIPTS = {"prepare_data.py", "score_severity.py", "review.py"}
 # what the machinery writes beside an output name n (staged folder, swap folder, atomic_open's
-# temporary file, the lock and its takeover files, score_severity's shards): n's companions
-_COMPANIONS = ("{}", ".{}.tmp", ".{}.old", ".{}.*.tmp", ".{}.lock", ".{}.lock-*", ".{}.rank*-of-*")
+# temporary file, the lock and its takeover files, score_severity's shards, evaluate's generation
+# parts): n's companions
+_COMPANIONS = ("{}", ".{}.tmp", ".{}.old", ".{}.*.tmp", ".{}.lock", ".{}.lock-*", ".{}.rank*-of-*", ".{}.parts")
 
 
 class UsageError(ValueError):
@@ -486,7 +487,8 @@ def output_lock(path):
                 break
             time.sleep(0.005)
         else:
-            raise OutputError(f"could not take the lock {lock}: it keeps changing hands")
+            raise OutputError(f"could not take the lock {lock}: a run taking over a dead run's lock there seems to "
+                              f"have died too; if no run is writing {path}, delete {lock} and {lock.name}-*.next")
     finally:
         fresh.unlink(missing_ok=True)
     try:
