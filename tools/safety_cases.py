@@ -10,8 +10,10 @@ with exactly one `error:` line and no traceback.
 
 tests/test_outputs.py runs the same cases in-process (faster), one test each.
 """
+import contextlib
 import hashlib
 import importlib
+import io
 import json
 import subprocess
 import sys
@@ -28,23 +30,20 @@ ROWS = [{"id": f"r{i}", "question": q, "answer": a, "split": s, "severity": c}
             ("عندي حرارة وسعال منذ ثلاثة أيام", "اشرب السوائل وراجع الطبيب اذا استمرت", "train", "moderate"),
             ("عندي حبوب في الوجه", "استعمل غسول لطيف ولا تعصر الحبوب", "val", "mild"),
             ("صداع خفيف بعد العمل", "ارتح واشرب الماء ونم جيدا", "test", "mild")])]
-HF_BERT = ("config.json", "model.safetensors", "vocab.txt", "tokenizer.json", "tokenizer_config.json",
-           "special_tokens_map.json")  # the six usual names of a pretrained BERT folder
 
 
 # ---------------------------------------------------------------------------- the worlds
 
 
-def files(folder, names, kind=None, marker=True):
+def files(folder, names, kind=None):
     """A folder holding `names` (small files, a name ending in / is a folder) and, with `kind`,
-    the project's marker of that kind (marker=False: an old marker without a kind)."""
+    the project's marker of that kind."""
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:
         (folder / name).mkdir() if name.endswith("/") else (folder / name).write_text(f"{name} of the user\n",
                                                                                       encoding="utf-8")
     if kind is not None:
-        info = {"script": KINDS[kind], "kind": kind} if marker else {"written_by": "severity-aware fine-tuning"}
-        (folder / MARKER).write_text(json.dumps(info), encoding="utf-8")
+        (folder / MARKER).write_text(json.dumps({"script": KINDS[kind], "kind": kind}), encoding="utf-8")
     return folder
 
 
@@ -54,18 +53,67 @@ def rows_file(path, generated=False):
     return path
 
 
+# Real, loadable models (tiny, random), built once per process and copied into each case: a
+# script that loaded its input before checking its --out would get past the load and write.
+_ASSETS = {}
+
+
+def _asset(name):
+    """A cached folder: "lm" (a tiny GPT-2 with its tokenizer), "bert" (a tiny BERT with the six
+    usual files and no marker: a user's download) or "classifier" (a tiny severity classifier)."""
+    if not _ASSETS:
+        import torch
+        from core.classifier import save_classifier, scratch_tokenizer
+        from core.common import SEVERITIES
+        from models import build_model, save_pretrained
+        from models.bert import BertConfig, BertForSequenceClassification
+        from tools.make_demo_tokenizer import train_tokenizer
+        cache = Path(tempfile.mkdtemp(prefix="safety-assets-"))
+        torch.manual_seed(0)
+        texts = [r["question"] + "\n" + r["answer"] for r in ROWS] * 5
+        tok = train_tokenizer(texts, vocab_size=120)
+        lm = build_model(dict(model_type="gpt2", vocab_size=tok.vocab_size, n_positions=64, n_embd=16, n_layer=1,
+                              n_head=2, bos_token_id=0, eos_token_id=0, pad_token_id=0))
+        save_pretrained(lm, tok, cache / "lm")
+        wp = scratch_tokenizer(texts, 120, 32)
+        cfg = dict(vocab_size=wp.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                   intermediate_size=32, max_position_embeddings=32, id2label=dict(enumerate(SEVERITIES)))
+        save_pretrained(BertForSequenceClassification(BertConfig.from_dict(cfg)), wp, cache / "bert")
+        (cache / "bert" / MARKER).unlink()  # a user's pretrained BERT carries no marker
+        vocab = wp.tok.get_vocab()
+        (cache / "bert" / "vocab.txt").write_text("".join(t + "\n" for t in sorted(vocab, key=vocab.get)),
+                                                  encoding="utf-8")
+        save_classifier(BertForSequenceClassification(BertConfig.from_dict(cfg)), wp, cache / "classifier", {},
+                        dict(severity_temperature=1.0, severity_preprocess="none", severity_max_len=32,
+                             severity_labels=list(SEVERITIES)))
+        _ASSETS.update({n: cache / n for n in ("lm", "bert", "classifier")})
+    return _ASSETS[name]
+
+
+def copy_of(name, dest, extra=()):
+    import shutil
+    shutil.copytree(_asset(name), dest, symlinks=True)
+    return files(dest, extra)
+
+
 def training_run(root, extra_in_last=()):
-    run = files(root / "run", ["metrics.jsonl"], "training-run")
-    files(run / "last", ["config.json", "model.safetensors", "tokenizer.json", "meta.json", "trainer_state.pt",
-                         *extra_in_last], "checkpoint")
-    files(run / "best", ["config.json", "model.safetensors", "tokenizer.json", "meta.json"], "checkpoint")
+    run = files(root / "run", [], "training-run")
+    rows_file(run / "metrics.jsonl")
+    for name, extra in (("last", extra_in_last), ("best", ())):
+        folder = copy_of("lm", run / name, extra)
+        (folder / MARKER).write_text(json.dumps({"script": "train_lm.py", "kind": "checkpoint"}), encoding="utf-8")
+        (folder / "meta.json").write_text(json.dumps({"step": 1}), encoding="utf-8")
     return run
 
 
 def eval_run(root, name, extra=()):
-    run = files(root / name, ["metrics.json", "report.md", *extra], "eval-run")
-    rows_file(run / "generations.jsonl", generated=True)
-    return run
+    """An evaluation run folder, as evaluate.py writes it (scored generations, metrics, report)."""
+    import evaluate
+    run = root / name
+    evaluate.main(["--generations", str(rows_file(root / f"{name}.jsonl", generated=True)), "--out", str(run),
+                   "--bootstrap", "0"])
+    (root / f"{name}.jsonl").unlink()
+    return files(run, extra)
 
 
 def raw_csv(root):
@@ -75,23 +123,29 @@ def raw_csv(root):
 
 
 def classifier(root, extra=()):
-    return files(root / "classifier", ["config.json", "model.safetensors", "metrics.json", "tokenizer.json",
-                                       "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", *extra],
-                 "classifier")
+    return copy_of("classifier", root / "classifier", extra)
+
+
+def user_bert(root):
+    return copy_of("bert", root / "bert")
 
 
 # ---------------------------------------------------------------------------- the cases: name -> build(root)
 # build returns (script, argv); every path lies under root, which is checksummed before and after
 
 
+GEN_FLAGS = ["--max-new-tokens", "8", "--bootstrap", "0", "--device", "cpu"]
+
+
 def _eval_out_run(r):
     run = training_run(r)
-    return "evaluate.py", ["--model", run / "best", "--data", rows_file(r / "rows.jsonl"), "--out", run]
+    return "evaluate.py", ["--model", run / "best", "--data", rows_file(r / "rows.jsonl"), "--out", run, *GEN_FLAGS]
 
 
 def _eval_out_best(r):
     run = training_run(r)
-    return "evaluate.py", ["--model", run / "best", "--data", rows_file(r / "rows.jsonl"), "--out", run / "best"]
+    return "evaluate.py", ["--model", run / "best", "--data", rows_file(r / "rows.jsonl"), "--out", run / "best",
+                           *GEN_FLAGS]
 
 
 def _compare_out_a(r):
@@ -101,7 +155,7 @@ def _compare_out_a(r):
 
 def _select_out_a(r):
     a, b = eval_run(r, "A"), eval_run(r, "B")
-    return "evaluate.py", ["--select", "mbr", a, b, "--bertscore-model", files(r / "bert", HF_BERT), "--out", a]
+    return "evaluate.py", ["--select", "mbr", a, b, "--bertscore-model", user_bert(r), "--out", a]
 
 
 def _eval_out_other_kind(r):  # a training run given as an eval --out, though no input of the run
@@ -119,21 +173,22 @@ def _eval_notes_in_eval_run(r):
 
 def _compare_over_old_eval_run(r):  # an old marker (no kind): counts as the eval run its files make it
     a, b = eval_run(r, "A"), eval_run(r, "B")
-    old = files(r / "old", ["generations.jsonl", "metrics.json", "report.md"], "eval-run", marker=False)
+    old = eval_run(r, "old")
+    (old / MARKER).write_text(json.dumps({"written_by": "severity-aware fine-tuning"}), encoding="utf-8")
     return "evaluate.py", ["--compare", a, b, "--out", old]
 
 
 def _eval_out_inside_bertscore_model(r):
     return "evaluate.py", ["--generations", rows_file(r / "g.jsonl", True), "--bertscore-model",
-                           files(r / "bert", HF_BERT), "--out", r / "bert" / "eval"]
+                           user_bert(r), "--out", r / "bert" / "eval"]
 
 
 def _clf_out_user_bert(r):
-    return "train_classifier.py", ["--data", rows_file(r / "rows.jsonl"), "--out", files(r / "bert", HF_BERT)]
+    return "train_classifier.py", ["--data", rows_file(r / "rows.jsonl"), "--out", user_bert(r)]
 
 
 def _clf_model_is_out(r):
-    bert = files(r / "bert", HF_BERT)
+    bert = user_bert(r)
     return "train_classifier.py", ["--data", rows_file(r / "rows.jsonl"), "--model", bert, "--out", bert]
 
 
@@ -146,17 +201,23 @@ def _clf_out_is_data(r):
     return "train_classifier.py", ["--data", data, "--out", data]
 
 
+LM_FLAGS = ["--weights", "uniform", "--max-steps", "1", "--grad-accum", "1", "--resume", "never",
+            "--device", "cpu"]  # one quick step
+
+
 def _lm_out_users_metrics(r):
-    return "train_lm.py", ["--data", rows_file(r / "rows.jsonl"), "--out", files(r / "mine", ["metrics.jsonl"])]
+    return "train_lm.py", ["--data", rows_file(r / "rows.jsonl"), "--out", files(r / "mine", ["metrics.jsonl"]),
+                           *LM_FLAGS]
 
 
 def _lm_notes_in_last(r):
-    return "train_lm.py", ["--data", rows_file(r / "rows.jsonl"), "--out", training_run(r, ["notes.txt"])]
+    return "train_lm.py", ["--data", rows_file(r / "rows.jsonl"), "--out", training_run(r, ["notes.txt"]), *LM_FLAGS]
 
 
 def _lm_out_inside_model(r):
-    bert = files(r / "gpt2", HF_BERT)
-    return "train_lm.py", ["--data", rows_file(r / "rows.jsonl"), "--model", bert, "--out", bert / "finetuned"]
+    lm = copy_of("lm", r / "gpt2")
+    (lm / MARKER).unlink()  # a user's model
+    return "train_lm.py", ["--data", rows_file(r / "rows.jsonl"), "--model", lm, "--out", lm / "finetuned", *LM_FLAGS]
 
 
 def _prep_over_raw_csv(r):
@@ -171,7 +232,7 @@ def _prep_over_link_to_input(r):
 
 
 def _prep_over_model_config(r):
-    return "prepare_data.py", ["--data", raw_csv(r), "--out", files(r / "bert", HF_BERT) / "config.json"]
+    return "prepare_data.py", ["--data", raw_csv(r), "--out", user_bert(r) / "config.json"]
 
 
 def _prep_over_users_jsonl(r):
@@ -194,7 +255,7 @@ def _score_over_users_csv(r):
 
 
 def _tokenizer_over_user_bert(r):
-    return "tools/make_demo_tokenizer.py", ["--data", raw_csv(r), "--out", files(r / "bert", HF_BERT)]
+    return "tools/make_demo_tokenizer.py", ["--data", raw_csv(r), "--out", user_bert(r)]
 
 
 def _demo_over_users_project(r):
@@ -277,7 +338,8 @@ def judge(root, before, code, stderr):
 
 
 def run_case(name, root, runner=run_in_process):
-    script, argv = CASES[name](Path(root))
+    with contextlib.redirect_stdout(io.StringIO()):  # (evaluate.py's report while an eval run is built)
+        script, argv = CASES[name](Path(root))
     before = checksum(root)
     code, stderr = runner(script, argv)
     return judge(root, before, code, stderr)
