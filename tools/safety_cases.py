@@ -68,7 +68,10 @@ def _asset(name):
         from models import build_model, save_pretrained
         from models.bert import BertConfig, BertForSequenceClassification
         from tools.make_demo_tokenizer import train_tokenizer
+        import atexit
+        import shutil
         cache = Path(tempfile.mkdtemp(prefix="safety-assets-"))
+        atexit.register(shutil.rmtree, cache, True)
         torch.manual_seed(0)
         texts = [r["question"] + "\n" + r["answer"] for r in ROWS] * 5
         tok = train_tokenizer(texts, vocab_size=120)
@@ -345,9 +348,13 @@ def run_case(name, root, runner=run_in_process):
     return judge(root, before, code, stderr)
 
 
-def main():
+def main(argv=None):
+    import argparse
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-k", default="", help="run only the cases whose name contains this text")
+    args = parser.parse_args(argv)
     results = {}
-    for name in CASES:
+    for name in [n for n in CASES if args.k in n]:
         with tempfile.TemporaryDirectory() as root:
             results[name] = run_case(name, root, run_as_process)
         r = results[name]
