@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from core.common import MARKER, KINDS, one_line_errors  # noqa: E402
+from core.common import KINDS, MARKER, run_main  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = [{"id": f"r{i}", "question": q, "answer": a, "split": s, "severity": c}
@@ -315,8 +315,7 @@ def run_in_process(script, argv):
     """(exit code, message) of the script's main(argv) as its __main__ block runs it."""
     module = importlib.import_module(script.removesuffix(".py").replace("/", "."))
     try:
-        with one_line_errors():
-            module.main([str(a) for a in argv])
+        run_main(lambda: module.main([str(a) for a in argv]))
     except SystemExit as e:
         return (e.code if isinstance(e.code, int) else 1), ("" if isinstance(e.code, int) or e.code is None
                                                              else str(e.code))
