@@ -1,7 +1,7 @@
 """Generation that survives a kill: evaluate.py's answers, kept batch by batch beside --out.
 
     .NAME.parts/                       the sibling of --out NAME that a generation run owns
-        .written-by-severity-ft        the project's marker (the folder is ours to delete)
+        .written-by-severity-ft        the project's marker, kind eval-parts (docs/files.md)
         plan.json                      what the answers depend on (model, prompt format, decoding
                                        flags, the rows, the sample, the number of processes)
         rank0-of-2.jsonl ...           one line per finished batch of that torchrun rank:
@@ -30,8 +30,9 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from core.common import MARKER, UsageError, mark_dir, write_json
+from core.common import UsageError, dir_refusal, mark_dir, write_json
 
+PART_FILES = {"plan.json", "rank*-of-*.jsonl"}  # every name a parts folder (kind "eval-parts") holds
 # how each plan.json key is named to the user when it differs
 NAMES = {"model": "--model", "model_files": "the --model folder's files (changed since?)",
          "prompt_format": "the prompt format", "rows": "the evaluated rows (--data / --split / --limit)",
@@ -67,8 +68,9 @@ def _check_or_create(folder, plan):
     """rank 0: create the folder with plan.json, or check an existing one against plan. Returns
     an error message (str) or None."""
     if folder.exists():
-        if not folder.is_dir() or not (folder / MARKER).exists():
-            return f"{folder} is in the way and was not written by this project: move it away"
+        why = dir_refusal(folder, "eval-parts", PART_FILES)  # (docs/files.md: only our own kind is ours)
+        if why:
+            return f"{why}: it is in the way; move it away"
         try:
             old = json.loads((folder / "plan.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -81,7 +83,7 @@ def _check_or_create(folder, plan):
                 return (f"{folder} holds an unfinished run generated with other settings: {diff}; rerun with "
                         f"its settings to continue, or delete {folder} to start over")
             return None
-    mark_dir(folder)
+    mark_dir(folder, "eval-parts")
     write_json(folder / "plan.json", plan)
     return None
 
@@ -136,5 +138,5 @@ def append(path, record):
 def finish(out):
     """rank 0, after the run folder was swapped in: the finished batches are no longer needed."""
     folder = parts_dir(out)
-    if folder.is_dir() and (folder / MARKER).exists():
+    if folder.is_dir() and not dir_refusal(folder, "eval-parts", PART_FILES):
         shutil.rmtree(folder)

@@ -263,7 +263,7 @@ def test_parts_keep_whole_lines_and_refuse_a_foreign_folder(tmp_path):
     foreign = P.parts_dir(tmp_path / "other")
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    with pytest.raises(UsageError, match="not written by this project"):
+    with pytest.raises(UsageError, match="this project did not write"):
         P.start(tmp_path / "other", plan, 0, 1)
     P.finish(tmp_path / "other")
     assert (foreign / "notes.txt").read_text() == "mine"  # never deleted
