@@ -433,7 +433,8 @@ def recover_dir(final_dir, kind, expected=()):
     the complete previous `kind` folder is in .final.old; put it back. Returns True if it did."""
     final_dir = Path(final_dir)
     old = _old_dir(final_dir)
-    if not final_dir.exists() and old.is_dir() and read_marker(old) is not None and not dir_refusal(old, kind, expected):
+    if not final_dir.exists() and old.is_dir() and read_marker(old) is not None \
+            and not dir_refusal(old, kind, expected):
         os.replace(old, final_dir)
         return True
     return False
@@ -910,16 +911,17 @@ def run_main(main):
     """A script's entry point (`if __name__ == "__main__": run_main(main)`).
 
     One process: a user error (USER_ERRORS) or a full disk (full_disk_is_one_line) ends with one
-    `error: ...` line and exit 1; anything else as Python does. Under torchrun every rank that fails exits at once with a non-zero code
-    after its message is flushed (os._exit: no destroy_process_group, no interpreter shutdown that
-    joins the process group's threads), so torchrun sees the failure, stops the other ranks and
-    ends or restarts the job. Every rank hits the same user error (they all read the same flags and
-    files): rank 0 prints it; another rank holds its stderr (argparse's message, warnings) until it
-    ends, and on an error waits RANK_ERROR_GRACE_S first: torchrun stops it in the meantime if rank 0
-    failed too, so the job says the error once, and a failure of that rank alone is still reported.
-    Any other error waits the same on every rank (it may be the consequence of another rank's
-    failure); a failed collective (a lost peer, the collective timeout) is then said in one line,
-    anything else with its traceback.
+    `error: ...` line and exit 1; anything else as Python does. Under torchrun every rank that fails
+    exits at once with a non-zero code after its message is flushed (os._exit: no
+    destroy_process_group, no interpreter shutdown that joins the process group's threads), so
+    torchrun sees the failure, stops the other ranks and ends or restarts the job. Every rank hits
+    the same user error (they all read the same flags and files): rank 0 prints it; another rank
+    holds its stderr (argparse's message, warnings) until it ends, and on an error waits
+    RANK_ERROR_GRACE_S first: torchrun stops it in the meantime if rank 0 failed too, so the job
+    says the error once, and a failure of that rank alone is still reported. Any other error waits
+    the same on every rank (it may be the consequence of another rank's failure); a failed
+    collective (a lost peer, the collective timeout) is then said in one line, anything else with
+    its traceback.
     """
     distributed = "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank0 = os.environ.get("RANK", "0") == "0"
