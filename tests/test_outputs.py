@@ -15,7 +15,8 @@ import evaluate
 import prepare_data
 import train_classifier
 from core.common import (MARKER, DataError, OutputError, check_not_input, check_out_dir, dumps, output_lock,
-                         read_marker, recover_dir, remove_stale_temps, staged_dir, stop_cleanly, write_json, write_sidecar)
+                         read_marker, recover_dir, remove_stale_temps, staged_dir, stop_cleanly, write_json,
+                         write_sidecar)
 from conftest import write_rows
 
 ROWS = [{"id": f"r{i}", "question": q, "answer": a, "split": s, "severity": c}
