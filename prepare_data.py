@@ -7,6 +7,8 @@ Run (CPU only; one streaming pass, no GPU or torchrun involved):
   python prepare_data.py --data altibbi.csv --question-col question --answer-col answer \\
       --category-col specialty --normalize
   python prepare_data.py --data rows.jsonl --out prepared.jsonl --label none   # keep gold labels only
+  python prepare_data.py --data out/demo/prepared.jsonl --gold out/review/results/gold.jsonl \\
+      --out out/demo/prepared-gold.jsonl     # merge clinicians' gold labels (review.py results)
 
 Reads --data, format from the extension (.csv, .tsv/.tab, .jsonl/.ndjson) or --format:
   CSV/TSV: UTF-8 (a BOM is fine; other encodings with --encoding, e.g. cp1256), a header line,
@@ -41,6 +43,10 @@ if such a sidecar says this project wrote it; an --out that is the input is refu
                    --label rules the label of lexicon.severity_of(question) and "rules" (rows
                    whose input says severity_source "rules" are relabeled, so re-running on this
                    script's own output is safe); with --label none unlabeled rows get neither field.
+                   With --gold FILE (JSONL with `id` and `severity`, e.g. review.py results'
+                   gold.jsonl) a row whose id is in FILE gets that label and "gold", over any
+                   label the input gives; an id in FILE that no kept row holds is an error (the
+                   gold label would be lost silently otherwise).
   severity_probs   only when the input has them (validated with common.check_probs).
   ...              every other input column/field, unchanged. The mapped columns (question,
                    answer, category and id columns) are renamed, not duplicated.
@@ -105,6 +111,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the split hash")
     p.add_argument("--label", choices=["rules", "none"], default="rules",
                    help="label unlabeled rows with the lexicon rules, or leave them unlabeled")
+    p.add_argument("--gold", default=None,
+                   help="JSONL of gold labels (id, severity), e.g. review.py results' gold.jsonl: merged by id")
     args = p.parse_args(argv)
     try:
         args.encoding = codecs.lookup(args.encoding).name
@@ -224,10 +232,26 @@ def main(argv=None):
     path = Path(args.data)
     if not path.is_file():
         raise DataError(path, None, None, "file not found")
-    check_not_input(args.out, {"--data": path})  # before any work: never over the input, or a user's file
+    check_not_input(args.out, {"--data": path, "--gold": args.gold})  # never over an input, or a user's file
     check_out_file(args.out)
+    args.gold_labels = read_gold(args.gold) if args.gold else None
     with output_lock(args.out):  # two runs cannot write the same --out
         return prepare(args, path)
+
+
+def read_gold(path):
+    """{id: severity} from a gold JSONL (review.py results' gold.jsonl); ids must be unique."""
+    gold = {}
+    for line, row in read_jsonl(path, required=("severity",)):
+        row_id = row.get("id")
+        if isinstance(row_id, bool) or not isinstance(row_id, (str, int)) or not str(row_id).strip():
+            raise DataError(path, line, "id", f"expected a non-empty string or integer, got {row_id!r}")
+        if str(row_id).strip() in gold:
+            raise DataError(path, line, "id", f"duplicate id {row_id!r}")
+        gold[str(row_id).strip()] = gold_severity(row, path, line)
+    if not gold:
+        raise DataError(path, None, None, "no gold rows")
+    return gold
 
 
 def check_columns(args, columns, path, line):
@@ -306,7 +330,10 @@ def prepared(rows, args, path, fmt, stats):
             out["category"] = row[category_col]
         out["split"] = split
         gold = gold_severity(row, path, line)
-        if gold is not None and row.get("severity_source") != "rules":
+        if args.gold_labels is not None and row_id in args.gold_labels:
+            out["severity"], out["severity_source"] = args.gold_labels[row_id], "gold"
+            stats["gold_merged"].add(row_id)
+        elif gold is not None and row.get("severity_source") != "rules":
             out["severity"], out["severity_source"] = gold, "gold"
         elif args.label == "rules":
             out["severity"], out["severity_source"] = severity_of(question)[0], "rules"
@@ -324,7 +351,7 @@ def prepared(rows, args, path, fmt, stats):
         yield out
 
 
-def nonempty(rows, stats, path):
+def nonempty(rows, stats, path, args):
     """The rows, passed through; no rows is an error, raised before the output is replaced."""
     n = 0
     for row in rows:
@@ -333,6 +360,11 @@ def nonempty(rows, stats, path):
     if n == 0:
         what = "no data rows" if stats["rows_read"] == 0 else f"all {stats['rows_read']} rows were dropped"
         raise DataError(path, None, None, f"{what}: nothing to write ({stats['dropped']})")
+    gold = getattr(args, "gold_labels", None) or {}
+    unheld = sorted(set(gold) - stats["gold_merged"])
+    if unheld:  # raised before the output is replaced
+        raise DataError(args.gold, None, "id", f"{len(unheld)} gold ids are not among the kept rows of {path} "
+                                               f"(e.g. {unheld[:3]}): is it the file the page was made from?")
 
 
 def prepare(args, path):
@@ -345,14 +377,16 @@ def prepare(args, path):
             read_table(path, "," if fmt == "csv" else "\t", args.encoding))
     stats = {"rows_read": 0, "kept": 0,
              "dropped": {"short_question": 0, "short_answer": 0, "duplicate": 0},
-             "severity_source": {"gold": 0, "rules": 0, "none": 0},
+             "severity_source": {"gold": 0, "rules": 0, "none": 0}, "gold_merged": set(),
              "splits": {s: {label: 0 for label in SEVERITIES + ("unlabeled",)} for s in SPLITS}}
-    write_jsonl(args.out, nonempty(prepared(rows, args, path, fmt, stats), stats, path))
-    write_sidecar(args.out, "prepare_data.py", {"data": str(path), "stats": stats})
+    write_jsonl(args.out, nonempty(prepared(rows, args, path, fmt, stats), stats, path, args))
+    stats["gold_merged"] = len(stats["gold_merged"])
+    write_sidecar(args.out, "prepare_data.py", {"data": str(path), "gold": args.gold, "stats": stats})
 
     print(f"{path}: {stats['rows_read']} rows read, {stats['kept']} kept -> {args.out}")
     print("dropped: " + ", ".join(f"{k} {v}" for k, v in stats["dropped"].items()))
-    print("severity source: " + ", ".join(f"{k} {v}" for k, v in stats["severity_source"].items()))
+    print("severity source: " + ", ".join(f"{k} {v}" for k, v in stats["severity_source"].items())
+          + (f" ({stats['gold_merged']} gold labels merged from {args.gold})" if args.gold else ""))
     for s in SPLITS:
         counts = stats["splits"][s]
         print(f"{s:5s} {sum(counts.values()):7d}  " + "  ".join(f"{k} {v}" for k, v in counts.items()))

@@ -8,7 +8,7 @@ import random
 import pytest
 
 import prepare_data
-from core.common import DataError, normalize_arabic, stable_hash, write_sidecar
+from core.common import DataError, UsageError, normalize_arabic, stable_hash, write_sidecar
 from core.lexicon import severity_of
 
 HEADER = ["q_body", "a_body", "q_body_count", "a_body_count", "category", "category_id"]
@@ -380,3 +380,33 @@ def test_probs_as_a_string_in_jsonl_is_an_error(tmp_path):
                                "severity_probs": "[0.5, 0.3, 0.2]"}) + "\n", encoding="utf-8")
     with pytest.raises(DataError, match="severity_probs.*a string"):
         run("--data", src, "--out", tmp_path / "out.jsonl")
+
+
+def test_gold_file_merged_by_id(tmp_path):
+    """--gold: review.py results' gold.jsonl sets severity and severity_source "gold" by id, over
+    the rules and over the input's own label; an id the input does not hold is refused."""
+    src = tmp_path / "in.jsonl"
+    rows = [{"id": "a", "question": "اشعر بالم في الصدر عند الجري", "answer": "راجع طبيب القلب لعمل تخطيط وفحص جهد"},
+            {"id": "b", "question": "كيف اتخلص من القشره", "answer": "استخدم شامبو مضاد للقشره مرتين في الاسبوع",
+             "severity": "moderate"},
+            {"id": "c", "question": "عندي صداع خفيف بعد العمل", "answer": "خذ قسطا من الراحه واشرب الماء"}]
+    src.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows), encoding="utf-8")
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text('{"id": "a", "severity": "moderate", "severity_source": "gold", "agreement": 1.0}\n'
+                    '{"id": "b", "severity": "mild"}\n', encoding="utf-8")
+    stats = run("--data", src, "--gold", gold, "--out", tmp_path / "out.jsonl")
+    out = read_out(tmp_path / "out.jsonl")
+    assert [(r["id"], r["severity"], r["severity_source"]) for r in out] == [
+        ("a", "moderate", "gold"), ("b", "mild", "gold"), ("c", "mild", "rules")]
+    assert stats["severity_source"] == {"gold": 2, "rules": 1, "none": 0}
+
+    gold.write_text('{"id": "a", "severity": "critical"}\n{"id": "zz", "severity": "mild"}\n', encoding="utf-8")
+    before = (tmp_path / "out.jsonl").read_bytes()
+    with pytest.raises(DataError, match=r"1 gold ids are not among the kept rows.*zz"):
+        run("--data", src, "--gold", gold, "--out", tmp_path / "out.jsonl")
+    assert (tmp_path / "out.jsonl").read_bytes() == before  # the earlier output is left as it was
+    gold.write_text('{"id": "a", "severity": "severe"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match="severity"):
+        run("--data", src, "--gold", gold, "--out", tmp_path / "x.jsonl")
+    with pytest.raises(UsageError, match="the input --gold"):
+        run("--data", src, "--gold", gold, "--out", gold)
