@@ -72,12 +72,13 @@ from tqdm import tqdm
 
 from core.classifier import (CLASSIFIER_FILES, PREPROCESSORS, autocast, encode_texts, predict_logits, resolve_preprocess,
                         save_classifier, scratch_tokenizer)
+from core.agreement import accuracy, bootstrap, confusion_matrix, macro_f1, per_class_prf  # noqa: F401 (tests)
+from core.calibration import T_BOUNDS, choose_temperature, fit_temperature, nll  # noqa: F401 (tests)
 from core.common import (DEMO_DATA, DataError, HelpFormatter, SEVERITIES, SPLITS, UsageError, check_finite_step,
                          check_finite_weights, check_not_input, check_out_dir, device_arg, fraction, non_negative_float,
                          out_path, output_lock, pad_batch, pick_device, positive_float, positive_int, print0,
                          read_jsonl, run_main, seed_all, seed_int, warn_high_lr)
 
-T_BOUNDS = (0.05, 20.0)  # the fitted temperature is clamped to this range
 # the from-scratch BERT used when no --model is given (fast on a CPU, enough for the demo)
 SMALL_BERT = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
                   max_position_embeddings=128, hidden_act="gelu", hidden_dropout_prob=0.1,
@@ -86,41 +87,7 @@ SMALL_BERT = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, i
 
 
 # -----------------------------------------------------------------------------
-# Metrics (plain functions on label-id sequences / tensors; tests call them)
-
-
-def confusion_matrix(y_true, y_pred, num_classes=len(SEVERITIES)):
-    """conf[t][p] = number of rows with true label t predicted as p (rows true, columns predicted)."""
-    conf = [[0] * num_classes for _ in range(num_classes)]
-    for t, p in zip(y_true, y_pred):
-        conf[int(t)][int(p)] += 1
-    return conf
-
-
-def accuracy(y_true, y_pred):
-    y_true, y_pred = list(y_true), list(y_pred)
-    return sum(int(t) == int(p) for t, p in zip(y_true, y_pred)) / max(len(y_true), 1)
-
-
-def per_class_prf(conf):
-    """Precision, recall, F1 and support of each class from a confusion matrix (0 where undefined)."""
-    k = len(conf)
-    out = []
-    for c in range(k):
-        tp = conf[c][c]
-        predicted = sum(conf[t][c] for t in range(k))
-        support = sum(conf[c])
-        precision = tp / predicted if predicted else 0.0
-        recall = tp / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        out.append(dict(precision=precision, recall=recall, f1=f1, support=support))
-    return out
-
-
-def macro_f1(y_true, y_pred, num_classes=len(SEVERITIES)):
-    """Unweighted mean of the per-class F1 over all classes."""
-    prf = per_class_prf(confusion_matrix(y_true, y_pred, num_classes))
-    return sum(c["f1"] for c in prf) / num_classes
+# Metrics (the confusion matrix, per-class P/R/F1 and macro-F1 are core/agreement.py's; tests call these)
 
 
 def expected_calibration_error(probs, labels, n_bins=15):
@@ -139,37 +106,6 @@ def expected_calibration_error(probs, labels, n_bins=15):
     return ece
 
 
-def nll(logits, labels, temperature=1.0):
-    """Mean negative log-likelihood of softmax(logits / T), in float64."""
-    logits = torch.as_tensor(logits, dtype=torch.float64)
-    return F.cross_entropy(logits / temperature, torch.as_tensor(labels)).item()
-
-
-def fit_temperature(logits, labels, t_min=T_BOUNDS[0], t_max=T_BOUNDS[1]):
-    """Temperature scaling (Guo et al., 2017): T minimizing the NLL of softmax(logits / T).
-
-    Optimizes log T (so T stays positive) with L-BFGS + strong Wolfe line search in float64,
-    starting at T = 1; the result is clamped to [t_min, t_max] (separable data pushes T -> 0).
-    """
-    logits = torch.as_tensor(logits, dtype=torch.float64)
-    labels = torch.as_tensor(labels)
-    if len(labels) == 0:
-        return 1.0
-    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=1.0, max_iter=200, tolerance_grad=1e-10,
-                            tolerance_change=1e-12, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(logits / log_t.exp(), labels)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    t = log_t.exp().item()
-    return min(max(t, t_min), t_max) if math.isfinite(t) else 1.0
-
-
 def split_metrics(logits, labels, temperature):
     """Every reported number for one split, from its logits [N, 3] and true label ids [N]."""
     logits = torch.as_tensor(logits, dtype=torch.float64)
@@ -178,10 +114,20 @@ def split_metrics(logits, labels, temperature):
     y = labels.tolist()
     conf = confusion_matrix(y, pred)
     prf = per_class_prf(conf)
+    critical = SEVERITIES.index("critical")
+
+    def resampled(idx):  # bootstrap over rows: macro-F1 and critical recall of each resample
+        p = per_class_prf(confusion_matrix([y[i] for i in idx], [pred[i] for i in idx]))
+        return {"macro_f1": sum(c["f1"] for c in p) / len(p),
+                "critical_recall": p[critical]["recall"] if p[critical]["support"] else None}
+    ci = bootstrap(resampled, len(y), n_resamples=1000, seed=0) if y else {}
     return {
         "n": len(y),
         "accuracy": accuracy(y, pred),
         "macro_f1": sum(c["f1"] for c in prf) / len(prf),
+        "macro_f1_ci": ci.get("macro_f1"),  # 95% percentile bootstrap over rows (1000 resamples)
+        "critical_recall": prf[critical]["recall"],
+        "critical_recall_ci": ci.get("critical_recall"),
         # over the classes with at least one true row (the 3-class number counts an absent class as 0)
         "macro_f1_present": (sum(c["f1"] for c in prf if c["support"]) / max(1, sum(1 for c in prf if c["support"]))),
         "per_class": {name: prf[c] for c, name in enumerate(SEVERITIES)},
@@ -198,8 +144,9 @@ def split_metrics(logits, labels, temperature):
 
 
 def load_labeled(path, text_field="question"):
-    """Read labeled rows -> {split: (texts, label_ids)}; bad splits or labels raise DataError."""
-    data = {s: ([], []) for s in SPLITS}
+    """Read labeled rows -> {split: (texts, label_ids, is_gold)}; bad splits or labels raise DataError.
+    is_gold: the row's severity_source is "gold" (a clinician's label, prepare_data.py --gold)."""
+    data = {s: ([], [], []) for s in SPLITS}
     for lineno, row in read_jsonl(path, required=(text_field, "split")):
         if row["split"] not in SPLITS:
             raise DataError(path, lineno, "split", f"expected one of {SPLITS}, got {row['split']!r}")
@@ -209,6 +156,7 @@ def load_labeled(path, text_field="question"):
             raise DataError(path, lineno, "severity", f"expected one of {SEVERITIES}: {problem}")
         data[row["split"]][0].append(row[text_field])
         data[row["split"]][1].append(SEVERITIES.index(label))
+        data[row["split"]][2].append(row.get("severity_source") == "gold")
     for split in ("train", "val"):
         if not data[split][0]:
             raise DataError(path, None, "split", f"no rows in the {split!r} split (train and val are required)")
@@ -267,6 +215,8 @@ def main(argv=None):
                         help="maximum tokens per text, [CLS] and [SEP] included")
     parser.add_argument("--patience", type=positive_int, default=3,
                         help="stop after this many epochs without a better val macro-F1")
+    parser.add_argument("--gold-weight", type=non_negative_float, default=1.0,
+                        help="loss weight of a gold-labelled train row (severity_source gold) next to a rule row's 1")
     parser.add_argument("--no-class-weights", dest="class_weights", action="store_false",
                         help="plain cross-entropy instead of inverse-frequency class-weighted cross-entropy")
     parser.add_argument("--vocab-size", type=positive_int, default=3000,
@@ -290,13 +240,16 @@ def main(argv=None):
 
 def load_splits(args, preprocess):
     """Data: the labelled rows of each split, preprocessed. Returns per split the texts, the labels (a
-    long tensor of class ids) and the count of each class."""
+    long tensor of class ids), the count of each class and which rows are gold (a bool tensor)."""
     data = load_labeled(args.data, args.text_field)
     texts = {s: [preprocess(t) for t in data[s][0]] for s in SPLITS}
     labels = {s: torch.tensor(data[s][1], dtype=torch.long) for s in SPLITS}
     counts = {s: [int((labels[s] == c).sum()) for c in range(len(SEVERITIES))] for s in SPLITS}
-    print0("rows: " + ", ".join(f"{s} {len(texts[s])} {dict(zip(SEVERITIES, counts[s]))}" for s in SPLITS))
-    return texts, labels, counts
+    gold = {s: torch.tensor(data[s][2], dtype=torch.bool) for s in SPLITS}
+    print0("rows: " + ", ".join(f"{s} {len(texts[s])} {dict(zip(SEVERITIES, counts[s]))}" for s in SPLITS)
+           + (f"; gold rows {dict((s, int(gold[s].sum())) for s in SPLITS)}" if any(g.any() for g in gold.values())
+              else ""))
+    return texts, labels, counts, gold
 
 
 def model_and_inputs(args, texts, device):
@@ -321,7 +274,7 @@ def model_and_inputs(args, texts, device):
     return model, tokenizer, seqs, cut, max_len, pad_id
 
 
-def fit(args, model, seqs, labels, weight, pad_id, lr, device, t0):
+def fit(args, model, seqs, labels, weight, row_weight, pad_id, lr, device, t0):
     """The loop: AdamW (decay on weight matrices: linear, embeddings; not on biases and LayerNorm
     gains), warmup then linear decay (lr_at), shuffled batches, the weighted cross-entropy, and after
     each epoch the val macro-F1; stops after --patience epochs without a better one. The model ends
@@ -349,8 +302,9 @@ def fit(args, model, seqs, labels, weight, pad_id, lr, device, t0):
                 group["lr"] = lr_at(step, total_steps, warmup_steps, lr)
             with autocast(device):
                 logits = model(ids, attention_mask=mask)
-            # weighted mean: sum_i w_{y_i} ce_i / sum_i w_{y_i}
-            loss = F.cross_entropy(logits.float(), y, weight=weight)
+            # weighted mean: sum_i g_i w_{y_i} ce_i / sum_i g_i w_{y_i} (g_i = --gold-weight on gold rows, else 1)
+            w_i = weight[y] * row_weight[idx].to(device)
+            loss = (w_i * F.cross_entropy(logits.float(), y, reduction="none")).sum() / w_i.sum().clamp_min(1e-12)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             loss_value, norm_value = torch.stack([loss.detach(), grad_norm.detach()]).tolist()  # one host sync
@@ -388,7 +342,7 @@ def train(args):
     lr = args.lr if args.lr is not None else (3e-5 if args.model else 5e-4)
     preprocess_name = resolve_preprocess(args.preprocess, args.model)
     t0 = time.time()
-    texts, labels, counts = load_splits(args, PREPROCESSORS[preprocess_name])
+    texts, labels, counts, gold = load_splits(args, PREPROCESSORS[preprocess_name])
     model, tokenizer, seqs, cut, max_len, pad_id = model_and_inputs(args, texts, device)
     n_params = sum(p.numel() for p in model.parameters())
     print0(f"model: {args.model or 'small BERT from scratch'} ({n_params / 1e6:.2f}M parameters, "
@@ -401,18 +355,26 @@ def train(args):
     else:
         class_weights = [1.0] * len(SEVERITIES)
     weight = torch.tensor(class_weights, dtype=torch.float32, device=device)
-    best_epoch, history = fit(args, model, seqs, labels, weight, pad_id, lr, device, t0)
+    # gold and rule rows are mixed in the same shuffled batches; a gold row's loss counts --gold-weight times
+    row_weight = torch.where(gold["train"], args.gold_weight, 1.0).float()
+    best_epoch, history = fit(args, model, seqs, labels, weight, row_weight, pad_id, lr, device, t0)
 
     # calibration and final numbers
     logits = {s: predict_logits(model, seqs[s], pad_id, args.eval_batch_size, device) for s in ("val", "test")}
-    temperature = fit_temperature(logits["val"], labels["val"])
+    temperature, temperature_check = choose_temperature(logits["val"], labels["val"], seed=args.seed)
     metrics = {
         "labels": list(SEVERITIES),
         "temperature": temperature,
+        "temperature_check": temperature_check,
         "best_epoch": best_epoch,
         "epochs_run": len(history),
         "val": split_metrics(logits["val"], labels["val"], temperature),
         "test": split_metrics(logits["test"], labels["test"], temperature) if len(seqs["test"]) else None,
+        # the same numbers on the clinicians' gold rows alone (None when a split has none)
+        **{f"{s}_gold": split_metrics(logits[s][gold[s]], labels[s][gold[s]], temperature) if gold[s].any() else None
+           for s in ("val", "test")},
+        "gold_rows": {s: int(gold[s].sum()) for s in SPLITS},
+        "gold_weight": args.gold_weight,
         "class_weights": dict(zip(SEVERITIES, class_weights)),
         "counts": {s: dict(zip(SEVERITIES, counts[s])) for s in SPLITS},
         "truncated": cut,
@@ -422,7 +384,7 @@ def train(args):
         "args": vars(args),
     }
     metrics["warnings"] = run_warnings(metrics, history)
-    for s in ("val", "test"):
+    for s in ("val", "test", "val_gold", "test_gold"):
         m = metrics[s]
         if m:
             print0(f"{s}: accuracy {m['accuracy']:.4f} | macro-F1 {m['macro_f1']:.4f} | ECE {m['ece']:.4f} -> "
@@ -443,10 +405,9 @@ def run_warnings(metrics, history):
     """What makes a classifier's numbers (and the severity weights built on it) meaningless, in
     words: stored in metrics.json "warnings"; score_severity.py and train_lm.py repeat them."""
     warnings = []
-    t = metrics["temperature"]
-    if t <= T_BOUNDS[0] * 1.001 or t >= T_BOUNDS[1] * 0.999:
-        warnings.append(f"the fitted temperature {t:.3g} hit its bound {T_BOUNDS}: the val split is too small or "
-                        f"too easy to calibrate on; the probabilities are not calibrated")
+    check = metrics["temperature_check"]
+    if not check["kept"]:
+        warnings.append(f"temperature not applied: {check['reason']}; the probabilities are not calibrated")
     chance = math.log(len(SEVERITIES))
     if history and history[-1]["train_loss"] > 0.95 * chance:
         warnings.append(f"the training loss stayed at chance ({history[-1]['train_loss']:.3f} vs ln 3 = "

@@ -169,6 +169,42 @@ def test_temperature_scaling_fixes_overconfidence():
     assert tc.fit_temperature(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)) == 1.0
 
 
+def test_temperature_kept_only_inside_bounds_and_when_it_helps_held_out_rows():
+    from core.calibration import choose_temperature, nll
+    g = torch.Generator().manual_seed(1)
+    z = 1.5 * torch.randn(300, 3, generator=g, dtype=torch.float64)
+    labels = torch.multinomial(z.softmax(-1), 1, generator=g).squeeze(1)
+    # 5x overconfident: the fitted T (about 5) is inside its bounds and lowers the held-out NLL
+    t, report = choose_temperature(5 * z, labels)
+    assert report["kept"] and t == report["fitted"] and 3 < t < 8
+    assert report["val_nll_cross_validated"] < report["val_nll_t1"]
+    # recompute the cross-validated NLL independently: the same folds, a T fitted on the other four
+    perm = torch.randperm(300, generator=torch.Generator().manual_seed(0))
+    total = 0.0
+    for f in range(5):
+        rest = torch.tensor(sorted(set(range(300)) - set(perm[f::5].tolist())))
+        total += nll(5 * z[perm[f::5]], labels[perm[f::5]], tc.fit_temperature(5 * z[rest], labels[rest]), "sum")
+    assert report["val_nll_cross_validated"] == pytest.approx(total / 300, rel=1e-9)  # same float64 sums
+    # separable val (the demo's 12-row case): T runs to its 0.05 bound -> T = 1 and the reason says so
+    sep = torch.nn.functional.one_hot(labels, 3).double() * 4.0
+    t, report = choose_temperature(sep, labels)
+    assert t == 1.0 and not report["kept"] and "bound" in report["reason"] and report["fitted"] == 0.05
+    # too few rows: no calibration
+    assert choose_temperature(5 * z[:6], labels[:6])[0] == 1.0
+
+
+def test_split_metrics_bootstrap_intervals():
+    y = torch.tensor([0] * 30 + [1] * 20 + [2] * 10)
+    logits = torch.nn.functional.one_hot(y, 3).double()
+    logits[::4] = torch.tensor([1.0, 0, 0], dtype=torch.float64)  # every 4th row predicted mild
+    m = tc.split_metrics(logits, y, 1.0)
+    assert m["critical_recall"] == pytest.approx(8 / 10)  # critical rows 50..59: 52 and 56 predicted mild
+    lo, hi = m["macro_f1_ci"]
+    assert lo < m["macro_f1"] < hi
+    lo, hi = m["critical_recall_ci"]
+    assert lo < m["critical_recall"] < hi
+
+
 @pytest.mark.parametrize("change, field", [
     (dict(severity="severe"), "severity"),
     (dict(severity=None), "severity"),
@@ -237,7 +273,9 @@ def fake_metrics(temperature, val_support, test_support, train_loss):
     def split(support):
         return {"n": sum(support), "macro_f1_present": 0.5,
                 "per_class": {c: {"support": n} for c, n in zip(("mild", "moderate", "critical"), support)}}
-    return ({"temperature": temperature, "val": split(val_support), "test": split(test_support)},
+    from core.calibration import inside_bounds
+    check = {"kept": inside_bounds(temperature), "reason": "hit its bound"}
+    return ({"temperature": temperature, "temperature_check": check, "val": split(val_support), "test": split(test_support)},
             [{"train_loss": train_loss}])
 
 
