@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # the CPU wheel the project is tested with (it lies on this project's machines); any torch >= 2.4 works
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: demo demo-data test test-fast bench gpu-wheels clean
+.PHONY: demo demo-data test test-fast bench gpu-wheels screenshots clean
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ demo-data: $(VENV)/.demo
 	$(PY) tools/make_demo_data.py
 	$(PY) tools/make_demo_tokenizer.py
 	$(PY) demo.py --refresh-demo-data
+
+# docs/img/review-label.png and review-compare.png: review.py's pages in headless chromium
+# (needs chromium and chromium-driver: apt-get install chromium chromium-driver)
+screenshots: $(VENV)/.dev
+	$(PY) tools/review_screenshots.py
 
 bench: $(VENV)/.dev
 	$(PY) bench/loss.py

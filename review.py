@@ -49,10 +49,11 @@ or clicks, and exports as one JSON file. The whole workflow: docs/review.md.
    sample over-represents rare classes on purpose; core/agreement.py) and has a 95% bootstrap
    interval over items (--resamples, resampled within each class).
    - labelling: Cohen's kappa (two annotators) or Fleiss' kappa (more), percent agreement, "cannot
-     tell" answers left out of an item's ratings and counted; the consensus (majority; ties and
-     items with no class label stay unlabelled, counted); the rules (core.lexicon.severity_of) and
-     the classifier (argmax of severity_probs from --data or the items, rows outside the train
-     split) against the consensus: accuracy, macro-F1, kappa, per-class recall and precision
+     tell" answers left out of an item's ratings and counted; the consensus gold label (the class
+     given by more than half of the item's answers, "cannot tell" counting as an answer: ties and
+     items a "cannot tell" leaves without a majority stay unlabelled, counted); the rules
+     (core.lexicon.severity_of) and the classifier (argmax of severity_probs from --data or the
+     items, rows outside the train split) against the consensus: accuracy, macro-F1, kappa, per-class recall and precision
      (critical first), confusion matrix.
    - answer review: per pair of runs win / tie / loss / both-unacceptable rates, overall and per
      class, and the exact two-sided sign test on items (an item's preference is the majority of its

@@ -51,23 +51,36 @@ def label_results(page, exports, scored, boot):
               "cannot_tell": sum(r.count("cannot_tell") for r in ratings),
               "unanswered": sum(r.count(None) for r in ratings),
               "agreement": agreement(ratings, counts, weights, strata, boot)}
-    gold, consensus = [], []
-    for i, r, row in zip(ids, ratings, page["items"]):
-        votes = {c: r.count(c) for c in SEVERITIES}
-        top = max(votes.values())
-        winners = [c for c in SEVERITIES if votes[c] == top]
-        label = winners[0] if top > 0 and len(winners) == 1 else None
+    gold, consensus, report_counts = [], [], {"labelled": 0, "unlabelled_tie": 0, "unlabelled_cannot_tell": 0,
+                                              "unlabelled_no_class_label": 0}
+    for i, r in zip(ids, ratings):
+        label, why = majority(r)
         consensus.append(label)
+        report_counts[why] = report_counts.get(why, 0) + 1
         if label is not None:
+            votes = [x for x in r if x is not None]
             gold.append({"id": i, "severity": label, "severity_source": "gold",
                          "annotators": {n: x for n, x in zip(names, r) if x is not None},
-                         "agreement": votes[label] / sum(votes.values())})
-    report["consensus"] = {"labelled": len(gold), "unlabelled_tie": sum(1 for r, c in zip(ratings, consensus)
-                                                                         if c is None and any(x in SEVERITIES for x in r)),
-                           "unlabelled_no_class_label": sum(1 for r in ratings if not any(x in SEVERITIES for x in r))}
+                         "agreement": votes.count(label) / len(votes)})
+    report["consensus"] = report_counts
     report["rules_vs_gold"] = rules_vs_gold(page["items"], consensus, weights, strata, boot)
     report["classifier_vs_gold"] = classifier_vs_gold(page["items"], consensus, weights, strata, scored, boot)
     return report, gold
+
+
+def majority(ratings):
+    """(label, why): the class more than half of the item's answers give ("cannot tell" is an
+    answer, an unanswered item is not); else None and why: a tie between classes, a "cannot tell"
+    that blocks the majority, or no class answer at all."""
+    answers = [x for x in ratings if x is not None]
+    votes = {c: answers.count(c) for c in SEVERITIES}
+    top = max(votes.values())
+    if top == 0:
+        return None, "unlabelled_no_class_label"
+    label = max(SEVERITIES, key=votes.get)
+    if top > len(answers) / 2:
+        return label, "labelled"
+    return None, "unlabelled_tie" if list(votes.values()).count(top) > 1 else "unlabelled_cannot_tell"
 
 
 def agreement(ratings, counts, weights, strata, boot):
@@ -238,8 +251,9 @@ def label_markdown(r):
     else:
         lines.append(a["note"] + "\n")
     c = r["consensus"]
-    lines.append(f"## Consensus (gold)\n\n{c['labelled']} items labelled by majority; unlabelled: "
-                 f"{c['unlabelled_tie']} ties, {c['unlabelled_no_class_label']} without any class label.\n")
+    lines.append(f"## Consensus (gold)\n\n{c['labelled']} items labelled (a class given by more than half of the "
+                 f"item's answers); unlabelled: {c['unlabelled_tie']} ties, {c['unlabelled_cannot_tell']} held back by "
+                 f"'cannot tell', {c['unlabelled_no_class_label']} without any class answer.\n")
     for title, key in (("Rules vs gold", "rules_vs_gold"), ("Classifier vs gold (rows outside its train split)",
                                                             "classifier_vs_gold")):
         lines += [f"## {title}\n"] + (versus_table(r[key]) if r[key] else ["no severity_probs on these items\n"])

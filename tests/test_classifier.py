@@ -315,3 +315,25 @@ def test_small_val_without_a_class_warns_everywhere(tmp_path, capsys):
     assert "WARNING (from" in capsys.readouterr().out
     side = json.loads((tmp_path / "scored.jsonl.meta.json").read_text(encoding="utf-8"))
     assert side["warnings"] == m["warnings"] and side["rows"] == len(rows)
+
+
+def test_gold_rows_train_and_report_separately(tmp_path):
+    """Gold rows (severity_source gold) train beside rule rows; val/test numbers on gold rows alone;
+    a temperature that is not kept leaves T = 1 and says why."""
+    rows = make_rows(60, seed=5)
+    for r in rows[::3]:
+        r["severity_source"] = "gold"
+    data = write_rows(tmp_path / "rows.jsonl", rows)
+    m = tc.main(["--data", str(data), "--out", str(tmp_path / "clf"), "--epochs", "1", "--gold-weight", "2",
+                 "--device", "cpu"])
+    gold_test = [r for r in rows if r["split"] == "test" and r["severity_source"] == "gold"]
+    assert m["test_gold"]["n"] == len(gold_test) > 0 and m["gold_weight"] == 2.0
+    assert m["gold_rows"] == {s: sum(r["split"] == s and r["severity_source"] == "gold" for r in rows) for s in
+                              ("train", "val", "test")}
+    assert sum(map(sum, m["test_gold"]["confusion"])) == len(gold_test)
+    check = m["temperature_check"]
+    assert check["kept"] == (m["temperature"] != 1.0)
+    if not check["kept"]:
+        assert any(w.startswith("temperature not applied") for w in m["warnings"])
+    saved = json.loads((tmp_path / "clf" / "config.json").read_text(encoding="utf-8"))
+    assert saved["severity_temperature"] == m["temperature"]

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FORBIDDEN = {"transformers", "datasets", "huggingface_hub", "peft"}  # peft: test-only, like transformers
+FORBIDDEN = {"transformers", "datasets", "huggingface_hub", "peft",  # peft: test-only, like transformers
+             "selenium", "sklearn", "statsmodels", "scipy"}  # the review tests' browser and references
 
 
 def runtime_files():

@@ -121,12 +121,14 @@ def test_label_results_match_references(label_dir, tmp_path):
     kappa = report["agreement"]["kappa"]
     assert kappa["value"] == pytest.approx(ref, abs=1e-12)  # float64 sums of 28 terms
     assert kappa["ci"][0] < kappa["value"] < kappa["ci"][1]
-    # the consensus: majority of class labels; a disagreement of two is a tie, unlabelled
+    # the consensus: a class from more than half of the answers; a disagreement of two is a tie, and
+    # A's label against B's "cannot tell" is no majority; B's unanswered item leaves A's label alone
     gold = [json.loads(x) for x in (tmp_path / "res" / "gold.jsonl").read_text(encoding="utf-8").splitlines()]
-    expect = {i: x for i, x, y in zip(page["ids"], a, b) if y not in S or x == y}
+    expect = {i: x for i, x, y in zip(page["ids"], a, b) if y is None or x == y}
     assert {g["id"]: g["severity"] for g in gold} == expect
     assert all(g["severity_source"] == "gold" for g in gold)
-    assert report["consensus"]["unlabelled_tie"] == 30 - len(expect)
+    assert report["consensus"]["unlabelled_cannot_tell"] == 1
+    assert report["consensus"]["unlabelled_tie"] == 30 - len(expect) - 1
     md = (tmp_path / "res" / "results.md").read_text(encoding="utf-8")
     assert "re-weighted to the population's class shares" in md and "Rules vs gold" in md
 
