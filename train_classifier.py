@@ -23,6 +23,12 @@ Run it:
 Labels: `severity` must be one of common.SEVERITIES; label id c = SEVERITIES[c] (0 mild,
 1 moderate, 2 critical) everywhere (logits, confusion matrix, severity_probs).
 
+Gold labels (clinicians' labels: review.py results -> prepare_data.py --gold, severity_source
+"gold"): a row trains on its gold label where it has one and on its rule label otherwise; gold
+and rule rows are shuffled into the same batches, a gold row's loss counting --gold-weight times
+a rule row's (default 1). Early stopping and calibration use the whole val split; metrics.json
+also reports val and test on the gold rows alone (val_gold, test_gold). docs/review.md.
+
 Training: AdamW (weight decay on weight matrices only, not on biases and LayerNorms), linear warmup
 for --warmup of the steps then linear decay to 0, gradient clipping at 1.0, bf16 autocast on
 CUDA GPUs that support it (fp32 elsewhere). By default the loss is inverse-frequency
@@ -44,17 +50,24 @@ and no predicted rows counts as F1 = 0), per-class precision/recall/F1/support (
 class never predicted = 0), confusion matrix (rows = true, columns = predicted, SEVERITIES order),
 NLL, and expected calibration error (ECE) before and after temperature scaling. ECE is top-label
 ECE with 15 equal-width confidence bins (lo, hi]: sum over bins of |bin| / N * |accuracy(bin) -
-mean confidence(bin)|, confidence = the largest probability. The temperature T is fitted on the
-val logits by minimizing NLL of softmax(logits / T) over log T with L-BFGS (float64), clamped to
-[0.05, 20]; calibrated probabilities are softmax(logits / T).
+mean confidence(bin)|, confidence = the largest probability. Macro-F1 and critical recall also
+get 95% bootstrap intervals over rows (macro_f1_ci, critical_recall_ci; 1000 resamples).
+
+Calibration must not make things worse (core/calibration.py): T is fitted on the val logits by
+minimizing the NLL of softmax(logits / T) over log T with L-BFGS (float64) within [0.05, 20], and
+kept only if it lies strictly inside those bounds AND lowers the NLL on val rows it was not
+fitted on (5-fold cross-validation over the val split, against T = 1 on the same rows);
+otherwise T = 1, a warning, and metrics.json "temperature_check" says why. Calibrated
+probabilities are softmax(logits / T).
 
 Writes --out (a folder, replaced atomically when complete):
     config.json, model.safetensors, tokenizer files   a Hugging Face BertForSequenceClassification
         folder (id2label {0: mild, 1: moderate, 2: critical}; transformers opens it), with extra
         config fields severity_temperature, severity_preprocess, severity_max_len,
         severity_text_field, severity_labels (read back by score_severity.py)
-    metrics.json   the numbers above for val and test, the temperature, class weights, label
-        counts, best epoch, per-epoch history and the resolved arguments.
+    metrics.json   the numbers above for val and test (and val_gold, test_gold), the temperature and
+        temperature_check, class weights, gold_rows, label counts, best epoch, per-epoch history,
+        warnings and the resolved arguments.
 A loss or gradient norm that is not finite (--lr far too high) stops the run with one line naming
 the step and --lr, and nothing is written; bad flag values stop at parsing (docs/reliability.md).
 Refused before any work (docs/files.md): an --out that is, holds or lies inside --data or --model,
