@@ -38,6 +38,12 @@ critical class is not drowned by the mild majority; --no-class-weights gives pla
 After each epoch the val split is scored; the weights with the best val macro-F1 are kept, and
 training stops after --patience epochs without improvement.
 
+Defaults that learn on small data (the --epochs of old gave 100 rows 30 optimizer steps, and the
+classifier learned nothing): batch 16, lr 1e-3 from scratch, --epochs = enough for 400 optimizer
+steps (10 to 100 epochs), --patience = a quarter of that (at least 3). The from-scratch WordPiece
+vocabulary keeps every word of the training questions (frequent first, up to --vocab-size), so a
+word seen in one training row is one token, not a string of letters.
+
 Text preprocessing (--preprocess): `arabert` applies AraBERT v2's own preprocessing
 (classifier.arabert_preprocess) so fine-tuning sees text as AraBERT saw it in pretraining; `none`
 leaves the text as is; `auto` (default) = arabert when the --model folder name contains
@@ -92,6 +98,8 @@ from core.common import (DEMO_DATA, DataError, HelpFormatter, SEVERITIES, SPLITS
                          out_path, output_lock, pad_batch, pick_device, positive_float, positive_int, print0,
                          read_jsonl, run_main, seed_all, seed_int, warn_high_lr)
 
+MIN_STEPS = 400  # default --epochs: at least this many optimizer steps ...
+EPOCH_RANGE = (10, 100)  # ... and between these many epochs
 # the from-scratch BERT used when no --model is given (fast on a CPU, enough for the demo)
 SMALL_BERT = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
                   max_position_embeddings=128, hidden_act="gelu", hidden_dropout_prob=0.1,
@@ -195,6 +203,15 @@ def build_classifier(model_folder, vocab_size, max_len, pad_id):
     return BertForSequenceClassification.from_encoder(encoder, labels["id2label"]), tokenizer
 
 
+def epoch_budget(steps_per_epoch, epochs=None, patience=None):
+    """(epochs, patience), the flags' values where given. Default epochs: enough for MIN_STEPS
+    optimizer steps, within EPOCH_RANGE (a fixed epoch count gives 100 rows 30 steps: nothing is
+    learned; 400k rows 10 epochs is plenty); default patience: a quarter of that, at least 3."""
+    auto = min(max(math.ceil(MIN_STEPS / max(1, steps_per_epoch)), EPOCH_RANGE[0]), EPOCH_RANGE[1])
+    epochs = epochs if epochs is not None else auto
+    return epochs, patience if patience is not None else max(3, auto // 4)
+
+
 def lr_at(step, total_steps, warmup_steps, peak_lr):
     """Linear warmup from 0 to peak_lr over warmup_steps, then linear decay to 0 at total_steps."""
     if step < warmup_steps:
@@ -215,19 +232,22 @@ def main(argv=None):
     parser.add_argument("--text-field", default="question", help="the row field holding the text to classify")
     parser.add_argument("--preprocess", default="auto", choices=["auto", "arabert", "none"],
                         help="text preprocessing; auto = arabert when the --model folder name contains 'arabert'")
-    parser.add_argument("--epochs", type=positive_int, default=10, help="maximum number of epochs")
-    parser.add_argument("--batch-size", type=positive_int, default=32, help="training batch size")
+    parser.add_argument("--epochs", type=positive_int, default=None,
+                        help=f"maximum number of epochs (default: enough for {MIN_STEPS} optimizer steps, "
+                             f"between {EPOCH_RANGE[0]} and {EPOCH_RANGE[1]})")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="training batch size")
     parser.add_argument("--eval-batch-size", type=positive_int, default=128, help="batch size for val/test scoring")
     parser.add_argument("--lr", type=positive_float, default=None,
-                        help="peak learning rate (default 3e-5 with --model, 5e-4 from scratch)")
+                        help="peak learning rate (default 3e-5 with --model, 1e-3 from scratch)")
     parser.add_argument("--weight-decay", type=non_negative_float, default=0.01,
                         help="AdamW weight decay (weight matrices only)")
     parser.add_argument("--warmup", type=fraction, default=0.1,
                         help="fraction of the training steps spent in linear warmup")
     parser.add_argument("--max-len", type=positive_int, default=128,
                         help="maximum tokens per text, [CLS] and [SEP] included")
-    parser.add_argument("--patience", type=positive_int, default=3,
-                        help="stop after this many epochs without a better val macro-F1")
+    parser.add_argument("--patience", type=positive_int, default=None,
+                        help="stop after this many epochs without a better val macro-F1 (default: a quarter of "
+                             "the --epochs default, at least 3)")
     parser.add_argument("--gold-weight", type=non_negative_float, default=1.0,
                         help="loss weight of a gold-labelled train row (severity_source gold) next to a rule row's 1")
     parser.add_argument("--no-class-weights", dest="class_weights", action="store_false",
@@ -299,6 +319,8 @@ def fit(args, model, seqs, labels, weight, row_weight, pad_id, lr, device, t0):
                                   fused=device.type == "cuda")
     n_train = len(seqs["train"])
     steps_per_epoch = math.ceil(n_train / args.batch_size)
+    args.epochs, args.patience = epoch_budget(steps_per_epoch, args.epochs, args.patience)
+    print0(f"{args.epochs} epochs at most ({steps_per_epoch} steps each), early stop after {args.patience} without progress")
     total_steps = steps_per_epoch * args.epochs
     warmup_steps = max(1, int(args.warmup * total_steps))
     gen = torch.Generator().manual_seed(args.seed)
@@ -352,7 +374,7 @@ def train(args):
     final numbers and the saved folder. Returns metrics.json's dict."""
     seed_all(args.seed)
     device = pick_device(args.device)
-    lr = args.lr if args.lr is not None else (3e-5 if args.model else 5e-4)
+    lr = args.lr if args.lr is not None else (3e-5 if args.model else 1e-3)
     preprocess_name = resolve_preprocess(args.preprocess, args.model)
     t0 = time.time()
     texts, labels, counts, gold = load_splits(args, PREPROCESSORS[preprocess_name])

@@ -127,7 +127,7 @@ CLASSIFIER_FILES = {"config.json", "model.safetensors", "metrics.json", "tokeniz
                     "special_tokens_map.json", "vocab.txt"}
 
 
-def train_wordpiece(texts, vocab_size):
+def train_wordpiece(texts, vocab_size, min_count=1):
     """A BERT WordPiece tokenizer built from `texts` (used with the from-scratch BERT).
 
     Normalizer: BERT's (control characters dropped, whitespace unified) WITHOUT lowercasing and
@@ -137,7 +137,7 @@ def train_wordpiece(texts, vocab_size):
     punctuation). Post-processor: [CLS] x [SEP].
 
     Vocabulary: the special tokens, every character seen (as a word start and as a "##"
-    continuation), then the most frequent whole words seen at least twice, up to vocab_size; a
+    continuation), then the most frequent whole words seen at least min_count times, up to vocab_size; a
     word outside it is spelled in characters. Built by counting, ties broken alphabetically, so
     the same texts always give the same ids (tokenizers' WordPieceTrainer breaks ties between
     equally frequent merges differently from run to run, and with it the classifier).
@@ -156,7 +156,7 @@ def train_wordpiece(texts, vocab_size):
     words = Counter(w for text in texts for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
     chars = sorted({c for w in words for c in w})
     vocab = list(SPECIAL_TOKENS) + chars + ["##" + c for c in chars]
-    frequent = sorted((w for w, n in words.items() if n >= 2 and len(w) > 1), key=lambda w: (-words[w], w))
+    frequent = sorted((w for w, n in words.items() if n >= min_count and len(w) > 1), key=lambda w: (-words[w], w))
     vocab += frequent[:max(0, vocab_size - len(vocab))]
 
     tok = HFTokenizer(WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]", max_input_chars_per_word=100))

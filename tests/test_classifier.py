@@ -259,11 +259,14 @@ def test_wordpiece_vocabulary_is_deterministic():
     texts = [r["question"] for r in make_rows(60)]
     vocabs = [classifier.train_wordpiece(texts, 300).get_vocab() for _ in range(3)]
     assert vocabs[0] == vocabs[1] == vocabs[2]
-    tok = classifier.train_wordpiece(["صداع صداع شديد", "صداع خفيف خفيف"], 100)
+    tok = classifier.train_wordpiece(["صداع صداع شديد", "صداع خفيف خفيف"], 100, min_count=2)
     vocab = tok.get_vocab()
     # specials, then the 5 characters, their ## forms, then words seen twice by frequency
     assert [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])][-2:] == ["صداع", "خفيف"]
     assert "شديد" not in vocab and tok.encode("شديد").tokens[1:-1] == ["ش", "##د", "##ي", "##د"]
+    # the default keeps words seen once too (small data: a word in one training row is one token)
+    vocab = classifier.train_wordpiece(["صداع صداع شديد", "صداع خفيف خفيف"], 100).get_vocab()
+    assert [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])][-3:] == ["صداع", "خفيف", "شديد"]
 
 
 # ----------------------------------------------------------------------------- honest warnings
