@@ -99,8 +99,8 @@ def parse_args(argv=None):
         p.error("--n must be >= 1")
     if getattr(args, "resamples", 1) < 1:
         p.error("--resamples must be >= 1")
-    if args.command == "compare" and len(args.runs) < 2:
-        p.error("--runs needs at least two run folders")
+    if args.command == "compare" and (len(args.runs) < 2 or len({str(Path(r).resolve()) for r in args.runs}) < len(args.runs)):
+        p.error("--runs needs at least two different run folders")
     return args
 
 
@@ -192,15 +192,20 @@ def compare_page(args):
 def load_page(folder):
     """The page a results run reads: page.json + items.jsonl (labelling) or key.json (review)."""
     folder = Path(folder)
-    if (folder / "page.json").is_file():
-        page = json.loads((folder / "page.json").read_text(encoding="utf-8"))
-        page["items"] = [row for _, row in read_jsonl(folder / "items.jsonl")]
-        page["ids"] = [str(r["id"]) for r in page["items"]]
-    elif (folder / "key.json").is_file():
-        page = json.loads((folder / "key.json").read_text(encoding="utf-8"))
-        page["ids"] = [it["id"] for it in page["items"]]
-    else:
+    name = "page.json" if (folder / "page.json").is_file() else "key.json"
+    if not (folder / name).is_file():
         raise DataError(folder, None, None, "holds neither page.json nor key.json: not a folder review.py wrote")
+    try:
+        page = json.loads((folder / name).read_text(encoding="utf-8"))
+        if name == "page.json":
+            page["items"] = [row for _, row in read_jsonl(folder / "items.jsonl", required=("id", "question"))]
+            page["ids"] = [str(r["id"]) for r in page["items"]]
+        else:
+            page["ids"] = [it["id"] for it in page["items"]]
+    except (ValueError, KeyError, TypeError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(folder / name, None, None, f"not a page file review.py wrote ({e})") from None
     return page
 
 
