@@ -85,6 +85,7 @@ import math
 import os
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -137,8 +138,10 @@ def split_metrics(logits, labels, temperature):
     prf = per_class_prf(conf)
     critical = SEVERITIES.index("critical")
 
+    y_arr, pred_arr = np.array(y, dtype=np.int64), np.array(pred, dtype=np.int64)
+
     def resampled(idx):  # bootstrap over rows: macro-F1 and critical recall of each resample
-        p = per_class_prf(confusion_matrix([y[i] for i in idx], [pred[i] for i in idx]))
+        p = per_class_prf(confusion_matrix(y_arr[idx], pred_arr[idx]))
         return {"macro_f1": sum(c["f1"] for c in p) / len(p),
                 "critical_recall": p[critical]["recall"] if p[critical]["support"] else None}
     ci = bootstrap(resampled, len(y), n_resamples=1000, seed=0) if y else {}

@@ -20,7 +20,7 @@ import numpy as np
 def confusion_matrix(y_true, y_pred, num_classes=3, weights=None):
     """conf[t][p] = (weighted) number of items with true class t predicted as p (rows true,
     columns predicted). Integer counts without weights, floats with them."""
-    y_true, y_pred = np.asarray(list(y_true), dtype=np.int64), np.asarray(list(y_pred), dtype=np.int64)
+    y_true, y_pred = (np.asarray(y if isinstance(y, np.ndarray) else list(y), dtype=np.int64) for y in (y_true, y_pred))
     if weights is None:
         flat = np.bincount(y_true * num_classes + y_pred, minlength=num_classes * num_classes)
         return flat.reshape(num_classes, num_classes).tolist()
