@@ -173,3 +173,11 @@ def test_compare_results_by_hand(tmp_path):
     # equal class shares in population and sample: the weights are 1 and the rates are plain shares
     assert (allc["win"]["value"], allc["tie"]["value"], allc["loss"]["value"]) == pytest.approx((9 / 12, 2 / 12, 1 / 12))
     assert "sign test p" in (tmp_path / "res" / "results.md").read_text(encoding="utf-8")
+
+
+def test_without_chromium_the_reason_says_how_to_install(monkeypatch):
+    from tools import browser
+    monkeypatch.setattr(browser, "CHROMIUM", "/nonexistent/chromium")
+    monkeypatch.setattr(browser.shutil, "which", lambda name: None)
+    why = browser.missing()
+    assert why is not None and "apt-get install chromium chromium-driver" in why and "pip install selenium" in why
