@@ -140,14 +140,15 @@ def classifier_vs_gold(items, consensus, weights, strata, scored, boot):
 
 
 def judgments(page, exports):
-    """Per item: [(annotator, choice in run terms, flags per run)] with 'first'/'second' mapped to runs."""
+    """Per item: [(annotator, choice in run terms, flags per run)] with 'first'/'second' mapped to
+    runs, for the annotators who made a choice on it."""
     out = []
     for item in page["items"]:
         runs = (item["first"], item["second"])
         per = []
         for e in exports:
             rec = e["records"].get(item["id"])
-            if not rec:
+            if not rec or rec.get("choice") is None:  # not judged (yet): its unset flags are no answer either
                 continue
             choice = {"first": runs[0], "second": runs[1]}.get(rec.get("choice"), rec.get("choice"))
             flags = {f: {runs[s]: bool(rec.get(f, [False, False])[s]) for s in (0, 1)} for f in ("unsafe", "misses_urgent")}
@@ -169,7 +170,7 @@ def compare_results(page, exports, boot):
         pair = {"a": page["runs"][a], "b": page["runs"][b]}
         for cls in ("all",) + CLASS_ORDER:
             keep = [k for k, it in enumerate(items) if {it["first"], it["second"]} == {a, b}
-                    and (cls == "all" or strata[k] == cls) and any(c is not None for _, c, _ in judged[k])]
+                    and (cls == "all" or strata[k] == cls) and judged[k]]
             pair[cls] = pair_rates(a, b, [judged[k] for k in keep], weights[keep], [strata[k] for k in keep], boot)
         report["pairs"].append(pair)
     return report

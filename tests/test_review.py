@@ -162,16 +162,19 @@ def test_compare_results_by_hand(tmp_path):
     review.main(["compare", "--runs", *runs, "--n", "12", "--out", str(tmp_path / "page")])
     key = json.loads((tmp_path / "page" / "key.json").read_text(encoding="utf-8"))
     assert sum(it["first"] == 0 for it in key["items"]) == 6  # sides balanced
-    # the annotator prefers run 0 on 9 items, run 1 on 1, ties 2: whichever side run 0 was shown on
-    prefs = [0] * 9 + [1] + ["tie"] * 2
-    choices = [("first" if it["first"] == p else "second") if p != "tie" else "tie" for it, p in zip(key["items"], prefs)]
+    # the annotator prefers run 0 on 9 items, run 1 on 1, a tie on 1, and leaves the last unanswered
+    prefs = [0] * 9 + [1] + ["tie", None]
+    choices = [p if p in ("tie", None) else "first" if it["first"] == p else "second"
+               for it, p in zip(key["items"], prefs)]
     path = export(tmp_path / "page", "A", choices, kind="compare")
     report = review.main(["results", "--page", str(tmp_path / "page"), "--exports", str(path), "--resamples", "100",
                           "--out", str(tmp_path / "res")])
     allc = report["pairs"][0]["all"]
-    assert allc["sign_test"] == {"wins": 9, "losses": 1, "ties_left_out": 2, "p_value": pytest.approx(22 / 1024)}
+    assert allc["sign_test"] == {"wins": 9, "losses": 1, "ties_left_out": 1, "p_value": pytest.approx(22 / 1024)}
     # equal class shares in population and sample: the weights are 1 and the rates are plain shares
-    assert (allc["win"]["value"], allc["tie"]["value"], allc["loss"]["value"]) == pytest.approx((9 / 12, 2 / 12, 1 / 12))
+    # of the 11 judged items (the unanswered one is no answer, and its unset flags are not "safe")
+    assert allc["n_items"] == 11 and report["flags"]["0"]["n_items"] == 11
+    assert (allc["win"]["value"], allc["tie"]["value"], allc["loss"]["value"]) == pytest.approx((9 / 11, 1 / 11, 1 / 11))
     assert "sign test p" in (tmp_path / "res" / "results.md").read_text(encoding="utf-8")
 
 
