@@ -53,8 +53,8 @@ or clicks, and exports as one JSON file. The whole workflow: docs/review.md.
      given by more than half of the item's answers, "cannot tell" counting as an answer: ties and
      items a "cannot tell" leaves without a majority stay unlabelled, counted); the rules
      (core.lexicon.severity_of) and the classifier (argmax of severity_probs from --data or the
-     items, rows outside the train split) against the consensus: accuracy, macro-F1, kappa, per-class recall and precision
-     (critical first), confusion matrix.
+     items, rows outside the train split) against the consensus: accuracy, macro-F1, kappa,
+     per-class recall and precision (critical first), confusion matrix.
    - answer review: per pair of runs win / tie / loss / both-unacceptable rates, overall and per
      class, and the exact two-sided sign test on items (an item's preference is the majority of its
      annotators'; ties left out, counted); "unsafe" and "misses urgent care" rates per run; the
@@ -67,8 +67,8 @@ import argparse
 import json
 from pathlib import Path
 
-from core.common import (USER_ERRORS, DataError, UsageError, check_out_dir, output_lock, read_jsonl,
-                         severity_class, staged_dir, write_json, write_jsonl)
+from core.common import (DataError, UsageError, check_out_dir, out_path, output_lock, positive_int, read_jsonl,
+                         run_main, seed_int, severity_class, staged_dir, write_json, write_jsonl)
 from core import review as rv
 
 LABEL_FILES = ("label.html", "items.jsonl", "page.json")
@@ -84,22 +84,19 @@ def parse_args(argv=None):
     cmp_ = sub.add_parser("compare", help="write a blind pairwise answer-review page")
     cmp_.add_argument("--runs", nargs="+", required=True, help="two or more evaluate.py run folders")
     for s in (lab, cmp_):
-        s.add_argument("--n", type=int, default=200 if s is lab else 100, help="items on the page")
-        s.add_argument("--seed", type=int, default=0, help="seed of the sample and of the answer order")
-        s.add_argument("--out", required=True, help="output folder")
+        s.add_argument("--n", type=positive_int, default=200 if s is lab else 100, help="items on the page")
+        s.add_argument("--seed", type=seed_int, default=0, help="seed of the sample and of the answer order")
+        s.add_argument("--out", type=out_path, required=True, help="output folder")
     res = sub.add_parser("results", help="agreement statistics, gold labels, win rates from exported files")
     res.add_argument("--page", required=True, help="the folder review.py label/compare wrote")
     res.add_argument("--exports", nargs="+", required=True, help="the JSON files the clinicians exported")
     res.add_argument("--data", default=None, help="scored JSONL (severity_probs) for classifier vs gold")
-    res.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
-    res.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
-    res.add_argument("--out", required=True, help="output folder (results.md, results.json, gold.jsonl)")
+    res.add_argument("--resamples", type=positive_int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    res.add_argument("--seed", type=seed_int, default=0, help="seed of the bootstrap")
+    res.add_argument("--out", type=out_path, required=True, help="output folder (results.md, results.json, gold.jsonl)")
     args = p.parse_args(argv)
-    if getattr(args, "n", 1) < 1:
-        p.error("--n must be >= 1")
-    if getattr(args, "resamples", 1) < 1:
-        p.error("--resamples must be >= 1")
-    if args.command == "compare" and (len(args.runs) < 2 or len({str(Path(r).resolve()) for r in args.runs}) < len(args.runs)):
+    distinct = {str(Path(r).resolve()) for r in getattr(args, "runs", ())}
+    if args.command == "compare" and (len(args.runs) < 2 or len(distinct) < len(args.runs)):
         p.error("--runs needs at least two different run folders")
     return args
 
@@ -235,7 +232,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except USER_ERRORS as e:
-        raise SystemExit(f"error: {e}")
+    run_main(main)  # bad input: one `error:` line, no traceback

@@ -323,7 +323,8 @@ def fit(args, model, seqs, labels, weight, row_weight, pad_id, lr, device, t0):
     n_train = len(seqs["train"])
     steps_per_epoch = math.ceil(n_train / args.batch_size)
     args.epochs, args.patience = epoch_budget(steps_per_epoch, args.epochs, args.patience)
-    print0(f"{args.epochs} epochs at most ({steps_per_epoch} steps each), early stop after {args.patience} without progress")
+    print0(f"{args.epochs} epochs at most ({steps_per_epoch} steps each), "
+           f"early stop after {args.patience} without progress")
     total_steps = steps_per_epoch * args.epochs
     warmup_steps = max(1, int(args.warmup * total_steps))
     gen = torch.Generator().manual_seed(args.seed)

@@ -80,7 +80,8 @@ def choose_temperature(logits, labels, n_folds=5, seed=0):
         held_1 += nll(logits[test], labels[test], 1.0, reduction="sum")
     report.update(fitted=fitted, folds=k, val_nll_t1=held_1 / n, val_nll_cross_validated=held_t / n)
     if not inside_bounds(fitted):
-        reason = f"the fitted temperature {fitted:.3g} hit its bound {T_BOUNDS} (the val split is too small or too easy)"
+        reason = (f"the fitted temperature {fitted:.3g} hit its bound {T_BOUNDS} "
+                  f"(the val split is too small or too easy)")
     elif not held_t < held_1:
         reason = (f"the fitted temperature {fitted:.3g} does not lower the NLL on held-out val folds "
                   f"({held_t / n:.4f} vs {held_1 / n:.4f} at T = 1)")

@@ -18,7 +18,8 @@ LABELS = SEVERITIES + ("cannot_tell",)
 CHOICES = ("first", "second", "tie", "both_unacceptable")
 CONFIDENCES = ("sure", "unsure")
 EXPORT_PREFIX = {"label": "labels", "compare": "ratings"}
-KEY_HINTS = {"label": "Keys: <kbd>1</kbd> mild, <kbd>2</kbd> moderate, <kbd>3</kbd> critical, <kbd>0</kbd> cannot tell.",
+KEY_HINTS = {"label": "Keys: <kbd>1</kbd> mild, <kbd>2</kbd> moderate, <kbd>3</kbd> critical, "
+                      "<kbd>0</kbd> cannot tell.",
              "compare": "Keys: <kbd>1</kbd> answer 1 better, <kbd>2</kbd> answer 2 better, <kbd>3</kbd> tie, "
                         "<kbd>0</kbd> both unacceptable."}
 TITLES = {"label": "تصنيف خطورة الشكاوى / Severity labelling",

@@ -94,8 +94,9 @@ def agreement(ratings, counts, weights, strata, boot):
         a = np.array([SEVERITIES.index(ratings[k][0]) for k in both], dtype=int)
         b = np.array([SEVERITIES.index(ratings[k][1]) for k in both], dtype=int)
         w, s = weights[both], [strata[k] for k in both]
-        stat = lambda idx: {"kappa": ag.cohen_kappa(a[idx], b[idx], 3, w[idx]),  # noqa: E731
-                            "percent_agreement": float(w[idx] @ (a[idx] == b[idx]) / w[idx].sum()) if len(idx) else None}
+        def stat(idx):
+            agree = float(w[idx] @ (a[idx] == b[idx]) / w[idx].sum()) if len(idx) else None
+            return {"kappa": ag.cohen_kappa(a[idx], b[idx], 3, w[idx]), "percent_agreement": agree}
         name = "cohen_kappa"
     else:
         both = [k for k in range(len(ratings)) if counts[k].sum() >= 2]
@@ -151,7 +152,8 @@ def judgments(page, exports):
             if not rec or rec.get("choice") is None:  # not judged (yet): its unset flags are no answer either
                 continue
             choice = {"first": runs[0], "second": runs[1]}.get(rec.get("choice"), rec.get("choice"))
-            flags = {f: {runs[s]: bool(rec.get(f, [False, False])[s]) for s in (0, 1)} for f in ("unsafe", "misses_urgent")}
+            flags = {f: {runs[s]: bool(rec.get(f, [False, False])[s]) for s in (0, 1)}
+                     for f in ("unsafe", "misses_urgent")}
             per.append((e["annotator"], choice, flags))
         out.append(per)
     return out
@@ -200,13 +202,15 @@ def flag_rates(items, judged, weights, strata, n_runs, boot):
     out = {}
     for r in range(n_runs):
         keep = [k for k, it in enumerate(items) if r in (it["first"], it["second"]) and judged[k]]
-        rates = {f: np.array([np.mean([fl[f][r] for _, _, fl in judged[k]]) for k in keep]) for f in ("unsafe", "misses_urgent")}
+        rates = {f: np.array([np.mean([fl[f][r] for _, _, fl in judged[k]]) for k in keep])
+                 for f in ("unsafe", "misses_urgent")}
         w = weights[keep]
 
         def stat(idx):
             return {f: float(w[idx] @ v[idx] / w[idx].sum()) if len(idx) else None for f, v in rates.items()}
         ci = ag.bootstrap(stat, len(keep), [strata[k] for k in keep], **boot) if keep else {}
-        out[str(r)] = {"n_items": len(keep), **{k: with_ci(v, ci.get(k)) for k, v in stat(np.arange(len(keep))).items()}}
+        point = stat(np.arange(len(keep)))
+        out[str(r)] = {"n_items": len(keep), **{k: with_ci(v, ci.get(k)) for k, v in point.items()}}
     return out
 
 
@@ -214,9 +218,11 @@ def preference_agreement(items, exports):
     """Cohen's kappa and percent agreement of each pair of annotators on the choice (first /
     second / tie / both unacceptable), over the items both judged."""
     out = []
+    def choice(e, item):
+        return (e["records"].get(item["id"]) or {}).get("choice")
+
     for e1, e2 in combinations(exports, 2):
-        both = [(e1["records"][it["id"]]["choice"], e2["records"][it["id"]]["choice"]) for it in items
-                if (e1["records"].get(it["id"]) or {}).get("choice") and (e2["records"].get(it["id"]) or {}).get("choice")]
+        both = [(choice(e1, it), choice(e2, it)) for it in items if choice(e1, it) and choice(e2, it)]
         codes = ["first", "second", "tie", "both_unacceptable"]
         x, y = [codes.index(p) for p, _ in both], [codes.index(q) for _, q in both]
         out.append({"annotators": [e1["annotator"], e2["annotator"]], "n_items": len(both),
@@ -247,7 +253,8 @@ def label_markdown(r):
              f"{r['n_items']} items; 'cannot tell' answers: {r['cannot_tell']}; unanswered: {r['unanswered']}.\n",
              REWEIGHT_NOTE.format(pop=r["population"]), "## Agreement between annotators\n"]
     if a["statistic"]:
-        lines += [f"- {a['statistic'].replace('_', ' ')}: {fmt(a['kappa'])} ({a['n_items']} items with two or more class labels)",
+        lines += [f"- {a['statistic'].replace('_', ' ')}: {fmt(a['kappa'])} "
+                  f"({a['n_items']} items with two or more class labels)",
                   f"- percent agreement: {fmt(a['percent_agreement'])}\n"]
     else:
         lines.append(a["note"] + "\n")
@@ -275,7 +282,8 @@ def compare_markdown(r):
     lines = [f"# Blind answer review: page {r['page_id']}\n", f"Annotators: {', '.join(r['annotators'])}; "
              f"{r['n_items']} items.\n", REWEIGHT_NOTE.format(pop=r["population"])]
     for p in r["pairs"]:
-        lines += [f"## {p['a']} (A) vs {p['b']} (B)\n", "| class | items | A better | tie | B better | both unacceptable "
+        lines += [f"## {p['a']} (A) vs {p['b']} (B)\n",
+                  "| class | items | A better | tie | B better | both unacceptable "
                   "| sign test p (A wins / B wins / ties left out) |", "|---|---|---|---|---|---|---|"]
         for cls in ("all",) + CLASS_ORDER:
             x = p[cls]
@@ -288,7 +296,9 @@ def compare_markdown(r):
     lines += [f"| {r['runs'][int(k)]} | {v['n_items']} | {fmt(v['unsafe'])} | {fmt(v['misses_urgent'])} |"
               for k, v in r["flags"].items()]
     lines += ["", "## Annotators' agreement on the preference\n"]
-    lines += [f"- {' vs '.join(x['annotators'])}: kappa {x['kappa'] if x['kappa'] is None else round(x['kappa'], 3)}, "
-              f"percent agreement {x['percent_agreement'] if x['percent_agreement'] is None else round(x['percent_agreement'], 3)} "
-              f"({x['n_items']} items)" for x in r["annotator_agreement"]] or ["one annotator: no agreement to measure"]
+    def num(x):
+        return "n/a" if x is None else f"{x:.3f}"
+    lines += [f"- {' vs '.join(x['annotators'])}: kappa {num(x['kappa'])}, percent agreement "
+              f"{num(x['percent_agreement'])} ({x['n_items']} items)" for x in r["annotator_agreement"]] \
+        or ["one annotator: no agreement to measure"]
     return "\n".join(lines) + "\n"

@@ -278,7 +278,8 @@ def fake_metrics(temperature, val_support, test_support, train_loss):
                 "per_class": {c: {"support": n} for c, n in zip(("mild", "moderate", "critical"), support)}}
     from core.calibration import inside_bounds
     check = {"kept": inside_bounds(temperature), "reason": "hit its bound"}
-    return ({"temperature": temperature, "temperature_check": check, "val": split(val_support), "test": split(test_support)},
+    return ({"temperature": temperature, "temperature_check": check, "val": split(val_support),
+             "test": split(test_support)},
             [{"train_loss": train_loss}])
 
 

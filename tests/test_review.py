@@ -62,7 +62,8 @@ def test_label_page_is_blind(label_dir):
     assert [it["id"] for it in data["items"]] == [r["id"] for r in items]
     assert Counter(r["severity"] for r in items) == {"mild": 10, "moderate": 10, "critical": 10}
     page = json.loads((label_dir / "page.json").read_text(encoding="utf-8"))
-    assert page["population"] == dict(Counter(json.loads(x)["severity"] for x in DEMO.read_text(encoding="utf-8").splitlines()))
+    demo = DEMO.read_text(encoding="utf-8").splitlines()
+    assert page["population"] == dict(Counter(json.loads(x)["severity"] for x in demo))
 
 
 def test_script_text_cannot_close_the_data_element():
@@ -174,7 +175,8 @@ def test_compare_results_by_hand(tmp_path):
     # equal class shares in population and sample: the weights are 1 and the rates are plain shares
     # of the 11 judged items (the unanswered one is no answer, and its unset flags are not "safe")
     assert allc["n_items"] == 11 and report["flags"]["0"]["n_items"] == 11
-    assert (allc["win"]["value"], allc["tie"]["value"], allc["loss"]["value"]) == pytest.approx((9 / 11, 1 / 11, 1 / 11))
+    rates = (allc["win"]["value"], allc["tie"]["value"], allc["loss"]["value"])
+    assert rates == pytest.approx((9 / 11, 1 / 11, 1 / 11))
     assert "sign test p" in (tmp_path / "res" / "results.md").read_text(encoding="utf-8")
 
 
