@@ -67,17 +67,19 @@ import argparse
 import json
 from pathlib import Path
 
-from core.common import (DataError, UsageError, check_out_dir, out_path, output_lock, positive_int, read_jsonl,
-                         run_main, seed_int, severity_class, staged_dir, write_json, write_jsonl)
+from core.common import (DataError, HelpFormatter, check_not_input, check_out_dir, out_path, output_lock, positive_int,
+                         read_jsonl, run_main, seed_int, severity_class, staged_dir, write_json, write_jsonl)
 from core import review as rv
 
 LABEL_FILES = ("label.html", "items.jsonl", "page.json")
 COMPARE_FILES = ("compare.html", "key.json")
 RESULT_FILES = ("results.md", "results.json", "gold.jsonl")
+KIND = {"label": "review-label", "compare": "review-compare", "results": "review-results"}  # the folder kinds
+FILES = {"label": LABEL_FILES, "compare": COMPARE_FILES, "results": RESULT_FILES}
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     lab = sub.add_parser("label", help="write a blind severity-labelling page")
     lab.add_argument("--data", required=True, help="JSONL rows (id, question, answer; severity or severity_probs)")
@@ -99,15 +101,6 @@ def parse_args(argv=None):
     if args.command == "compare" and (len(args.runs) < 2 or len(distinct) < len(args.runs)):
         p.error("--runs needs at least two different run folders")
     return args
-
-
-def refuse_input_as_out(out, inputs):
-    """--out is replaced whole: it must be none of the inputs, nor a folder holding one."""
-    out = Path(out).resolve()
-    for path in inputs:
-        path = Path(path).resolve()
-        if path == out or out in path.parents:
-            raise UsageError(f"--out {out} is (or holds) the input {path}: choose another --out")
 
 
 def read_rows(path, required=("id", "question")):
@@ -143,7 +136,7 @@ def label_page(args):
              for i in chosen]
     page = {"kind": "label", "page_id": pid, "seed": args.seed, "n": len(ids), "data": str(args.data),
             "population": population(classes), "strata": {str(rows[i]["id"]): classes[i] for i in chosen}}
-    with staged_dir(args.out, LABEL_FILES) as tmp:
+    with staged_dir(args.out, "review-label", LABEL_FILES) as tmp:
         (tmp / "label.html").write_text(rv.render_page("label", pid, items), encoding="utf-8")
         write_jsonl(tmp / "items.jsonl", (rows[i] for i in chosen))
         write_json(tmp / "page.json", page)
@@ -178,7 +171,7 @@ def compare_page(args):
     key = {"kind": "compare", "page_id": pid, "seed": args.seed, "n": len(ids),
            "runs": [str(r) for r in args.runs], "population": population(classes),
            "items": [{"id": i, "stratum": s, "first": a, "second": b} for i, s, (a, b) in zip(ids, strata, sides)]}
-    with staged_dir(args.out, COMPARE_FILES) as tmp:
+    with staged_dir(args.out, "review-compare", COMPARE_FILES) as tmp:
         (tmp / "compare.html").write_text(rv.render_page("compare", pid, items), encoding="utf-8")
         write_json(tmp / "key.json", key)
     print(f"{args.out}/compare.html: {len(ids)} items over {len(runs)} runs (page {pid}); "
@@ -213,7 +206,7 @@ def results(args):
     scored = None
     if args.data:
         scored = {str(r["id"]): r for _, r in read_jsonl(args.data, required=("id",))}
-    with staged_dir(args.out, RESULT_FILES) as tmp:
+    with staged_dir(args.out, "review-results", RESULT_FILES) as tmp:
         report = review_results.write(page, exports, scored, warnings, tmp, args.resamples, args.seed)
     for w in warnings:
         print(f"WARNING: {w}")
@@ -223,10 +216,10 @@ def results(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    inputs = {"label": lambda: [args.data], "compare": lambda: args.runs,
-              "results": lambda: [args.page, *args.exports] + ([args.data] if args.data else [])}[args.command]()
-    refuse_input_as_out(args.out, inputs)
-    check_out_dir(args.out)
+    inputs = {"label": lambda: {"--data": args.data}, "compare": lambda: {"--runs": args.runs},
+              "results": lambda: {"--page": args.page, "--exports": args.exports, "--data": args.data}}[args.command]()
+    check_not_input(args.out, inputs)  # --out is replaced whole: never an input, nor a folder holding one
+    check_out_dir(args.out, KIND[args.command], FILES[args.command])
     with output_lock(args.out):
         return {"label": label_page, "compare": compare_page, "results": results}[args.command](args)
 
