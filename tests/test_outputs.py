@@ -18,13 +18,7 @@ from core.common import (MARKER, DataError, OutputError, check_not_input, check_
                          read_marker, recover_dir, remove_stale_temps, staged_dir, stop_cleanly, write_json,
                          write_sidecar)
 from conftest import write_rows
-
-ROWS = [{"id": f"r{i}", "question": q, "answer": a, "split": s, "severity": c}
-        for i, (q, a, s, c) in enumerate([
-            ("عندي ألم شديد في الصدر منذ ساعة", "اذهب الى الطوارئ فورا ولا تتأخر", "train", "critical"),
-            ("عندي حرارة وسعال منذ ثلاثة أيام", "اشرب السوائل وراجع الطبيب اذا استمرت", "train", "moderate"),
-            ("عندي حبوب في الوجه", "استعمل غسول لطيف ولا تعصر الحبوب", "val", "mild"),
-            ("صداع خفيف بعد العمل", "ارتح واشرب الماء ونم جيدا", "test", "mild")])]
+from tools.safety_cases import ROWS  # the four rows the case corpus writes
 
 
 def snapshot(folder):
