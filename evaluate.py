@@ -314,14 +314,18 @@ def generate_answers(model, tokenizer, questions, args, show_progress=True, chat
     return answers, sum(t for _, t in encoded)
 
 
+# the flags the answers depend on: recorded in metrics.json and checked when a killed run resumes
+DECODING_FLAGS = ("max_new_tokens", "batch_size", "temperature", "top_k", "top_p", "repetition_penalty",
+                  "no_repeat_ngram", "seed", "compile")
+
+
 def generation_plan(args, rows, world, dtype, chat):
     """What the answers depend on (core/parts.py's plan.json): a resume with another value is refused."""
     keys = "\n".join(str(r.get("id", r["question"])) + "\t" + r["question"] for r in rows)
     plan = {"model": str(Path(args.model).resolve()), "model_files": P.model_files(args.model),
             "prompt_format": describe_prompt(chat),
             "rows": hashlib.sha1(keys.encode("utf-8")).hexdigest(), "world_size": world}
-    for k in ("max_new_tokens", "batch_size", "temperature", "top_k", "top_p", "repetition_penalty",
-              "no_repeat_ngram", "seed", "compile", "sample", "sample_seed", "sample_min_per_class"):
+    for k in DECODING_FLAGS + ("sample", "sample_seed", "sample_min_per_class"):
         plan[k] = getattr(args, k)
     plan["dtype"] = str(dtype).replace("torch.", "")
     return plan
@@ -361,8 +365,7 @@ def run_generation(args):
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        decoding = {k: getattr(args, k) for k in ("max_new_tokens", "batch_size", "temperature", "top_k", "top_p",
-                                                  "repetition_penalty", "no_repeat_ngram", "seed", "compile")}
+        decoding = {k: getattr(args, k) for k in DECODING_FLAGS}
         extra = {"mode": "generate", "model": str(args.model), "data": str(args.data), "split": args.split,
                  "limit": args.limit, "decoding": {**decoding, "greedy": args.temperature == 0},
                  "prompt": "prompt.format_prompt (question + '\\nالجواب:\\n')" if chat is None else
