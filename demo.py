@@ -35,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from core.common import OutputError, check_out_dir, mark_dir
+from core.outputs import OutputError, check_out_dir, mark_dir
 
 REPO = Path(__file__).resolve().parent
 # every name one demo run writes under --out (kind "demo"); each step's script replaces its own output

@@ -120,11 +120,11 @@ from tqdm import tqdm
 
 from core import metrics as M
 from core import reporting as R
-from core.common import (DataError, HelpFormatter, SEVERITIES, UsageError, atomic_open, bf16_supported, check_not_input,
-                         check_out_dir, cleanup_dist, device_arg, non_negative_float, non_negative_int,
-                         normalize_arabic, out_path, output_lock, pick_device, positive_float, positive_int, proportion,
-                         read_jsonl, run_main, seed_int, setup_dist, severity_class, staged_dir, write_json,
-                         write_jsonl)
+from core.common import (DataError, HelpFormatter, SEVERITIES, UsageError, atomic_open, bf16_supported, cleanup_dist,
+                         device_arg, non_negative_float, non_negative_int, normalize_arabic, out_path, pick_device,
+                         positive_float, positive_int, proportion, read_jsonl, run_main, seed_int, setup_dist,
+                         severity_class, write_json, write_jsonl)
+from core.outputs import check_not_input, check_out_dir, output_lock, staged_dir
 from models import load_pretrained
 from models.generate import Decoder, generate
 from core import parts as P  # generation that survives a kill
@@ -748,7 +748,7 @@ def main(argv=None):
 
 
 def run(args, rank0):
-    """The four modes; the run folder is written staged and swapped in whole (common.staged_dir)."""
+    """The four modes; the run folder is written staged and swapped in whole (outputs.staged_dir)."""
     if args.bertscore_batch_size is None:  # sized for the device: 256 on CUDA, 64 elsewhere
         args.bertscore_batch_size = 256 if pick_device(args.device).type == "cuda" else 64
     if args.compare:

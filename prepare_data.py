@@ -72,9 +72,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from core.common import (DataError, HelpFormatter, SEVERITIES, SPLITS, ascii_digits, check_not_input, check_out_file,
-                         check_probs, fraction, non_negative_int, normalize_arabic, out_path, output_lock, read_jsonl,
-                         run_main, seed_int, stable_hash, write_jsonl, write_sidecar)
+from core.common import (DataError, HelpFormatter, SEVERITIES, SPLITS, ascii_digits, check_probs, fraction,
+                         non_negative_int, normalize_arabic, out_path, read_jsonl, run_main, seed_int, stable_hash,
+                         write_jsonl)
+from core.outputs import check_not_input, check_out_file, output_lock, write_sidecar
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)

@@ -67,8 +67,9 @@ import argparse
 import json
 from pathlib import Path
 
-from core.common import (DataError, HelpFormatter, check_not_input, check_out_dir, out_path, output_lock, positive_int,
-                         read_jsonl, run_main, seed_int, severity_class, staged_dir, write_json, write_jsonl)
+from core.common import (DataError, HelpFormatter, out_path, positive_int, read_jsonl, run_main, seed_int,
+                         severity_class, write_json, write_jsonl)
+from core.outputs import check_not_input, check_out_dir, output_lock, staged_dir
 from core import review as rv
 
 LABEL_FILES = ("label.html", "items.jsonl", "page.json")

@@ -53,9 +53,9 @@ from tqdm import tqdm
 
 from contextlib import nullcontext
 
-from core.common import (DEMO_DATA, DataError, HelpFormatter, atomic_open, check_not_input, check_out_file,
-                         cleanup_dist, device_arg, dumps, out_path, output_lock, positive_int, print0, read_jsonl,
-                         run_main, setup_dist, write_sidecar)
+from core.common import (DEMO_DATA, DataError, HelpFormatter, atomic_open, cleanup_dist, device_arg, dumps, out_path,
+                         positive_int, print0, read_jsonl, run_main, setup_dist)
+from core.outputs import check_not_input, check_out_file, output_lock, write_sidecar
 from core.classifier import PREPROCESSORS, encode_texts, load_classifier, predict_logits
 
 

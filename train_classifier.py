@@ -95,9 +95,10 @@ from core.classifier import (CLASSIFIER_FILES, PREPROCESSORS, autocast, encode_t
 from core.agreement import accuracy, bootstrap, confusion_matrix, macro_f1, per_class_prf  # noqa: F401 (tests)
 from core.calibration import T_BOUNDS, choose_temperature, fit_temperature, nll  # noqa: F401 (tests)
 from core.common import (DEMO_DATA, DataError, HelpFormatter, SEVERITIES, SPLITS, UsageError, check_finite_step,
-                         check_finite_weights, check_not_input, check_out_dir, device_arg, fraction, non_negative_float,
-                         out_path, output_lock, pad_batch, pick_device, positive_float, positive_int, print0,
-                         read_jsonl, run_main, seed_all, seed_int, warn_high_lr)
+                         check_finite_weights, device_arg, fraction, non_negative_float, out_path, pad_batch,
+                         pick_device, positive_float, positive_int, print0, read_jsonl, run_main, seed_all, seed_int,
+                         warn_high_lr)
+from core.outputs import check_not_input, check_out_dir, output_lock
 
 MIN_STEPS = 400  # default --epochs: at least this many optimizer steps ...
 EPOCH_RANGE = (10, 100)  # ... and between these many epochs

@@ -101,11 +101,11 @@ from core.chat import add_prompt_flags, chat_format, describe as describe_prompt
 from core.checkpoint import CHECKPOINT_FILES, check_resumable, check_run_folder, save_checkpoint
 from core.curriculum import CURRICULA, curriculum_stages, describe, stage_at
 from core.common import (DEMO_DATA, DataError, HelpFormatter, REPO, SEVERITIES, UsageError, adamw, bf16_supported,
-                        check_finite_step, check_probs, classifier_warnings, cleanup_dist, device_arg, dumps, fraction,
-                        mark_dir, non_negative_float, non_negative_int, out_path, output_lock, positive_float,
-                        positive_int, print0, read_jsonl, recover_dir, remove_stale_temps, rng_state, run_main,
-                        seed_all, seed_int, set_rng_state, setup_dist, severity_class, stop_cleanly, warn_high_lr,
-                        write_jsonl)
+                         check_finite_step, check_probs, cleanup_dist, device_arg, dumps, fraction, non_negative_float,
+                         non_negative_int, out_path, positive_float, positive_int, print0, read_jsonl, rng_state,
+                         run_main, seed_all, seed_int, set_rng_state, setup_dist, severity_class, stop_cleanly,
+                         warn_high_lr, write_jsonl)
+from core.outputs import classifier_warnings, mark_dir, output_lock, recover_dir, remove_stale_temps
 from models import Tokenizer, build_model, load_pretrained
 from models.loss import fused_linear_cross_entropy, linear_cross_entropy_reference, token_cross_entropy
 from models.lora import add_lora, load_adapter

@@ -3,7 +3,7 @@
 A checkpoint is a Hugging Face model folder (config.json, model.safetensors, tokenizer files) plus
 meta.json (the run's arguments, step, data fingerprint) and, for <out>/last, trainer_state.pt
 (optimizer, step, epoch, data position, best validation loss, every rank's random generators). It is
-written to a temporary folder and renamed into place (common.staged_dir), so a run killed at any
+written to a temporary folder and renamed into place (outputs.staged_dir), so a run killed at any
 moment leaves the old or the new checkpoint whole; with LoRA the folder holds the merged model and
 adapter/ the adapters alone, in PEFT's layout. Resuming is refused, with the reason, when the run
 would not continue the same training (check_resumable).
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from core.common import UsageError, check_not_input, check_out_dir, naming_full_disk, staged_dir, write_json
+from core.common import UsageError, naming_full_disk, write_json
+from core.outputs import check_not_input, check_out_dir, staged_dir
 from models.hf_io import MODEL_FILES, write_pretrained
 from models.lora import merged, save_adapter
 

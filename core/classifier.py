@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from core.common import SEVERITIES, UsageError, bf16_supported, pad_batch, staged_dir, write_json
+from core.common import SEVERITIES, UsageError, bf16_supported, pad_batch, write_json
+from core.outputs import staged_dir
 
 # -----------------------------------------------------------------------------
 # Text preprocessing

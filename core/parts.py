@@ -18,8 +18,8 @@ is byte-identical to an uninterrupted run's. A rerun whose plan.json differs (an
 prompt format, decoding flag, sample, data or number of processes) is refused with one line
 naming the difference, before anything is generated.
 
-The folder lives until the run folder has been swapped in whole (common.staged_dir); then rank 0
-deletes it (finish). common.remove_stale_temps leaves it alone: it is not a temporary file but the
+The folder lives until the run folder has been swapped in whole (outputs.staged_dir); then rank 0
+deletes it (finish). outputs.remove_stale_temps leaves it alone: it is not a temporary file but the
 work a rerun continues from. Under torchrun every rank writes only its own file; rank 0 creates
 and checks the folder, and a refusal reaches every rank (no rank waits forever).
 """
@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from core.common import UsageError, dir_refusal, mark_dir, write_json
+from core.common import UsageError, write_json
+from core.outputs import dir_refusal, mark_dir
 
 PART_FILES = {"plan.json", "rank*-of-*.jsonl"}  # every name a parts folder (kind "eval-parts") holds
 # how each plan.json key is named to the user when it differs

@@ -40,7 +40,8 @@ from tokenizers import AddedToken, decoders, normalizers, pre_tokenizers, proces
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.models import BPE, WordPiece
 
-from core.common import naming_full_disk, staged_dir, usual_permissions
+from core.common import naming_full_disk, usual_permissions
+from core.outputs import staged_dir
 from models.aragpt2 import is_grover_state_dict
 from models.checks import (ModelFolderError, build_on_meta, check_config_fields, check_kind, check_layers,
                            check_shapes, read_json, read_safetensors_header, shard_files)
@@ -211,7 +212,7 @@ MODEL_FILES = {"config.json", "generation_config.json", "model.safetensors", "mo
 
 def save_pretrained(model, tokenizer, folder):
     """Write `model` (and `tokenizer`, may be None) as a Hugging Face folder, atomically: built
-    in a temporary sibling, then renamed into place (common.staged_dir), so `folder` is replaced
+    in a temporary sibling, then renamed into place (outputs.staged_dir), so `folder` is replaced
     as a whole; a folder that is not a model folder this project wrote (kind "model", only
     MODEL_FILES inside) is refused. Pass the raw module (not DDP- or torch.compile-wrapped)."""
     with staged_dir(folder, "model", MODEL_FILES) as tmp:

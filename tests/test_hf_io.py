@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from core.common import MARKER, OutputError
+from core.outputs import MARKER, OutputError
 from models import Tokenizer, load_pretrained, save_pretrained
 from models.bert import BertForSequenceClassification
 from models.checks import ModelFolderError

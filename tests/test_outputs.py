@@ -14,9 +14,9 @@ import pytest
 import evaluate
 import prepare_data
 import train_classifier
-from core.common import (MARKER, DataError, OutputError, check_not_input, check_out_dir, dumps, output_lock,
-                         read_marker, recover_dir, remove_stale_temps, staged_dir, stop_cleanly, write_json,
-                         write_sidecar)
+from core.common import DataError, dumps, stop_cleanly, write_json
+from core.outputs import (MARKER, OutputError, check_not_input, check_out_dir, output_lock, read_marker, recover_dir,
+                          remove_stale_temps, staged_dir, write_sidecar)
 from conftest import write_rows
 from tools.safety_cases import ROWS  # the four rows the case corpus writes
 
@@ -419,15 +419,15 @@ def test_a_users_data_survives(name, tmp_path):
 # ---------------------------------------------------------------------------- the lock under a crowd
 
 
-def _taker(path, rounds, barrier, held, results, me, common):
+def _taker(path, rounds, barrier, held, results, me, outputs):
     """One of the stress test's processes: each round, try to take the lock at the same moment as
     the others; while holding it, count the holders (must be 1); wait for everyone; release.
     Asking whether the dead holder is alive takes a random 0-2 ms here (a slow, shared file system
     widens every window between reading the lock and acting on it)."""
     import random
     import time
-    alive = common._alive
-    common._alive = lambda pid: time.sleep(random.random() * 0.002) or alive(pid)
+    alive = outputs._alive
+    outputs._alive = lambda pid: time.sleep(random.random() * 0.002) or alive(pid)
     for r in range(rounds):
         barrier.wait()
         try:
@@ -457,8 +457,8 @@ def test_the_lock_has_one_holder_among_eight_takers(tmp_path):
     stale = json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "token": "dead"})
     barrier, held = ctx.Barrier(takers + 1), ctx.Value("i", 0)
     results = ctx.Array("i", [0] * (rounds * 64))
-    from core import common
-    procs = [ctx.Process(target=_taker, args=(out, rounds, barrier, held, results, i, common)) for i in range(takers)]
+    from core import outputs
+    procs = [ctx.Process(target=_taker, args=(out, rounds, barrier, held, results, i, outputs)) for i in range(takers)]
     for p in procs:
         p.start()
     try:

@@ -8,7 +8,8 @@ import random
 import pytest
 
 import prepare_data
-from core.common import DataError, UsageError, normalize_arabic, stable_hash, write_sidecar
+from core.common import DataError, UsageError, normalize_arabic, stable_hash
+from core.outputs import write_sidecar
 from core.lexicon import severity_of
 
 HEADER = ["q_body", "a_body", "q_body_count", "a_body_count", "category", "category_id"]

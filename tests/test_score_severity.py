@@ -168,7 +168,7 @@ def test_torchrun_bad_input_leaves_nothing(classifier, tmp_path):
 
 
 def test_empty_input_or_a_folder_out_is_refused_and_keeps_the_old_output(classifier, tmp_path):
-    from core.common import OutputError, write_sidecar
+    from core.outputs import OutputError, write_sidecar
     (tmp_path / "empty.jsonl").write_text("\n", encoding="utf-8")
     out = tmp_path / "scored.jsonl"
     out.write_text("a good earlier output\n", encoding="utf-8")

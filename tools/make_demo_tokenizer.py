@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from core.common import DATA_DIR, check_not_input, check_out_dir, normalize_arabic, one_line_errors, staged_dir
+from core.common import DATA_DIR, normalize_arabic, one_line_errors
+from core.outputs import check_not_input, check_out_dir, staged_dir
 from models import Tokenizer
 
 EOS = "<|endoftext|>"

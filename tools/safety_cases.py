@@ -21,7 +21,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from core.common import KINDS, MARKER, run_main  # noqa: E402
+from core.common import run_main
+from core.outputs import KINDS, MARKER  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = [{"id": f"r{i}", "question": q, "answer": a, "split": s, "severity": c}
