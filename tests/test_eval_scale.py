@@ -110,7 +110,7 @@ def test_sample_recorded_and_compare_refuses_other_samples(tmp_path, lm, capsys)
 KILLER = r'''
 import os, signal, sys
 sys.path.insert(0, os.environ["REPO"])
-import core.common as C, core.parts as P
+import core.outputs as C, core.parts as P
 where = os.environ.get("KILL_AT", "")
 rank = os.environ.get("RANK", "0")
 if where and (where.startswith("swap") or os.environ.get("KILL_RANK", "0") == rank):
