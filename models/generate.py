@@ -83,10 +83,10 @@ class StaticKVCache:
             K.copy_(torch.cat([K[:, :, T:], k], dim=2))  # (B, nkv, max_len, hs), newest last
             V.copy_(torch.cat([V[:, :, T:], v], dim=2))
             return K, V
-        K.index_copy_(2, self.slot, k)  # its own slot, for the later steps
-        V.index_copy_(2, self.slot, v)
-        K[:, :, -1:].copy_(k)  # the query's slot in the model's mask
-        V[:, :, -1:].copy_(v)
+        # its own slot (for the later steps) and the last slot (the query's in the model's mask), in one
+        # index_copy_ that inductor does in place (a second, sliced copy_ made it copy the whole cache)
+        K.index_copy_(2, self.slot, torch.cat([k, k], dim=2))
+        V.index_copy_(2, self.slot, torch.cat([v, v], dim=2))
         return K, V
 
     def advance(self, T):
@@ -135,7 +135,7 @@ class Decoder:
         else:  # the token fed now is stored at slot L + step; the one fed before becomes visible
             if step > 0:
                 self.smask[:, self.L + step - 1] = 1
-            self.live.slot = torch.tensor([self.L + step], device=tok.device)
+            self.live.slot = torch.tensor([self.L + step, self.slots - 1], device=tok.device)
         return self.step(self.model, tok[:, None], self.smask, self.live, self.pos + step), keep
 
     @staticmethod
