@@ -15,21 +15,34 @@ no half-written file.
 import argparse
 import json
 import os
+import pickle
+import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from core.common import UsageError, naming_full_disk, run_main  # noqa: E402
+
 
 def to_safetensors(bin_path, out_path):
     """Convert one .bin file; returns its keys."""
-    sd = torch.load(bin_path, map_location="cpu", weights_only=True)
+    try:
+        sd = torch.load(bin_path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UsageError(f"{bin_path}: file not found (the index names it)") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError):  # torch's own advice (weights_only=False) is not ours
+        raise UsageError(f"{bin_path}: torch.load(weights_only=True) refused it: a damaged file, not a PyTorch "
+                         "checkpoint, or a pickle that would run code (never loaded here)") from None
+    if not isinstance(sd, dict):
+        raise UsageError(f"{bin_path}: holds a {type(sd).__name__}, not a dict of tensors")
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]  # a training checkpoint wrapping the weights
     tensors, seen = {}, set()
     for k, t in sd.items():
         if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{bin_path}: entry {k!r} is a {type(t).__name__}, not a tensor")
+            raise UsageError(f"{bin_path}: entry {k!r} is a {type(t).__name__}, not a tensor")
         ptr = t.untyped_storage().data_ptr()
         t = t.contiguous()
         if ptr in seen:  # safetensors refuses tensors that share memory: save a copy
@@ -38,8 +51,9 @@ def to_safetensors(bin_path, out_path):
         tensors[k] = t
     tmp = out_path.with_name(f".{out_path.name}.tmp")
     try:
-        save_file(tensors, tmp, metadata={"format": "pt"})
-        os.replace(tmp, out_path)
+        with naming_full_disk(out_path):  # a full disk is one error line (run_main), naming the file
+            save_file(tensors, tmp, metadata={"format": "pt"})
+            os.replace(tmp, out_path)
     finally:
         tmp.unlink(missing_ok=True)  # a failed or full-disk write leaves no partial file
     print(f"{bin_path.name} -> {out_path.name} ({len(tensors)} tensors)")
@@ -58,7 +72,10 @@ def main(argv=None):
     if single.is_file():
         to_safetensors(single, folder / "model.safetensors")
     elif index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise UsageError(f"{index}: not a JSON index with a weight_map ({type(e).__name__}: {e})") from None
         renamed = {}
         for shard in sorted(set(weight_map.values())):
             out = shard.replace("pytorch_model", "model").removesuffix(".bin") + ".safetensors"
@@ -66,12 +83,16 @@ def main(argv=None):
             renamed[shard] = out
         new_map = {k: renamed[shard] for k, shard in weight_map.items()}
         tmp = folder / ".model.safetensors.index.json.tmp"
-        tmp.write_text(json.dumps({"metadata": {}, "weight_map": new_map}, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, folder / "model.safetensors.index.json")
+        try:
+            with naming_full_disk(folder / "model.safetensors.index.json"):
+                tmp.write_text(json.dumps({"metadata": {}, "weight_map": new_map}, indent=2) + "\n", encoding="utf-8")
+                os.replace(tmp, folder / "model.safetensors.index.json")
+        finally:
+            tmp.unlink(missing_ok=True)
         print(f"wrote model.safetensors.index.json ({len(renamed)} shards)")
     else:
         parser.error(f"{folder}: no pytorch_model.bin or pytorch_model.bin.index.json")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
