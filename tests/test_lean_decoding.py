@@ -97,8 +97,9 @@ def test_gqa_decode_step_equals_repeated_cache(nh, nkv, mask_kind, layout, monke
         monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", sdpa_strided_like_cuda)
     g = torch.Generator().manual_seed(nh * 10 + nkv)
     B, S, hs = 3, 9, 8
-    q = torch.randn(B, nh, 1, hs, generator=g)
-    k, v = torch.randn(B, nkv, S, hs, generator=g), torch.randn(B, nkv, S, hs, generator=g)
+    q = torch.randn(B, nh, 1, hs, generator=g, dtype=torch.float64)  # float64: see the tolerance below
+    k = torch.randn(B, nkv, S, hs, generator=g, dtype=torch.float64)
+    v = torch.randn(B, nkv, S, hs, generator=g, dtype=torch.float64)
     mask = {"none": None, "per_row": torch.rand(B, 1, 1, S, generator=g) > 0.4,
             "shared": torch.rand(1, 1, 1, S, generator=g) > 0.4}[mask_kind]
     if mask is not None:
@@ -106,7 +107,14 @@ def test_gqa_decode_step_equals_repeated_cache(nh, nkv, mask_kind, layout, monke
     for scale in (None, 0.3):
         k_rep, v_rep = k.repeat_interleave(nh // nkv, dim=1), v.repeat_interleave(nh // nkv, dim=1)  # (B, nh, S, hs)
         ref = torch.nn.functional.scaled_dot_product_attention(q, k_rep, v_rep, attn_mask=mask, scale=scale)
-        torch.testing.assert_close(gqa_attention(q, k, v, mask, False, scale=scale), ref, rtol=1e-6, atol=1e-6)
+        # Both sides compute softmax(scale q k^T) v in float64 (u = 2**-53), in another grouping. Per side:
+        # a score (hs products, scaled) is off by <= (hs + 1) u smax, a probability by <= 2 of that
+        # relatively plus (S + 3) u (exp, the row sum of S terms, the division), and the output, a sum of
+        # S terms p_j v_j, by that times max|v| plus S u max|v|; twice that for the difference.
+        # (~1e-13 here; measured 3e-16; a query head reading the wrong KV head is off by O(1).)
+        smax = (scale or hs ** -0.5) * (q.abs() @ k_rep.abs().transpose(-1, -2)).max().item()
+        atol = 2 * (4 * (hs + 1) * smax + 2 * S + 3) * 2.0 ** -53 * v.abs().max().item()
+        torch.testing.assert_close(gqa_attention(q, k, v, mask, False, scale=scale), ref, rtol=0, atol=atol)
 
 
 @torch.no_grad()
