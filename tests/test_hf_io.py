@@ -5,6 +5,7 @@ our load -> our save gives the same tensors under the same keys, and transformer
 save with the same logits and token ids. Also: tokenizers from vocab.json + merges.txt and from
 vocab.txt, sharded checkpoints, the .bin converter, and every documented loading error.
 """
+import copy
 import json
 import shutil
 import subprocess
@@ -112,6 +113,23 @@ def real(x, mask):
     return x[mask.bool()] if x.dim() == 3 else x
 
 
+@torch.no_grad()
+def assert_same_logits(ours, hf, ids, mask):
+    """Our model and a transformers model with the same weights give the same logits, compared on
+    float64 copies (the float32 weights upcast exactly): the two implementations then compute the same
+    float64 math in another order. The models here (d 32, MLP 48-64, 2 layers) form each logit from
+    sums of at most 32 + 64 terms per block: <= 96 x 2 x u x max|logit| apart (u = 2**-53; the
+    accepted model of tests/test_lm_models.py, with 25x room), and ours rounds its logits to float32
+    (`.float()` in every model file): rtol 2**-24. (Measured ~1e-15; a weight loaded under the wrong key
+    or not transposed moves logits by O(0.1-1); the float32 allowance was 1e-4.)"""
+    hf64 = copy.deepcopy(hf).double()
+    ref = real(logits_of(hf64, ids, mask, False), mask)
+    got = real(logits_of(copy.deepcopy(ours).double(), ids, mask, True), mask)
+    assert ref.dtype == torch.float64 and ref.abs().max() > 0.1  # not a degenerate comparison
+    atol = 25 * (32 + 64) * 2 * 2.0 ** -53 * ref.abs().max().item()
+    torch.testing.assert_close(got.double(), ref, rtol=2 ** -24, atol=atol)
+
+
 @pytest.mark.parametrize("kind", ["gpt2", "qwen2_tied", "qwen2_untied", "bert"])
 def test_round_trip(kind, tmp_path):
     hf = hf_folder(kind, tmp_path / "hf")
@@ -149,8 +167,8 @@ def test_round_trip(kind, tmp_path):
     reloaded = auto.from_pretrained(tmp_path / "ours").eval()
     x, mask = padded(ids)
     ours_logits = real(logits_of(model, x, mask, True), mask)
-    torch.testing.assert_close(real(logits_of(reloaded, x, mask, False), mask), ours_logits, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(real(logits_of(hf, x, mask, False), mask), ours_logits, atol=1e-4, rtol=1e-4)
+    assert_same_logits(model, reloaded, x, mask)
+    assert_same_logits(model, hf, x, mask)
     assert ours_logits.abs().max() > 0.1  # not a degenerate comparison
     reloaded_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "ours")
     assert [reloaded_tok(t, add_special_tokens=special)["input_ids"] for t in TEXTS] == ids
@@ -214,8 +232,7 @@ def test_sharded_checkpoint(tmp_path):
     assert len(set(index["weight_map"].values())) > 2 and not (tmp_path / "model.safetensors").exists()
     model, tok = load_pretrained(tmp_path)
     x, mask = padded(tok.encode_batch(TEXTS))
-    torch.testing.assert_close(real(logits_of(model, x, mask, True), mask),
-                               real(logits_of(hf, x, mask, False), mask), atol=1e-4, rtol=1e-4)
+    assert_same_logits(model, hf, x, mask)
     shard = sorted(set(index["weight_map"].values()))[1]
     (tmp_path / shard).unlink()
     with pytest.raises(ModelFolderError, match=f"shard {shard} is missing"):
@@ -235,8 +252,7 @@ def test_bin_only_folder_names_the_converter_which_works(tmp_path):
     assert set(sd) == set(hf.state_dict()) and all(torch.equal(sd[k], v) for k, v in hf.state_dict().items())
     model, _ = load_pretrained(tmp_path, tokenizer=False)
     x, mask = padded([[5, 6, 7, 8], [9, 10]])
-    torch.testing.assert_close(real(logits_of(model, x, mask, True), mask),
-                               real(logits_of(hf, x, mask, False), mask), atol=1e-4, rtol=1e-4)
+    assert_same_logits(model, hf, x, mask)
 
 
 def test_converter_sharded_bin(tmp_path):
@@ -259,8 +275,7 @@ def test_converter_sharded_bin(tmp_path):
         k: name.replace("pytorch_model", "model").replace(".bin", ".safetensors") for k, name in weight_map.items()}
     model, _ = load_pretrained(tmp_path, tokenizer=False)
     x, mask = padded([[5, 6, 7, 8], [9, 10]])
-    torch.testing.assert_close(real(logits_of(model, x, mask, True), mask),
-                               real(logits_of(hf, x, mask, False), mask), atol=1e-4, rtol=1e-4)
+    assert_same_logits(model, hf, x, mask)
 
 
 @pytest.fixture(scope="module")
