@@ -56,10 +56,6 @@ def run(setup, name, *extra):
     return results(setup, name)
 
 
-@pytest.fixture(scope="module")
-def fp32(setup):
-    return run(setup, "fp32", "--dtype", "fp32")
-
 
 @pytest.fixture(scope="module")
 def f64(setup):
@@ -74,6 +70,26 @@ def rel(a, b):
     return abs(a - b) / abs(b)
 
 
+@pytest.fixture(scope="module")
+def bf16_ref(setup, f64):
+    """The reference's own bf16 error: the same 5 steps under bf16 autocast with the plain loss
+    (--no-fused-loss: the logits materialized, F.cross_entropy in fp32), as the largest relative
+    distance of its step losses from the float64 run's (measured 2.4e-5)."""
+    losses, _ = run(setup, "bf16_ref", "--dtype", "bf16", "--no-fused-loss")
+    return max(rel(a, b) for a, b in zip(losses, f64[0]))
+
+
+# A bf16 run (unit roundoff 2**-8) has no useful a-priori bound on its losses: every matmul rounds its
+# operands and output, and over 5 AdamW steps the roundings of the gradients move the weights too. So
+# a bf16 run's losses are held to the float64 run within BF16_FACTOR times the reference's own bf16
+# error (fixture bf16_ref): the runs share the forward's roundings (the same model code under the same
+# autocast) and differ in how the loss and its gradient are rounded, so their errors are of one size
+# (measured: the fused eager run 1.2x, the compiled one 1.4x the reference's); 4 leaves ~3x room. A real
+# error is far above it: a loss or log-sum-exp rounded to bf16 is off by ~2**-8 x 8 = 3e-2 in the loss
+# (1e-2 was the former, round allowance, which that bug would have passed), a wrong mask or weight by O(1e-1).
+BF16_FACTOR = 4
+
+
 def assert_same_run(got, ref):
     """Two float64 runs of the same 5 steps computed differently: losses and final weights agree within
     PARALLEL_ATOL (derived in tests/float64_run.py for 6 steps at this learning rate; 5 are fewer)."""
@@ -84,13 +100,13 @@ def assert_same_run(got, ref):
         torch.testing.assert_close(weights[k], ref_weights[k], rtol=0, atol=PARALLEL_ATOL, msg=k)
 
 
-def test_bf16_autocast_training_close_to_fp32(setup, fp32):
+def test_bf16_autocast_training_close_to_float64(setup, f64, bf16_ref):
     losses, _ = run(setup, "bf16", "--dtype", "bf16")
-    ref, _ = fp32
+    ref, _ = f64
     assert len(losses) == len(ref) == 5
-    assert losses[0] != ref[0]  # the matmuls did run in bf16 ...
-    # ... and stay within bf16 rounding (2**-8 relative per operand) of fp32, step after step
-    assert all(rel(a, b) < 1e-2 for a, b in zip(losses, ref)), (losses, ref)
+    assert rel(losses[0], ref[0]) > 1e-6  # the matmuls did run in bf16 (fp32 is 4e-8 from float64) ...
+    # ... and stay within the reference's bf16 error of float64, step after step (BF16_FACTOR)
+    assert all(rel(a, b) <= BF16_FACTOR * bf16_ref for a, b in zip(losses, ref)), (losses, ref, bf16_ref)
 
 
 def test_fused_adamw_matches_default(setup, f64, monkeypatch):
@@ -145,7 +161,7 @@ def test_adamw_falls_back_where_the_fused_kernel_fails(monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_compile_matches_eager(setup, f64, dtype, monkeypatch):
+def test_compile_matches_eager(setup, f64, dtype, monkeypatch, request):
     """--compile (inductor on the CPU) gives the eager run's losses and weights: without autocast
     compared in float64 (the compiled graph reorders and fuses the same arithmetic: float64_run.py),
     and under bf16 autocast, where fused kernels round differently, within bf16 rounding."""
@@ -153,13 +169,15 @@ def test_compile_matches_eager(setup, f64, dtype, monkeypatch):
         float64_models(monkeypatch)
         assert_same_run(run(setup, "compiled_f64", "--dtype", "fp32", "--no-fused-loss", "--compile"), f64)
         return
+    bf16_ref = request.getfixturevalue("bf16_ref")
     ref_losses, _ = run(setup, "bf16_eager", "--dtype", "bf16")
     losses, _ = run(setup, "compiled_bf16", "--dtype", "bf16", "--compile")
-    # bf16 keeps 8 significant bits (a rounding moves a value by up to 2**-8 = 0.4%): the two runs
-    # round intermediate results at different points, so their losses may differ by a few such
-    # roundings; 1e-2 allows 2.5 of them (an allowance, not a bound: bf16 error has no useful bound here;
-    # in bf16, rounding alone moves 5 steps' update by 10-50% between equally valid runs: no weight check)
-    assert all(rel(a, b) < 1e-2 for a, b in zip(losses, ref_losses)), (losses, ref_losses)
+    # the fused kernels round intermediate results at other points: the compiled run is held to
+    # float64 like any bf16 run (BF16_FACTOR), so it is within twice that of the eager one (measured:
+    # 3.4e-5 from float64, 1.5e-5 from eager; in bf16, rounding alone moves 5 steps' update by 10-50%
+    # between equally valid runs: no weight check)
+    assert all(rel(a, b) <= BF16_FACTOR * bf16_ref for a, b in zip(losses, f64[0])), (losses, f64[0], bf16_ref)
+    assert all(rel(a, b) <= 2 * BF16_FACTOR * bf16_ref for a, b in zip(losses, ref_losses)), (losses, ref_losses)
 
 
 @pytest.mark.slow
