@@ -83,6 +83,30 @@ def tiny_qwen2_dir(folder, tok):
     return folder
 
 
+def fused_loss_bound(tokens, V, n_mb):
+    """Worst-case |logged - exact| x denominator of a step loss that train_lm.py computed with the fused
+    loss on a float64 model (tests/float64_run.py), for the step's answer tokens given as (w, zmax, ce):
+    the example's weight, the token's largest |logit| and its cross-entropy (float64 tensors [T]); V the
+    vocabulary (the lm_head's rows), n_mb = the most answer tokens of one micro-batch (the length of the fused loss's float32 sums).
+
+    Everything but the fused loss's statistics is float64: the forward in other batch shapes is off by
+    ~1e3 x 2**-53 of a logit, and in Qwen-style RMSNorms (fp32 inside, as transformers') that shows
+    only if a float64 value straddles a float32 rounding boundary (chance ~2**-29 per value). In
+    float32 (u = 2**-24, models/loss.py): each logit is rounded (u |z|, counted 1.5x for the float64
+    part; ce moves by twice that), the statistics add (V (1 + 1/e) + 3 + 3 ce) u (tests/test_loss.py's
+    ce_bound: the row sum of V terms dominates), the weight is rounded to float32 and so is w * ce
+    (2 u ce), and the micro-batch sum of <= n_mb terms plus its chunk adds carries (n_mb + 1) u of the
+    sum of w ce. The logged loss is the float64 sum over micro-batches / the float64 denominator."""
+    u = 2.0 ** -24
+    return sum(w * ((3 * zmax + V * (1 + 1 / math.e) + 3 + (3 + 2 + n_mb + 1) * ce) * u).sum().item()
+               for w, zmax, ce in tokens)
+
+
+def answer_stats(logits, targets):
+    """(zmax, ce) per answer token from float64 logits [T, V] and targets [T] (for fused_loss_bound)."""
+    return logits.abs().amax(-1), F.cross_entropy(logits, targets, reduction="none")
+
+
 def args_for(setup, out, *extra):
     return ["--data", str(setup["data"]), "--model", str(setup["model"]), "--out", str(out), "--device", "cpu",
             "--batch-size", "4", "--grad-accum", "2", "--max-steps", "10", "--eval-every", "5", "--save-every", "5",
@@ -195,26 +219,30 @@ def test_missing_probs_error_unless_uniform(setup, tmp_path):
 
 @pytest.mark.parametrize("weights,denominator,kind", [("uniform", "tokens", "gpt2"), ("ramp", "tokens", "gpt2"),
                                                       ("balanced", "weights", "gpt2"), ("ramp", "tokens", "qwen2")])
-def test_step0_loss_matches_cross_entropy(setup, tmp_path, weights, denominator, kind):
+def test_step0_loss_matches_cross_entropy(setup, tmp_path, monkeypatch, weights, denominator, kind):
     """The logged step-1 loss, recomputed with F.cross_entropy in float64 on the model's logits.
 
     batch 4 x grad-accum 6 = the 24 training rows: the first step sees every training example.
-    qwen2: tied embeddings, so the fused loss's weight is the embedding matrix."""
+    qwen2: tied embeddings, so the fused loss's weight is the embedding matrix. The run loads the
+    model in float64 (tests/float64_run.py) and keeps the fused loss, whose float32 statistics are
+    then the only float32 rounding: fused_loss_bound."""
     model_dir = setup["model"] if kind == "gpt2" else tiny_qwen2_dir(tmp_path / "qwen2", setup["tok"])
     out = tmp_path / "run"
+    float64_models(monkeypatch)
     train_lm.main(args_for(setup, out, "--model", str(model_dir), "--weights", weights, "--denominator", denominator,
                            "--grad-accum", "6", "--max-steps", "1", "--eval-every", "100"))
     logged = [m for m in metrics(out) if m.get("step") == 1 and "loss" in m][0]["loss"]
 
     tok, rows = setup["tok"], [r for r in make_rows() if r["split"] == "train"]
-    model, _ = load_pretrained(model_dir)
-    ce, n = [], []
+    model, _ = load_pretrained(model_dir, dtype=torch.float64)
+    ce, n, stats = [], [], []
     for r in rows:
         prompt, answer = tok.encode(r["question"] + "\nالجواب:\n"), tok.encode(r["answer"]) + [tok.eos_id]
         ids = torch.tensor([prompt + answer])
-        with torch.no_grad():
-            logits = model(ids[:, :-1]).double()[0, len(prompt) - 1:]  # positions predicting the answer
-        ce.append(F.cross_entropy(logits, torch.tensor(answer), reduction="sum").item())
+        with torch.no_grad():  # float64 logits from the hidden states (the model's own are rounded to float32)
+            logits = (model(ids[:, :-1], return_hidden=True) @ model.lm_head.weight.T)[0, len(prompt) - 1:]
+        stats.append(answer_stats(logits, torch.tensor(answer)))  # positions predicting the answer
+        ce.append(stats[-1][1].sum().item())
         n.append(len(answer))
     ce, n = np.array(ce), np.array(n)
     P = np.array([r["severity_probs"] for r in rows])
@@ -224,14 +252,16 @@ def test_step0_loss_matches_cross_entropy(setup, tmp_path, weights, denominator,
         raw = np.array([1, 1.5, 2]) if weights == "ramp" else len(rows) / (3 * P.sum(0))
         w = P @ raw
         w = w / ((n * w).sum() / n.sum())  # rescaled: token-mean weight 1
-    expected = (w * ce).sum() / (n.sum() if denominator == "tokens" else (n * w).sum())
-    if weights == "uniform":
-        assert math.isclose(expected, ce.sum() / n.sum())  # plain token-mean cross-entropy
-    # the logged loss is float32: logits are sums of d = 32 products through 2 blocks (rounding
-    # ~32 u = 2e-6 of their size ~1), cross-entropy moves by at most twice a logit's error, and the
-    # pairwise sums over V = 300 classes and ~300 answer tokens add ~2 log2(300) u = 1e-6 relative:
-    # ~3e-6 relative in all; 1e-5 is 3x that (measured 2e-9 to 3e-8)
-    assert logged == pytest.approx(expected, rel=1e-5)
+    denom = n.sum() if denominator == "tokens" else (n * w).sum()
+    expected = (w * ce).sum() / denom
+    if weights == "uniform":  # float64 both, the same 24 terms summed in two ways: within 24 u = 3e-15
+        assert math.isclose(expected, ce.sum() / n.sum(), rel_tol=1e-12)  # plain token-mean cross-entropy
+    # the worst case of the fused loss's float32 statistics: 2.2e-5 relative (the row sums over V = 300
+    # dominate; measured 2e-9 to 5e-8 relative); one answer token lost, added or shifted moves the loss
+    # by ~1 / n = 3e-3 relative, a wrong weight or denominator by more
+    bound = fused_loss_bound([(wr, *st) for wr, st in zip(w, stats)], model.lm_head.weight.shape[0],
+                             4 * n.max()) / denom
+    assert abs(logged - expected) <= bound, (logged, expected, bound)
     meta = json.loads((out / "last" / "meta.json").read_text(encoding="utf-8"))
     if weights != "uniform":
         # float64 on both sides, sums of 24 rows in another order: <= 24 u = 3e-15 relative
