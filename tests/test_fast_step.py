@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 
 import train_lm
 from models.loss import fused_linear_cross_entropy, linear_cross_entropy_reference
+from test_loss import FP32_TOL
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one intra-op thread (conftest.py)
 
@@ -85,7 +86,7 @@ def test_gathered_loss_equals_full_position_reference():
         for dtype in (torch.float64, torch.float32):
             got = run(fused, True, dtype)
             for a, b in zip(got, ref):  # float32 inside against float64: test_loss.py's FP32_TOL, derived there
-                assert ((a - b).norm() / b.norm()).item() < 1e-5
+                assert ((a - b).norm() / b.norm()).item() <= FP32_TOL  # (d = 16, N ~ 70: within its d + N)
 
 
 # ----------------------------------------------------------------------------- FLOPs for MFU
