@@ -25,6 +25,7 @@ from core.common import DataError, UsageError
 from models import build_model, load_pretrained, save_pretrained
 from conftest import write_rows
 from float64_run import PARALLEL_ATOL, float64_models
+from test_loss import FP32_TOL
 from core.prompt import build_example, format_prompt
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one intra-op thread (conftest.py)
@@ -310,7 +311,8 @@ def test_grad_accum_equals_full_batch(setup):
         # the fused loss rounds logits, softmax and its lm_head gradient to float32: as in test_loss.py
         # (FP32_TOL, derived there), within 1e-5 of the float64 gradient's norm (measured 4e-8)
         for g in (full, accum):
-            assert (g[k] - ref[k]).norm() <= 1e-5 * ref[k].norm(), (k, ((g[k] - ref[k]).norm() / ref[k].norm()).item())
+            err = ((g[k] - ref[k]).norm() / ref[k].norm()).item()
+            assert err <= FP32_TOL, (k, err)
     assert max(ref[k].abs().max().item() for k in ref) > 1e-3  # the gradients are not trivially zero
 
 
