@@ -88,7 +88,8 @@ def fused_loss_bound(tokens, V, n_mb):
     """Worst-case |logged - exact| x denominator of a step loss that train_lm.py computed with the fused
     loss on a float64 model (tests/float64_run.py), for the step's answer tokens given as (w, zmax, ce):
     the example's weight, the token's largest |logit| and its cross-entropy (float64 tensors [T]); V the
-    vocabulary (the lm_head's rows), n_mb = the most answer tokens of one micro-batch (the length of the fused loss's float32 sums).
+    vocabulary (the lm_head's rows), n_mb the most answer tokens of one micro-batch (the length of the
+    fused loss's float32 sums).
 
     Everything but the fused loss's statistics is float64: the forward in other batch shapes is off by
     ~1e3 x 2**-53 of a logit, and in Qwen-style RMSNorms (fp32 inside, as transformers') that shows
