@@ -120,8 +120,8 @@ def assert_same_logits(ours, hf, ids, mask):
     float64 math in another order. The models here (d 32, MLP 48-128, 2 layers) form each logit from
     sums of at most 32 + 128 terms per block: <= 160 x 2 x u x max|logit| apart (u = 2**-53; the
     model of tests/test_lm_models.py, with 25x room), and ours rounds its logits to float32
-    (`.float()` in every model file): rtol 2**-24. (Measured <= 3e-15 before that rounding; a weight under the wrong key
-    or not transposed moves logits by O(0.1-1); the float32 allowance was 1e-4.)"""
+    (`.float()` in every model file): rtol 2**-24. (Measured <= 3e-15 before that rounding; a weight
+    under the wrong key or not transposed moves logits by O(0.1-1); the float32 allowance was 1e-4.)"""
     hf64 = copy.deepcopy(hf).double()
     ref = real(logits_of(hf64, ids, mask, False), mask)
     got = real(logits_of(copy.deepcopy(ours).double(), ids, mask, True), mask)
