@@ -174,8 +174,8 @@ def _bert_score_reference(monkeypatch, minilm_dir, cands, refs, layer, idf, floa
 
 def float32_matching_tol(T, C=384):
     """|our BERTScore - bert-score's|, both fed float64 hidden states (a float64 model each; they agree
-    within 1e-13, tests/test_bert.py): core/metrics.py rounds them to float32 and does the matching in
-    float32 (bert-score here in float64). Independent roundings add in quadrature, so a float32 sum of n
+    within 9e-11, measured 7e-15: tests/test_bert.py): core/metrics.py rounds them to float32 and does
+    the matching in float32 (bert-score here in float64). Independent roundings add in quadrature, so a float32 sum of n
     terms is off by about sqrt(n) u32 of the sum of their sizes (the worst case, n u32, is ~20x more and
     far from reached): a cosine goes through three sums of C terms of total size <= 1 (two norms, the dot
     product), 3 sqrt(C) u32; P and R then through two sums of T terms (weighted maxima <= 1, weights):
@@ -214,7 +214,7 @@ def test_bertscore_matches_bert_score(monkeypatch, minilm_dir, minilm, minilm64,
         np.testing.assert_allclose(g, e, atol=float32_matching_tol(longest(tok, max_len, *CANDS, *REFS)), rtol=0)
     P, R, F = got
     assert P[1] == R[1] == F[1] == 0.0  # the empty candidate
-    assert 0.5 < F[0] < 1.0 and F[0] != pytest.approx(F[2])  # real numbers, not a constant
+    assert 0.5 < F[0] < 1.0 and abs(F[0] - F[2]) > 1e-3  # real numbers, not a constant (far above the rounding)
 
 
 def test_bertscore_truncates_long_texts_as_bert_score(monkeypatch, minilm_dir, minilm, minilm64):
