@@ -1,6 +1,7 @@
 """models/bert.py against transformers' BertModel / BertForSequenceClassification: tiny random
 models saved to a temporary folder, and the real all-MiniLM-L6-v2 weights (every hidden layer and
 the tokenizer ids)."""
+import copy
 import json
 import shutil
 
@@ -16,6 +17,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one intra-op
 
 TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
             max_position_embeddings=64, type_vocab_size=2, initializer_range=0.2)  # large weights: sensitive checks
+
+# Hidden states and logits are compared in float64 (float64 copies of both models, the same float32
+# weights, exact in float64): the two implementations then differ only by float64 rounding (u = 2**-53)
+# in sums of other orders. A sum of n terms is off by at most n u of their size; each block chains about 8
+# such sums (q/k/v, scores, softmax, attention, dense, 2 LayerNorms, FFN) of at most 37 terms (TINY's
+# intermediate size), through 2 blocks, with values <~ 4: <= 8 x 37 x 2 x u x 4 = 2.6e-13 (measured
+# 2026-12-06: 2e-15). A real error (a wrong mask or token type, a missed bias, the other GELU) moves them
+# by 1e-3 to 1, 10 orders above. Our classifier returns its logits rounded to float32 (`.float()` in
+# models/bert.py), by at most 2**-24 of their size: rtol 2**-24 (measured: 2.9e-8 on logits <~ 0.64).
+F64 = dict(rtol=2 ** -24, atol=8 * 37 * 2 * 2 ** -53 * 4)
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +44,11 @@ def hf_classifier(tmp_path_factory):
     model.save_pretrained(folder)
     model.config._attn_implementation = "eager"  # the reference: plain softmax attention
     return model, folder
+
+
+def float64_copy(hf):
+    """A float64 copy of a transformers model (the shared fixture stays float32)."""
+    return copy.deepcopy(hf).double()
 
 
 def padded_batch():
@@ -57,17 +73,22 @@ def test_classifier_logits_and_hidden_states_match_transformers(hf_classifier):
     assert ours.config.num_labels == 3
     ids, mask, tt = padded_batch()
     with torch.no_grad():
+        assert ours(ids, mask, tt).dtype == torch.float32
+    ours, hf = load_pretrained(folder, dtype=torch.float64, tokenizer=False)[0], float64_copy(hf)  # see F64
+    with torch.no_grad():
         ref = hf(input_ids=ids, attention_mask=mask, token_type_ids=tt, output_hidden_states=True)
         logits = ours(ids, mask, tt)
         hidden = ours.bert(ids, mask, tt, output_hidden_states=True)
         last = ours.bert(ids, mask, tt)
-    assert logits.shape == (3, 3) and logits.dtype == torch.float32
-    torch.testing.assert_close(logits, ref.logits, atol=1e-4, rtol=1e-4)
+    assert logits.shape == (3, 3) and logits.dtype == torch.float32  # float32 logits, also from float64
+    torch.testing.assert_close(logits.double(), ref.logits, **F64)
     assert len(hidden) == len(ref.hidden_states) == TINY["num_hidden_layers"] + 1
     for h, r in zip(hidden, ref.hidden_states):  # padding positions included
-        torch.testing.assert_close(h, r, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(last, hidden[-1])
-    # the token types and the padding mask both matter (the test can see a wrong mask)
+        assert r.abs().max() < 4  # the magnitude F64 assumes
+        torch.testing.assert_close(h, r, rtol=0, atol=F64["atol"])
+    torch.testing.assert_close(last, hidden[-1], rtol=0, atol=0)  # the same computation
+    # the token types and the padding mask both matter (the test can see a wrong mask): > 1e-2 is
+    # 10 orders above F64's atol
     with torch.no_grad():
         assert (ours(ids, mask, torch.zeros_like(tt)) - logits).abs().max() > 1e-2
         assert (ours(ids, torch.ones_like(mask), tt) - logits).abs().max() > 1e-2
@@ -75,6 +96,7 @@ def test_classifier_logits_and_hidden_states_match_transformers(hf_classifier):
 
 def test_old_names_prefixes_and_ignored_keys_load(hf_classifier):
     hf, folder = hf_classifier
+    hf = float64_copy(hf)  # compared in float64: see F64
     sd = load_file(folder / "model.safetensors")
     ids, mask, tt = padded_batch()
     with torch.no_grad():
@@ -94,14 +116,14 @@ def test_old_names_prefixes_and_ignored_keys_load(hf_classifier):
         "gamma/beta": {old_names(k): v for k, v in {**enc, **extra}.items()},
     }
     for name, variant in variants.items():
-        model = BertModel(BertConfig(**TINY)).eval()
-        model.load_hf_state_dict(variant)
+        model = BertModel(BertConfig(**TINY)).double().eval()
+        model.load_hf_state_dict(variant)  # float32 tensors copied into float64 parameters: exact
         with torch.no_grad():
-            torch.testing.assert_close(model(ids, mask, tt), ref_hidden, atol=1e-4, rtol=1e-4, msg=name)
-    cls_model = BertForSequenceClassification(BertConfig(**TINY, id2label=["a", "b", "c"])).eval()
+            torch.testing.assert_close(model(ids, mask, tt), ref_hidden, rtol=0, atol=F64["atol"], msg=name)
+    cls_model = BertForSequenceClassification(BertConfig(**TINY, id2label=["a", "b", "c"])).double().eval()
     cls_model.load_hf_state_dict({**{old_names(k): v for k, v in sd.items()}, **extra})
     with torch.no_grad():
-        torch.testing.assert_close(cls_model(ids, mask, tt), ref_logits, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(cls_model(ids, mask, tt).double(), ref_logits, **F64)
     # our save writes the HF names back (no gamma/beta, no ignored buffers)
     assert set(cls_model.hf_state_dict()) == set(sd)
 
@@ -133,13 +155,15 @@ def test_encoder_without_pooler_loads(hf_classifier, tmp_path):
     sd = {k: v for k, v in load_file(folder / "model.safetensors").items() if k.startswith("bert.") and "pooler" not in k}
     (tmp_path / "config.json").write_text(json.dumps(BertConfig(**TINY).to_dict()))
     save_file(sd, tmp_path / "model.safetensors")
-    model, _ = load_pretrained(tmp_path, tokenizer=False)
+    model, _ = load_pretrained(tmp_path, dtype=torch.float64, tokenizer=False)  # compared in float64: see F64
     w, b = model.pooler.dense.weight, model.pooler.dense.bias
-    assert torch.isfinite(w).all() and 0.15 < w.std() < 0.25 and torch.equal(b, torch.zeros_like(b))
+    # initialized normal(0, 0.2): the sample sd of n = 1024 draws has standard error 0.2 / sqrt(2 n); 4 of them
+    assert torch.isfinite(w).all() and abs(w.std() - 0.2) < 4 * 0.2 / (2 * w.numel()) ** 0.5
+    assert torch.equal(b, torch.zeros_like(b))
     ids, mask, tt = padded_batch()
     with torch.no_grad():
-        ref = hf.bert(input_ids=ids, attention_mask=mask, token_type_ids=tt).last_hidden_state
-        torch.testing.assert_close(model(ids, mask, tt), ref, atol=1e-4, rtol=1e-4)
+        ref = float64_copy(hf).bert(input_ids=ids, attention_mask=mask, token_type_ids=tt).last_hidden_state
+        torch.testing.assert_close(model(ids, mask, tt), ref, rtol=0, atol=F64["atol"])
 
 
 def test_plain_encoder_folder_and_fresh_head(hf_classifier, tmp_path):
@@ -154,7 +178,8 @@ def test_plain_encoder_folder_and_fresh_head(hf_classifier, tmp_path):
     assert model.config.architectures == ["BertForSequenceClassification"]
     assert model.config.label2id == {"mild": 0, "moderate": 1, "critical": 2}
     assert not any(p.is_meta for p in model.parameters())
-    assert model.classifier.weight.shape == (3, 32) and 0.05 < model.classifier.weight.std() < 0.5
+    w = model.classifier.weight  # normal(0, 0.2), as above: within 4 standard errors of the sample sd
+    assert w.shape == (3, 32) and abs(w.std() - 0.2) < 4 * 0.2 / (2 * w.numel()) ** 0.5
     from models import save_pretrained
     save_pretrained(model.eval(), None, tmp_path / "cls")
     cfg = json.loads((tmp_path / "cls" / "config.json").read_text())
@@ -164,10 +189,11 @@ def test_plain_encoder_folder_and_fresh_head(hf_classifier, tmp_path):
     ids, mask, tt = padded_batch()
     with torch.no_grad():
         torch.testing.assert_close(again(ids, mask, tt), model(ids, mask, tt), atol=0, rtol=0)
-    ref = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "cls").eval()
+    ref = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "cls").eval().double()
+    model.double()  # both in float64 (the saved float32 weights, exact in float64): see F64
     with torch.no_grad():
-        torch.testing.assert_close(ref(input_ids=ids, attention_mask=mask, token_type_ids=tt).logits,
-                                   model(ids, mask, tt), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(model(ids, mask, tt).double(),
+                                   ref(input_ids=ids, attention_mask=mask, token_type_ids=tt).logits, **F64)
 
 
 def test_config_dict_round_trip_and_defaults():
@@ -187,11 +213,11 @@ def test_gelu_new_matches_transformers(tmp_path):
     torch.manual_seed(0)
     hf = transformers.BertModel(transformers.BertConfig(**TINY, hidden_act="gelu_new")).eval()
     hf.save_pretrained(tmp_path)
-    ours, _ = load_pretrained(tmp_path, tokenizer=False)
+    ours, _ = load_pretrained(tmp_path, dtype=torch.float64, tokenizer=False)  # compared in float64: see F64
     ids, mask, tt = padded_batch()
     with torch.no_grad():
-        torch.testing.assert_close(ours(ids, mask, tt), hf(input_ids=ids, attention_mask=mask,
-                                   token_type_ids=tt).last_hidden_state, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(ours(ids, mask, tt), hf.double()(input_ids=ids, attention_mask=mask,
+                                   token_type_ids=tt).last_hidden_state, rtol=0, atol=F64["atol"])
 
 
 SENTENCES = [
@@ -216,13 +242,19 @@ def test_minilm_real_weights_match_transformers(minilm_dir):
     T = max(map(len, ids))
     input_ids = torch.tensor([x + [0] * (T - len(x)) for x in ids])
     mask = torch.tensor([[1] * len(x) + [0] * (T - len(x)) for x in ids])
-    ref = transformers.AutoModel.from_pretrained(minilm_dir, attn_implementation="eager").eval()
+    # in float64, as F64 for TINY: sums of at most 1536 terms (the intermediate size), about 8 in a row
+    # per block, 6 blocks, values <~ 11: <= 8 x 1536 x 6 x u x 11 = 9e-11 (measured 2026-12-06: 6.7e-15;
+    # in float32 the two differed by 7.9e-6)
+    atol = 8 * 1536 * 6 * 2 ** -53 * 11
+    ours = ours.double()
+    ref = transformers.AutoModel.from_pretrained(minilm_dir, attn_implementation="eager").eval().double()
     with torch.no_grad():
         expected = ref(input_ids=input_ids, attention_mask=mask, output_hidden_states=True).hidden_states
         hidden = ours(input_ids, mask, output_hidden_states=True)
     assert len(hidden) == len(expected) == 7
     for layer, (h, r) in enumerate(zip(hidden, expected)):
-        torch.testing.assert_close(h, r, atol=1e-4, rtol=1e-4, msg=f"layer {layer}")
+        assert r.abs().max() < 11, layer  # the magnitude the bound assumes
+        torch.testing.assert_close(h, r, rtol=0, atol=atol, msg=f"layer {layer}")
 
 
 def test_wordpiece_from_vocab_txt_matches_transformers(minilm_dir, tmp_path):

@@ -15,6 +15,7 @@ from core import prompt as prompt_format  # the module; tests call token lists "
 from core.common import DataError, normalize_arabic
 from models import build_model, load_pretrained, save_pretrained
 from conftest import write_rows
+from test_metrics import CHRF_ATOL  # chrF vs sacrebleu: 8 float64 roundings of a value <= 100 (see there)
 
 CHRF = pytest.importorskip("sacrebleu.metrics").CHRF
 pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one intra-op thread (conftest.py)
@@ -111,13 +112,14 @@ def test_generate_mode(tmp_path, tiny_lm, minilm_dir):
     assert m["n"] == {"overall": 18, **{c: classes.count(c) for c in ("mild", "moderate", "critical")}}
     assert [g["scores"]["severity_class"] for g in gen] == classes
     hyps, refs = [g["generated"] for g in gen], [g["answer"] for g in gen]
-    assert m["overall"]["chrf"] == pytest.approx(sacrebleu_chrf(hyps, refs), abs=1e-6)
+    assert m["overall"]["chrf"] == pytest.approx(sacrebleu_chrf(hyps, refs), abs=CHRF_ATOL)
     assert m["overall"]["chrf"] > 0
     crit = [i for i, c in enumerate(classes) if c == "critical"]
     assert m["by_severity"]["critical"]["chrf"] == pytest.approx(
-        sacrebleu_chrf([hyps[i] for i in crit], [refs[i] for i in crit]), abs=1e-6)
+        sacrebleu_chrf([hyps[i] for i in crit], [refs[i] for i in crit]), abs=CHRF_ATOL)
     assert m["by_severity"]["critical"]["ref_urgent_rate"] == 100.0  # every critical reference advises it
-    assert m["overall"]["bertscore_f1"] == pytest.approx(np.mean([g["scores"]["bertscore_f1"] for g in gen]))
+    # the mean of the same float64 values (JSON keeps them exactly), by the same np.mean: equal
+    assert m["overall"]["bertscore_f1"] == np.mean([g["scores"]["bertscore_f1"] for g in gen])
     assert 0 < m["overall"]["bertscore_f1"] < 100
     cfg = m["config"]
     assert cfg["bertscore"]["layer"] == 2 and cfg["bertscore"]["config_string"].startswith("model_L2_no-idf")
@@ -209,17 +211,17 @@ def test_generations_mode_hand_counts(tmp_path):
     assert m["by_severity"]["critical"]["urgent_rate"] == 50.0  # recall of urgent advice
     assert m["by_severity"]["mild"]["urgent_rate"] == 50.0  # over-triage
     assert m["by_severity"]["mild"]["ref_urgent_rate"] == 0.0
-    assert m["overall"]["urgent_rate"] == pytest.approx(100 * 2 / 6)
-    assert m["overall"]["ref_urgent_rate"] == pytest.approx(100 * 2 / 6)
+    assert m["overall"]["urgent_rate"] == 100 * 2 / 6  # (0 + 100 + 100 + 0 + 0 + 0) / 6: one rounding, the same
+    assert m["overall"]["ref_urgent_rate"] == 100 * 2 / 6
     hyps, refs = [r["generated"] for r in rows], [r["answer"] for r in rows]
-    assert m["overall"]["chrf"] == pytest.approx(sacrebleu_chrf(hyps, refs), abs=1e-6)
+    assert m["overall"]["chrf"] == pytest.approx(sacrebleu_chrf(hyps, refs), abs=CHRF_ATOL)
     assert m["by_severity"]["moderate"]["rougeL"] == 50.0  # the diacritics differ
     assert m["by_severity"]["mild"]["rougeL"] == 0.0  # one other answer, one empty
     # --normalize: both sides through normalize_arabic first
     m2 = evaluate.main(["--generations", str(path), "--out", str(tmp_path / "n"), "--bootstrap", "0", "--normalize"])
     assert m2["by_severity"]["moderate"]["rougeL"] == 100.0
     assert m2["overall"]["chrf"] == pytest.approx(
-        sacrebleu_chrf([normalize_arabic(h) for h in hyps], [normalize_arabic(r) for r in refs]), abs=1e-6)
+        sacrebleu_chrf([normalize_arabic(h) for h in hyps], [normalize_arabic(r) for r in refs]), abs=CHRF_ATOL)
     assert m2["ci"]["overall"]["chrf"] is None and m2["config"]["normalize"] is True
 
 
@@ -250,16 +252,17 @@ def test_compare_two_runs(tmp_path, minilm_dir, capsys):
         cell = table[m]["better"]["overall"]
         assert cell["delta"] > 0 and cell["p_value"] < 0.05, (m, cell)
         assert "p_value" not in table[m]["base"]["overall"]
-    # the baseline's numbers are its own metrics.json's
+    # the baseline's numbers are its own metrics.json's: the same statistics of the same rows, in the
+    # same order, through the same functions (BERTScore from the per-row scores, kept exactly by JSON)
     base_metrics = json.loads((runs[0] / "metrics.json").read_text(encoding="utf-8"))
     for m in ("bertscore_f1", "chrf", "rougeL", "urgent_rate"):
-        assert table[m]["base"]["overall"]["value"] == pytest.approx(base_metrics["overall"][m])
-        assert table[m]["base"]["critical"]["value"] == pytest.approx(base_metrics["by_severity"]["critical"][m])
+        assert table[m]["base"]["overall"]["value"] == base_metrics["overall"][m]
+        assert table[m]["base"]["critical"]["value"] == base_metrics["by_severity"]["critical"][m]
     # a run compared with itself: never better
     shutil.copytree(runs[0], tmp_path / "copy")
     same = evaluate.main(["--compare", str(runs[0]), str(tmp_path / "copy"), "--out", str(tmp_path / "same"),
                           "--bootstrap", "100"])
-    assert same["metrics"]["chrf"]["copy"]["overall"]["p_value"] == pytest.approx(1.0)
+    assert same["metrics"]["chrf"]["copy"]["overall"]["p_value"] == 1.0  # (resamples + 1) / (resamples + 1)
     assert same["metrics"]["bertscore_f1"]["copy"]["critical"]["delta"] == 0.0
     md = (out / "compare.md").read_text(encoding="utf-8")
     assert "| chrF | base |" in md and "p=" in md

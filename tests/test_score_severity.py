@@ -55,22 +55,25 @@ def make_input(path, n=23):
 
 
 def reference_probs(folder, questions):
-    """softmax(logits / T) from transformers, one unpadded row at a time."""
+    """softmax(logits / T) from transformers in float64, one unpadded row at a time: (probs, logits)."""
     transformers = pytest.importorskip("transformers")
     from models import Tokenizer
-    hf = transformers.AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(folder).eval().double()
     tok = Tokenizer.from_folder(folder)
-    probs = []
+    probs, all_logits = [], []
     for q in questions:
         ids = tok.encode(arabert_preprocess(q))[:14]
         ids = torch.tensor([[tok.cls_id, *ids, tok.sep_id]])
         with torch.no_grad():
-            logits = hf(input_ids=ids).logits[0].double()
+            logits = hf(input_ids=ids).logits[0]
         probs.append((logits / TEMPERATURE).softmax(-1))
-    return torch.stack(probs)
+        all_logits.append(logits)
+    return torch.stack(probs), torch.stack(all_logits)
 
 
-def test_matches_direct_forward_pass(classifier, tmp_path):
+def test_matches_direct_forward_pass(classifier, tmp_path, monkeypatch):
+    """score_severity with the classifier in float64 (tests/float64_run.py) against transformers in float64."""
+    float64_models(monkeypatch)
     data, rows = make_input(tmp_path / "in.jsonl")
     out = tmp_path / "scored.jsonl"
     result = ss.main(["--data", str(data), "--model", str(classifier), "--out", str(out),
@@ -79,12 +82,19 @@ def test_matches_direct_forward_pass(classifier, tmp_path):
     got = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert len(got) == len(rows)
     for i, (g, r) in enumerate(zip(got, rows)):
-        check_probs(g["severity_probs"], out, i + 1, tol=1e-5)
+        # three values each within half a step (0.5e-6) of the rounding to 6 decimals, plus a few float64
+        # roundings of the decimals and their sum (measured 2026-12-06: at most 1.0e-6)
+        check_probs(g["severity_probs"], out, i + 1, tol=3 * 0.5e-6 + 8 * 2 ** -53)
         assert {k: v for k, v in g.items() if k != "severity_probs"} == {k: v for k, v in r.items() if k != "severity_probs"}
         assert list(g) == list(r) + ([] if "severity_probs" in r else ["severity_probs"])  # field order kept
     probs = torch.tensor([g["severity_probs"] for g in got], dtype=torch.float64)
-    expected = reference_probs(classifier, [r["question"] for r in rows])
-    torch.testing.assert_close(probs, expected, atol=2e-6, rtol=0)
+    expected, logits = reference_probs(classifier, [r["question"] for r in rows])
+    # both in float64 (they differ by ~1e-15 before any rounding), but our logits are rounded to float32
+    # (models/bert.py, core/classifier.py), which moves logit / T by <= 2**-24 max|logit| / T and a softmax
+    # probability by at most half that; then rounding to 6 decimals adds half a step: 5.9e-7 (measured
+    # 2026-12-06: 4.9e-7; a wrong temperature, preprocessing or truncation moves them by >~ 1e-3)
+    assert (logits / TEMPERATURE).abs().max() < 3
+    torch.testing.assert_close(probs, expected, atol=0.5e-6 + 2 ** -24 * 3 / 2 + 1e-12, rtol=0)
     assert probs.max(-1).values.min() < 0.8 and (probs[:, 0].max() - probs[:, 0].min()) > 0.1  # not constant
 
 

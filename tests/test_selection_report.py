@@ -7,6 +7,7 @@ import random
 
 import numpy as np
 import pytest
+import torch
 
 import evaluate
 from core import metrics as M
@@ -14,11 +15,20 @@ from core import reporting as R
 from core.common import DEMO_DATA
 from conftest import write_rows
 from core.selection import mbr_select, oracle_select
-from test_metrics import _bert_score_reference
+from test_metrics import U32, _bert_score_reference, bert_score_float64, float32_matching_tol, rebatched_tol
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one intra-op thread (conftest.py)
 
 LAYER = 6
+T_MAX = 512  # BERTScore inputs are cut to MiniLM's 512 tokens: the T of float32_matching_tol (test_metrics.py)
+
+
+def bertscore_in_float64(monkeypatch):
+    """evaluate.py's BERTScore model loads in float64 (core/metrics.py's load_pretrained), so that its
+    scores are compared with bert-score run in float64 (test_metrics.py) or with themselves in other
+    batches within the float32 rounding of the matching alone."""
+    load = M.load_pretrained
+    monkeypatch.setattr(M, "load_pretrained", lambda *a, **k: load(*a, **{**k, "dtype": torch.float64}))
 
 
 def demo_rows(n, split="test"):
@@ -51,7 +61,10 @@ def test_rescaled_unrelated_answers_land_near_zero(minilm):
     # shuffled references: every answer scored against the answer to another question
     perm = np.random.default_rng(7).permutation(len(refs))
     F = M.bertscore([refs[k] for k in perm], refs, model, tok, LAYER, max_length=max_len)[2]
-    assert abs(M.rescale_with_baseline(F, base[2]).mean()) < 0.03 < F.mean()
+    # zero within 4 standard errors of the difference of two means of n unrelated pairs (these and the
+    # baseline's, with the same sd): 4 sd(F) sqrt(2 / n) / (1 - b) = 0.13 (measured 2026-12-06: -0.0035)
+    se = F.std(ddof=1) * np.sqrt(2 / len(F)) / (1 - base[2])
+    assert abs(M.rescale_with_baseline(F, base[2]).mean()) < 4 * se < F.mean()
     # a constant answer, typical of the domain (from the val split, not among the references): it
     # sits near the centre of the answers, so a little above the random-pair baseline (0.18 here),
     # far below its raw score and below a near-copy of the reference
@@ -64,7 +77,8 @@ def test_rescaled_unrelated_answers_land_near_zero(minilm):
     F = M.bertscore(["راجع الطبيب"] * len(refs), refs, model, tok, LAYER, max_length=max_len)[2]
     assert M.rescale_with_baseline(F, base[2]).mean() < 0.05
     F = M.bertscore(refs, refs, model, tok, LAYER, max_length=max_len)[2]
-    assert M.rescale_with_baseline(F, base[2]) == pytest.approx(1.0, abs=1e-5)
+    # F = 1 up to the float32 rounding of the matching, which the rescaling divides by 1 - b
+    assert M.rescale_with_baseline(F, base[2]) == pytest.approx(1.0, abs=float32_matching_tol(T_MAX) / (1 - base[2]))
 
 
 def test_evaluate_rescaled_beside_raw_equals_bert_score(tmp_path, monkeypatch, minilm_dir):
@@ -72,6 +86,7 @@ def test_evaluate_rescaled_beside_raw_equals_bert_score(tmp_path, monkeypatch, m
     bert-score's, and the rescaled F1 equals bert-score's rescale_with_baseline given our
     baseline as its baseline file; overall rescaled F1 near 0."""
     pytest.importorskip("pandas")  # bert-score reads baseline files with pandas
+    bertscore_in_float64(monkeypatch)
     rows = demo_rows(40)
     answers = [r["answer"] for r in rows]
     for k, r in enumerate(rows):
@@ -80,18 +95,27 @@ def test_evaluate_rescaled_beside_raw_equals_bert_score(tmp_path, monkeypatch, m
     res = evaluate.main(["--generations", str(path), "--out", str(tmp_path / "run"), "--bootstrap", "50",
                          "--bertscore-model", str(minilm_dir), "--bertscore-layer", str(LAYER)])
     base = res["config"]["bertscore"]["baseline"]
-    assert base["pairs"] == len(rows) and abs(res["overall"]["bertscore_f1_rescaled"]) < 5  # percent
-    assert "no-rescale" in res["config"]["bertscore"]["config_string"]  # the raw number's setting is unchanged
     out_rows = [json.loads(x) for x in (tmp_path / "run" / "generations.jsonl").read_text().splitlines()]
+    # overall rescaled F1 zero within 4 standard errors (as in the test above; percent, ~16 here)
+    se = np.std([r["scores"]["bertscore_f1"] for r in out_rows], ddof=1) * np.sqrt(2 / len(rows)) / (1 - base["f1"])
+    assert base["pairs"] == len(rows) and abs(res["overall"]["bertscore_f1_rescaled"]) < 4 * se  # percent
+    assert "no-rescale" in res["config"]["bertscore"]["config_string"]  # the raw number's setting is unchanged
     gen, refs = [r["generated"] for r in rows], [r["answer"] for r in rows]
-    _, _, F = _bert_score_reference(monkeypatch, minilm_dir, gen, refs, LAYER, False)
-    assert [r["scores"]["bertscore_f1"] for r in out_rows] == pytest.approx(100 * F, abs=1e-3)
+    _, _, F = _bert_score_reference(monkeypatch, minilm_dir, gen, refs, LAYER, False)  # float64
+    tol = float32_matching_tol(T_MAX)  # both from float64 models: ours matches in float32 (test_metrics.py)
+    assert [r["scores"]["bertscore_f1"] for r in out_rows] == pytest.approx(100 * F, abs=100 * tol)
     csv = tmp_path / "baseline.csv"  # bert-score's baseline file format: one row per layer
     csv.write_text("LAYER,P,R,F\n" + "".join(f"{k},{base['p']},{base['r']},{base['f1']}\n" for k in range(LAYER + 1)))
     import bert_score
+    bert_score_float64(monkeypatch)  # (already, through _bert_score_reference)
     _, _, Fr = bert_score.score(gen, refs, model_type=str(minilm_dir), num_layers=LAYER, lang="ar", batch_size=8,
                                 rescale_with_baseline=True, baseline_path=str(csv))
-    assert [r["scores"]["bertscore_f1_rescaled"] for r in out_rows] == pytest.approx(100 * Fr.numpy(), abs=1e-3)
+    # (F - b) / (1 - b): F within tol, and bert-score rounds b to float32 (2**-24 b), which moves the result by
+    # |F - 1| / (1 - b)^2 <= 1 / (1 - b)^2 times as much
+    b = base["f1"]
+    tol_rescaled = (tol + U32 * b / (1 - b)) / (1 - b)
+    assert [r["scores"]["bertscore_f1_rescaled"] for r in out_rows] == pytest.approx(100 * Fr.numpy(),
+                                                                                     abs=100 * tol_rescaled)
     report = (tmp_path / "run" / "report.md").read_text(encoding="utf-8")
     assert "BERTScore F1 rescaled" in report and "## Degeneracy flags" in report
 
@@ -103,8 +127,9 @@ def test_degeneracy_hand_counts():
     texts = ["", "ألم ألم ألم ألم", "ألم في الصدر.", "a b a b"]
     d = M.degeneracy(texts)
     assert d["empty"] == 25.0
-    assert d["distinct1"] == pytest.approx(100 * 5 / 11)  # ألم في الصدر a b of 4 + 3 + 4 tokens
-    assert d["distinct2"] == pytest.approx(100 * 5 / 8)  # (ألم ألم) x3, (ألم في), (في الصدر), (a b) x2, (b a)
+    # 100 * count / total, one rounding, as the code computes it: exact
+    assert d["distinct1"] == 100 * 5 / 11  # ألم في الصدر a b of 4 + 3 + 4 tokens
+    assert d["distinct2"] == 100 * 5 / 8  # (ألم ألم) x3, (ألم في), (في الصدر), (a b) x2, (b a)
     assert d["repeated"] == 50.0  # ألم x4 (4/4) and a b a b (2/4); 3-token answers are too short to judge
     assert M.degeneracy([])["empty"] is None
     by = R.degeneracy_by_group([{"generated": t} for t in texts], ["mild", "mild", None, "critical"])
@@ -142,9 +167,9 @@ def test_mbr_and_oracle_on_toy_scores():
     cands = [["a b c", "a b d", "x y z"], ["p q", "p q", "r s"]]
     chosen, util = mbr_select(cands, jaccard)
     assert chosen == [0, 0]  # ties between equal candidates go to the first run
-    assert util[0] == pytest.approx([(0.5 + 0) / 2, (0.5 + 0) / 2, 0])
+    assert list(util[0]) == [(0.5 + 0) / 2, (0.5 + 0) / 2, 0]  # 2/4 and halves: exact in binary
     chosen, sc = oracle_select(cands, ["a b d", "r s t"], jaccard)
-    assert chosen == [1, 2] and sc[1] == pytest.approx([0, 0, 2 / 3])
+    assert chosen == [1, 2] and list(sc[1]) == [0, 0, 2 / 3]  # the same one division: exact
 
 
 def synthetic_runs(tmp_path, minilm_dir, n=24):
@@ -174,7 +199,8 @@ def synthetic_runs(tmp_path, minilm_dir, n=24):
     return rows, runs, kinds, folders
 
 
-def test_select_mbr_and_oracle(tmp_path, minilm_dir):
+def test_select_mbr_and_oracle(tmp_path, minilm_dir, monkeypatch):
+    bertscore_in_float64(monkeypatch)  # the oracle's bound below
     rows, runs, kinds, folders = synthetic_runs(tmp_path, minilm_dir)
     common = ["--bertscore-model", str(minilm_dir), "--bertscore-layer", str(LAYER), "--bootstrap", "100",
               "--baseline-pairs", "0"]
@@ -195,12 +221,15 @@ def test_select_mbr_and_oracle(tmp_path, minilm_dir):
             assert res["config"]["select"]["upper_bound"] is False
         else:
             assert picked.count("wrong") == 0
-            # the oracle's score is at least every run's, row by row and overall
+            # the oracle's score is at least every run's, row by row and overall, up to the rounding of the
+            # three scorings of a pair (its run's, the selection's, the selected rows'), each in other
+            # batches: two rebatched_tol (test_metrics.py), in percent; a mean of such rows likewise
+            slack = 2 * 100 * rebatched_tol(T_MAX)
             for m in run_metrics:
-                assert res["overall"]["bertscore_f1"] >= m["overall"]["bertscore_f1"] - 1e-9
+                assert res["overall"]["bertscore_f1"] >= m["overall"]["bertscore_f1"] - slack
             per_run = np.array([[json.loads(x)["scores"]["bertscore_f1"] for x in
                                  (f / "generations.jsonl").read_text().splitlines()] for f in folders])
-            assert np.all(np.array([r["scores"]["bertscore_f1"] for r in out]) >= per_run.max(0) - 1e-6)
+            assert np.all(np.array([r["scores"]["bertscore_f1"] for r in out]) >= per_run.max(0) - slack)
             # labelled as an upper bound in every file it writes
             assert res["config"]["select"]["upper_bound"] is True and all(r["selection"]["upper_bound"] for r in out)
             assert "UPPER BOUND" in (tmp_path / "oracle" / "report.md").read_text(encoding="utf-8").splitlines()[0]
