@@ -9,8 +9,10 @@ import pytest
 
 from core import agreement as ag
 
-# float64 sums of <= a few hundred terms of size <= 1: rounding error < 1e-13; 1e-12 leaves room
-TOL = 1e-12
+# kappa = (p_o - p_e) / (1 - p_e) from shares that are float64 sums of n <= 400 terms of size <= 1, each
+# off by <= n u (u = 2**-53): kappa is off by <= 3 n u / (1 - p_e), with 1 - p_e >= 0.3 in these tests, in
+# each of the two implementations compared (measured <= 3.3e-16; a wrong formula moves kappa by 1e-2 and more)
+TOL = 2 * 3 * 400 * 2**-53 / 0.3  # 8.9e-13
 
 
 def random_ratings(n, k=3, seed=0, agree=0.6):
@@ -69,7 +71,8 @@ def test_fleiss_kappa_textbook_example():
     table = [[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
              [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]]
     kappa, p_bar = ag.fleiss_kappa(table)
-    assert p_bar == pytest.approx(0.378, abs=5e-4)  # the article rounds to 3 decimals
+    # the article rounds to 3 decimals: the exact value is within half a step, 5e-4 (measured 2.2e-5 and 6.9e-5)
+    assert p_bar == pytest.approx(0.378, abs=5e-4)
     assert kappa == pytest.approx(0.210, abs=5e-4)
 
 
@@ -91,16 +94,19 @@ def binomial_two_sided(w, l):
 
 @pytest.mark.parametrize("wins,losses", [(0, 0), (1, 0), (5, 5), (9, 1), (2, 14), (30, 12), (600, 700)])
 def test_sign_test_is_the_exact_binomial(wins, losses):
-    assert ag.sign_test(wins, losses) == pytest.approx(binomial_two_sided(wins, losses), rel=1e-12)
+    # both are the same integer ratio 2 tail / 2**n, which Python's int / int rounds correctly: equal
+    assert ag.sign_test(wins, losses) == binomial_two_sided(wins, losses)
     stats = pytest.importorskip("scipy.stats")
     if wins + losses:
-        # scipy sums the pmf in floats: agreement to 1e-9 relative is what its summation allows
+        # scipy takes the two tails from Boost's regularized incomplete beta (binom.cdf + binom.sf), whose
+        # relative error for parameters up to ~1000 is below ~5e-12 (Cephes' published peak for a, b <= 1000;
+        # Boost's tables are tighter): 1e-11 (measured 2.2e-15 at n = 1300, 0 below)
         ref = stats.binomtest(wins, wins + losses, 0.5).pvalue
-        assert ag.sign_test(wins, losses) == pytest.approx(ref, rel=1e-9)
+        assert ag.sign_test(wins, losses) == pytest.approx(ref, rel=1e-11)
 
 
 def test_sign_test_hand_values():
-    assert ag.sign_test(9, 1) == pytest.approx(22 / 1024, abs=TOL)  # 2 * (1 + 10) / 2^10
+    assert ag.sign_test(9, 1) == 22 / 1024  # 2 * (1 + 10) / 2^10, exact in binary
     assert ag.sign_test(3, 3) == 1.0
 
 
@@ -125,7 +131,11 @@ def test_bootstrap_interval_covers_and_shrinks():
     x = rng.random(400) < 0.3
     ci_small = ag.bootstrap(lambda idx: {"m": float(x[idx[:]].mean())}, 400, n_resamples=300)["m"]
     assert ci_small[0] < x.mean() < ci_small[1]
-    # the binomial standard error at n = 400 is 0.023: the 95% interval is about 4 of them wide
+    # the binomial standard error at n = 400 is 0.023: the 95% interval is 2 x 1.96 = 3.92 of them wide.
+    # With 300 resamples each percentile end has a Monte Carlo sd of sqrt(0.025 x 0.975 / 300) / phi(1.96)
+    # = 0.009 / 0.058 = 0.16 se, and x's own share (0.26, not 0.3) moves se by 4%: the width is 3.92 se
+    # +- 0.25 se (1 sd), so 2.5 .. 5.5 se is about 6 sd either side (measured 3.82 se); half or twice the
+    # width (a wrong n, an interval of the mean of the resamples) falls outside
     se = math.sqrt(0.3 * 0.7 / 400)
     assert 2.5 * se < ci_small[1] - ci_small[0] < 5.5 * se
     # stratified resampling keeps each stratum's size: a statistic of the stratum sizes is constant

@@ -33,7 +33,7 @@ def test_sample_is_deterministic_stratified_and_order_free():
     split = Counter(classes)
     got = Counter(classes[i] for i in picked)
     assert sum(got.values()) == 200
-    for c in split:  # proportional: largest remainders, so each class within one row of N x share
+    for c in split:  # proportional: largest remainders give each class its quota rounded down or up (exact)
         assert abs(got[c] - 200 * split[c] / 2000) < 1
     # the file's order does not matter: the same ids are drawn from a shuffled file
     perm = rng.permutation(2000)
@@ -51,10 +51,11 @@ def test_sample_minimum_per_class_and_weights():
     # quotas 18.91 and 1.09, largest remainder -> 19 and 1
     assert got == {"critical": 20, "moderate": 31, "mild": 49}
     w = info["weights"]  # share in the split / share in the sample
-    for c in got:
-        assert w[c] == pytest.approx((classes.count(c) / 1000) / (got[c] / 100), rel=1e-12)
-    # the weights make the sample's class mix the split's: sum over the sample of w_c / N = 1
-    assert sum(w[classes[i]] for i in picked) / 100 == pytest.approx(1.0, rel=1e-12)
+    for c in got:  # three float64 roundings (two divisions and the quotient) on each side (measured: equal)
+        assert w[c] == pytest.approx((classes.count(c) / 1000) / (got[c] / 100), rel=2 * 3 * 2**-53, abs=0)
+    # the weights make the sample's class mix the split's: sum over the sample of w_c / N = 1, a float64 sum
+    # of 100 terms (<= 100 roundings of the total) of weights each 3 roundings off (measured 6.7e-16)
+    assert sum(w[classes[i]] for i in picked) / 100 == pytest.approx(1.0, rel=(100 + 3 + 1) * 2**-53, abs=0)
     assert allocate({"mild": 5, None: 3}, 100) == {"mild": 5, None: 3}  # N beyond the rows: all of them
 
 
@@ -64,8 +65,9 @@ def test_weighted_overall_equals_the_class_share_mixture():
     classes = ["mild", "mild", "critical", "critical"]
     weights = [1.5, 1.5, 0.5, 0.5]  # split shares 0.75 / 0.25, sample shares 0.5 / 0.5
     out = evaluate.summarize(stats, classes, 0, 0, 0, weights)
-    assert out["overall"]["rougeL"] == pytest.approx(0.75 * 15 + 0.25 * 40)
-    assert out["by_severity"]["critical"]["rougeL"] == pytest.approx(40)  # per class: unweighted
+    # float64 means of 4 (2) products: a few roundings of the result, 8 allowed (measured: equal)
+    assert out["overall"]["rougeL"] == pytest.approx(0.75 * 15 + 0.25 * 40, rel=8 * 2**-53, abs=0)
+    assert out["by_severity"]["critical"]["rougeL"] == pytest.approx(40, rel=8 * 2**-53, abs=0)  # per class: unweighted
 
 
 @pytest.fixture(scope="module")

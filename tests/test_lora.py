@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 import train_lm
 from models import build_model, load_pretrained, save_pretrained
 from models.lora import LoRALinear, add_lora, load_adapter, lora_layers, merge_lora, merged, save_adapter
+from float64_run import float64_models
 from test_train_lm import args_for, make_rows, metrics, setup, tensors, tiny_model_dir, tiny_qwen2_dir, tok  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -63,7 +64,9 @@ def test_merged_equals_unmerged_and_differs_by_rank_r(base_dir):
         if diff.abs().max() == 0:
             continue
         n_adapted += 1  # only adapted weights moved, each by a product of rank RANK
-        rank = torch.linalg.matrix_rank(diff, rtol=1e-4).item()  # rtol: far above the rounding of W + B A
+        # rtol: the float64 rounding of W + B A adds singular values <= sqrt(in * out) * 2**-53 * max|W|,
+        # ~1e-14 of the largest (measured <= 3.3e-16), while the RANK real ones are >= 0.46 of it (measured)
+        rank = torch.linalg.matrix_rank(diff, rtol=1e-4).item()
         assert k.endswith(".weight") and diff.dim() == 2 and rank == RANK, k
     assert n_adapted == (4 if base_dir.name == "gpt2" else 7) * 2  # every projection of the 2 layers
 
@@ -105,11 +108,14 @@ def test_bad_targets_refused_listing_valid(tok, tmp_path):
         ["LoRALinear", "Linear"] and isinstance(model.transformer.h[0].mlp.c_fc, LoRALinear)
 
 
-def test_train_lm_lora_checkpoints_and_exact_resume(setup, tmp_path):
+def test_train_lm_lora_checkpoints_and_exact_resume(setup, tmp_path, monkeypatch):
     """--lora-rank: only adapters move; last/ is the merged model (transformers opens it) and
-    last/adapter opens in peft on the base with the same logits; crash + resume is bit-exact."""
+    last/adapter opens in peft on the base with the same logits; crash + resume is bit-exact.
+    The runs load the model in float64 (tests/float64_run.py), so the logit comparisons below are
+    float64 math in two implementations."""
     transformers = pytest.importorskip("transformers")
     peft = pytest.importorskip("peft")
+    float64_models(monkeypatch)
     common = ("--lora-rank", "4", "--lora-dropout", "0.1", "--max-steps", "6", "--save-every", "3",
               "--eval-every", "3", "--weights", "balanced")
     train_lm.main(args_for(setup, tmp_path / "straight", *common))
@@ -120,21 +126,27 @@ def test_train_lm_lora_checkpoints_and_exact_resume(setup, tmp_path):
     for name in ("model.safetensors", "adapter/adapter_model.safetensors"):  # merged model and adapters
         a, b = load_file(last / name), load_file(tmp_path / "resumed" / "last" / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+        assert all(v.dtype == torch.float64 for v in a.values()), name  # the comparison below is a float64 one
     la = [m["loss"] for m in metrics(tmp_path / "straight") if "loss" in m]
     assert la == [m["loss"] for m in metrics(tmp_path / "resumed") if "loss" in m] and len(la) == 6
     assert (tmp_path / "straight" / "best" / "adapter" / "adapter_config.json").is_file()
 
     base_t, merged_t = tensors(setup["model"]), tensors(last)
-    moved = [k for k in base_t if not torch.equal(base_t[k], merged_t[k])]
+    moved = [k for k in base_t if not torch.equal(base_t[k].double(), merged_t[k])]  # float32 -> float64 is exact
     assert moved and all(k.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")) for k in moved)
     ids = torch.randint(0, 300, (2, 11))
-    ours, _ = load_pretrained(last)
-    base = transformers.AutoModelForCausalLM.from_pretrained(setup["model"]).eval()
+    ours, _ = load_pretrained(last, dtype=torch.float64)
+    base = transformers.AutoModelForCausalLM.from_pretrained(setup["model"], dtype=torch.float64).eval()
     theirs = peft.PeftModel.from_pretrained(base, last / "adapter").eval()
+    hf_merged = transformers.AutoModelForCausalLM.from_pretrained(last, dtype=torch.float64).eval()
     with torch.no_grad():
-        torch.testing.assert_close(theirs(ids).logits, ours(ids), rtol=1e-4, atol=1e-4)
-        hf_merged = transformers.AutoModelForCausalLM.from_pretrained(last).eval()
-        torch.testing.assert_close(hf_merged(ids).logits, ours(ids), rtol=1e-4, atol=1e-4)
+        logits = ours(ids).double()
+        # as in test_adapter_opens_in_peft_with_the_merged_logits: the same float64 math in two
+        # implementations (~1e-13 for this 2-block model: atol 1e-11), and our logits rounded to
+        # float32 by the model (2**-24 of their size: rtol). A wrong alpha / r or a missing adapter
+        # moves them by the adapters' whole effect, ~1e-2 here.
+        torch.testing.assert_close(theirs(ids).logits, logits, rtol=2 ** -24, atol=1e-11)
+        torch.testing.assert_close(hf_merged(ids).logits, logits, rtol=2 ** -24, atol=1e-11)
 
 
 def test_train_lm_bad_lora_target(setup, tmp_path):

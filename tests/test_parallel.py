@@ -95,7 +95,10 @@ def test_fsdp_two_ranks_match_one(setup, tmp_path, monkeypatch):
             torch.testing.assert_close(other[k], one[k], rtol=0, atol=PARALLEL_ATOL, msg=f"{run}: {k}")
     l1 = [m["loss"] for m in metrics(tmp_path / "one") if "loss" in m]
     l2 = [m["loss"] for m in metrics(tmp_path / "crash") if "loss" in m]
-    assert l1 == pytest.approx(l2, rel=PARALLEL_ATOL) and len(l1) == 6
+    # each step's loss, from weights within PARALLEL_ATOL (the one weight allowed to drift that far, GPT-2's
+    # key bias, changes no loss: softmax ignores it), the other weights a few float64 roundings apart: far
+    # below 1e-8 relative, while a lost micro-batch or a wrong restart moves a loss by 1e-3 and more
+    assert l1 == pytest.approx(l2, rel=PARALLEL_ATOL, abs=0) and len(l1) == 6
     ours, tok_ = load_pretrained(tmp_path / "fsdp" / "last", dtype=torch.float64)
     theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "fsdp" / "last", dtype=torch.float64).eval()
     ids = torch.randint(0, 300, (2, 9))
