@@ -11,7 +11,8 @@ from core import agreement as ag
 
 # kappa = (p_o - p_e) / (1 - p_e) from shares that are float64 sums of n <= 400 terms of size <= 1, each
 # off by <= n u (u = 2**-53): kappa is off by <= 3 n u / (1 - p_e), with 1 - p_e >= 0.3 in these tests, in
-# each of the two implementations compared (measured <= 3.3e-16; a wrong formula moves kappa by 1e-2 and more)
+# each of the two implementations compared (measured <= 3.3e-16; a wrong formula moves kappa by 1e-2 and more).
+# The shares, means and p-values below held to TOL are such sums themselves: within 400 u x their size <= 3.
 TOL = 2 * 3 * 400 * 2**-53 / 0.3  # 8.9e-13
 
 
