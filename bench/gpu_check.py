@@ -69,8 +69,9 @@ dense peak: PEAK_BF16_FLOPS by its name (H100, H200: 989 TFLOP/s), or --peak-flo
 from the GPU run, all recorded in the rows: no memory counter (CPU peak RSS instead, meaningless
 in one process), no MFU, bench/score.py --tiny, the compiled loss variant skipped, the train part
 compiled with the aot_eager backend and the e2e run without --compile (inductor's cold C++ builds take
-minutes on a small CPU; tests/test_gpu_paths.py compiles train_lm.py with inductor once), and the
-sync check marked not applicable (it needs CUDA).
+minutes on a small CPU; tests/test_gpu_paths.py compiles train_lm.py with inductor once), the
+sync check marked not applicable (it needs CUDA), and the train rows' loss_tokens and n_layer (which
+the smoke test's bound on the first losses' spread counts).
 """
 import argparse
 import datetime
@@ -511,6 +512,8 @@ def part_train(rec, smoke):
                            mfu=flops / sec / peak if peak else None,
                            mfu_executed=executed / sec / peak if peak else None,
                            first_loss=r["first_loss"])
+                if smoke:  # what tests/test_gpu_check.py's bound on the first losses' spread counts
+                    row.update(loss_tokens=mb["n_tokens"], n_layer=cfg["n_layer"])
             except Exception as e:
                 row["error"] = error_text(e)
                 traceback.print_exc()
