@@ -80,11 +80,11 @@ def test_smoke_run_writes_every_section(tmp_path):
             terms = fp32_path_terms(gpu_check.PARITY_SMOKE[r["arch"]], r["seq"])
             sd = math.sqrt(2 * terms) * U32 * max(1.0, r["max_abs_logit"])
             assert r["fp32_max_diff"] <= 4.5 * sd, r
-            # bf16: ours' largest error no worse than transformers' own. Rounding the same tensors, both
-            # errors are samples of one size, and the largest of >= 48 rows' errors varies by <= ~15%
-            # between samples (its extreme-value sd, 1.28 / sqrt(2 ln 96) = 0.43 sd, about 3 sd): a
-            # factor 2 is 7 of those (measured: ratio 1.0, the same values); more bf16 roundings exceed it
-            assert r["bf16_max_diff"] <= 2 * r["hf_bf16_max_diff"], r
+            # bf16 has no useful a-priori bound (docs/tests.md): ours' error against the same fp32 result is
+            # held to transformers' own bf16 error, within 2x as tests/test_loss.py's BF16_FACTOR, plus the
+            # fp32 bound above (measured: 1.0x, the same values; was 2x + 1e-3); a norm or softmax rounded
+            # to bf16 where transformers keeps fp32 adds errors of 2**-8 of the logits
+            assert r["bf16_max_diff"] <= 2 * r["hf_bf16_max_diff"] + 4.5 * sd, r
             assert r.get("greedy_same", True), r
     # loss: every variant that ran agrees with the eager reference; the chunk sweep ran each chunk size
     ran = [r for r in rows["loss"] if "ms" in r]
@@ -93,7 +93,7 @@ def test_smoke_run_writes_every_section(tmp_path):
     # off by <= u (N + 1) of it (the sum of N positive terms and the products by w), plus per token the
     # logsumexp's sum of V positive exp terms (V u) and its logits' d-term dot products (2 d u S, S =
     # |h| |W_v| <= 2 sqrt(d): h ~ N(0, I_d), W_v ~ N(0, I / d)), over ce_t ~ ln V at random logits.
-    # (measured: 0; a lost chunk or the weights ignored move it by 10%)
+    # (measured: 0; a lost 32-token chunk moves it by 12%, the weights ignored, mean 1.25, by 20%)
     from bench import loss as bench_loss
     (d, V), N = bench_loss.SHAPES["tiny"], max(gpu_check.SIZES["smoke"]["loss_tokens"])
     rel = 2 * U32 * (N + 1 + (V + 2 * d * 2 * math.sqrt(d)) / math.log(V))  # 8.3e-5
@@ -112,8 +112,8 @@ def test_smoke_run_writes_every_section(tmp_path):
     # sqrt(2 (6 L + 1) / 3) u, a token's loss (its target logit and the logsumexp) sqrt(2) times that, two
     # implementations sqrt(2) times more; the first loss is sum_t w_t ce_t / n over n answer tokens, so
     # its sd is rms(w) / sqrt(n) of a token's, rms(w) <= 1.5 (row weights 0.5 + U[0, 1), bench/train.py);
-    # 4.5 sd (4.4e-3 relative here; measured 1.7e-5, while a wrong denominator or weights ignored move
-    # it by 10% and more)
+    # 4.5 sd (4.4e-3 relative here; measured 1.7e-5, while the weights ignored, 0.83 and 0.59 here, move
+    # it by 41%). A statistical model, at step 1: no rounded gradient has moved any weight yet.
     L, n = rows["train"][0]["n_layer"], rows["train"][0]["loss_tokens"]
     sd = math.sqrt(2 * (6 * L + 1) / 3) * U_BF16 * 2 * 1.5 / math.sqrt(n)
     assert max(first.values()) - min(first.values()) <= 4.5 * sd
