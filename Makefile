@@ -28,7 +28,7 @@ $(VENV)/.demo: $(VENV)/.runtime
 demo: $(VENV)/.demo
 	$(PY) demo.py
 
-# the whole suite, torchrun tests and the fast demo included (7 min 14 s on 2 CPU cores, nothing else running; test-fast 1 min 44 s)
+# the whole suite, torchrun tests and the fast demo included (7 min 54 s on 2 CPU cores, nothing else running; test-fast 2 min 16 s)
 test: $(VENV)/.dev
 	$(PY) -m pytest -q --runslow tests
 
