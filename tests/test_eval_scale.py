@@ -1,7 +1,6 @@
 """evaluate.py at the paper's scale: the fixed stratified sample (core/sample.py) and generation that
 survives kill -9 (core/parts.py): a killed-and-resumed greedy run writes the same generations.jsonl,
 byte for byte, as an uninterrupted one."""
-import importlib
 import json
 import os
 import subprocess
@@ -17,8 +16,7 @@ from core import parts as P
 from core.common import UsageError
 from core.sample import allocate, stratified_sample
 from conftest import ROOT, write_rows
-from models import build_model, save_pretrained
-from test_evaluate import make_rows
+from test_evaluate import make_rows, tiny_lm  # noqa: F401  (tiny_lm: a module-scoped tiny GPT-2 folder)
 
 
 # ----------------------------------------------------------------------------- the sample
@@ -70,28 +68,15 @@ def test_weighted_overall_equals_the_class_share_mixture():
     assert out["by_severity"]["critical"]["rougeL"] == pytest.approx(40, rel=8 * 2**-53, abs=0)  # per class: unweighted
 
 
-@pytest.fixture(scope="module")
-def lm(tmp_path_factory):
-    mk = importlib.import_module("tools.make_demo_tokenizer")
-    texts = [r["question"] + "\n" + r["answer"] for r in make_rows(60, seed=1)] + ["الجواب:"] * 10
-    tok = mk.train_tokenizer(texts, vocab_size=300)
-    torch.manual_seed(0)
-    cfg = dict(model_type="gpt2", vocab_size=tok.vocab_size, n_positions=128, n_embd=32, n_layer=2, n_head=2,
-               bos_token_id=0, eos_token_id=0, pad_token_id=0, initializer_range=0.5)
-    folder = tmp_path_factory.mktemp("lm") / "tiny"
-    save_pretrained(build_model(cfg), tok, folder)
-    return folder
-
-
 def run_eval(lm, data, out, *extra):
     return evaluate.main(["--model", str(lm), "--data", str(data), "--out", str(out), "--max-new-tokens", "6",
                           "--batch-size", "4", "--bootstrap", "20", "--baseline-pairs", "0", *extra])
 
 
-def test_sample_recorded_and_compare_refuses_other_samples(tmp_path, lm, capsys):
+def test_sample_recorded_and_compare_refuses_other_samples(tmp_path, tiny_lm, capsys):
     data = write_rows(tmp_path / "rows.jsonl", make_rows(40))
-    run_eval(lm, data, tmp_path / "a", "--sample", "12", "--sample-seed", "1")
-    run_eval(lm, data, tmp_path / "b", "--sample", "12", "--sample-seed", "2")
+    run_eval(tiny_lm, data, tmp_path / "a", "--sample", "12", "--sample-seed", "1")
+    run_eval(tiny_lm, data, tmp_path / "b", "--sample", "12", "--sample-seed", "2")
     meta = json.loads((tmp_path / "a" / "metrics.json").read_text())
     ids = [json.loads(x)["id"] for x in (tmp_path / "a" / "generations.jsonl").read_text().splitlines()]
     assert meta["config"]["sample"]["ids"] == ids and len(ids) == 12 and meta["n"]["overall"] == 12
@@ -99,7 +84,7 @@ def test_sample_recorded_and_compare_refuses_other_samples(tmp_path, lm, capsys)
     with pytest.raises(UsageError, match="--sample-seed 1 in .*, 2 in"):
         evaluate.main(["--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c")])
     with pytest.raises(UsageError, match="--sample or --limit"):
-        run_eval(lm, data, tmp_path / "d", "--sample", "5", "--limit", "5")
+        run_eval(tiny_lm, data, tmp_path / "d", "--sample", "5", "--limit", "5")
 
 
 # ----------------------------------------------------------------------------- resume after kill -9
@@ -188,24 +173,24 @@ def kill_and_resume(tmp_path, lm, data, points, nproc=1):
 
 
 @pytest.mark.slow  # three subprocesses: ~15 s on an idle 2-core CPU, minutes under load
-def test_kill_inside_a_batch_then_resume_is_byte_identical(tmp_path, lm):
+def test_kill_inside_a_batch_then_resume_is_byte_identical(tmp_path, tiny_lm):
     data = write_rows(tmp_path / "rows.jsonl", make_rows(24))  # 18 test rows: 6 batches of 3
-    kill_and_resume(tmp_path, lm, data, ["batch:3:mid"])
+    kill_and_resume(tmp_path, tiny_lm, data, ["batch:3:mid"])
 
 
 @pytest.mark.slow
-def test_kill_at_every_point_then_resume_is_byte_identical(tmp_path, lm):
+def test_kill_at_every_point_then_resume_is_byte_identical(tmp_path, tiny_lm):
     data = write_rows(tmp_path / "rows.jsonl", make_rows(24))
-    kill_and_resume(tmp_path, lm, data, ["batch:1:after", "batch:5:mid", "swap:between", "swap:after"])
+    kill_and_resume(tmp_path, tiny_lm, data, ["batch:1:after", "batch:5:mid", "swap:between", "swap:after"])
 
 
 @pytest.mark.slow
-def test_kill_one_of_two_ranks_then_resume_is_byte_identical(tmp_path, lm):
+def test_kill_one_of_two_ranks_then_resume_is_byte_identical(tmp_path, tiny_lm):
     data = write_rows(tmp_path / "rows.jsonl", make_rows(30))
-    kill_and_resume(tmp_path, lm, data, [("batch:2:mid", 1), ("batch:1:after", 0), ("swap:between", 0)], nproc=2)
+    kill_and_resume(tmp_path, tiny_lm, data, [("batch:2:mid", 1), ("batch:1:after", 0), ("swap:between", 0)], nproc=2)
 
 
-def test_a_changed_flag_on_resume_is_refused_by_name(tmp_path, lm, monkeypatch):
+def test_a_changed_flag_on_resume_is_refused_by_name(tmp_path, tiny_lm, monkeypatch):
     """A run stopped after 2 batches (Ctrl-C, in process) keeps them; a rerun with another decoding
     flag is refused by name and keeps them too; the same command then continues from them."""
     data = write_rows(tmp_path / "rows.jsonl", make_rows(24))  # 18 test rows: 5 batches of 4
@@ -219,28 +204,28 @@ def test_a_changed_flag_on_resume_is_refused_by_name(tmp_path, lm, monkeypatch):
 
     monkeypatch.setattr(P, "append", stop_after_two)
     with pytest.raises(KeyboardInterrupt):
-        run_eval(lm, data, out)
+        run_eval(tiny_lm, data, out)
     monkeypatch.setattr(P, "append", append)
     rank_file = P.parts_dir(out) / "rank0-of-1.jsonl"
     assert rank_file.read_text().count("\n") == 2
     with pytest.raises(UsageError, match=r"other settings: --temperature was 0\.0, now 0\.7; rerun with its"):
-        run_eval(lm, data, out, "--temperature", "0.7")
+        run_eval(tiny_lm, data, out, "--temperature", "0.7")
     with pytest.raises(UsageError, match="--max-new-tokens was 6, now 7"):
-        evaluate.main(["--model", str(lm), "--data", str(data), "--out", str(out), "--max-new-tokens", "7",
+        evaluate.main(["--model", str(tiny_lm), "--data", str(data), "--out", str(out), "--max-new-tokens", "7",
                        "--batch-size", "4", "--bootstrap", "20", "--baseline-pairs", "0"])
     assert rank_file.read_text().count("\n") == 2  # kept for the right rerun
-    run_eval(lm, data, out)
+    run_eval(tiny_lm, data, out)
     assert not P.parts_dir(out).exists() and len((out / "generations.jsonl").read_text().splitlines()) == 18
 
 
-def test_compile_flag_generates_what_eager_does(tmp_path, lm, monkeypatch):
+def test_compile_flag_generates_what_eager_does(tmp_path, tiny_lm, monkeypatch):
     """evaluate.py --compile takes the static-cache Decoder path (torch.compile replaced by the
     identity here: its cold compile is minutes on this CPU; tests/test_compiled_decode.py compiles)."""
     data = write_rows(tmp_path / "rows.jsonl", make_rows(24))
-    run_eval(lm, data, tmp_path / "eager")
+    run_eval(tiny_lm, data, tmp_path / "eager")
     calls = []
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: calls.append(kw) or fn)
-    run_eval(lm, data, tmp_path / "compiled", "--compile")
+    run_eval(tiny_lm, data, tmp_path / "compiled", "--compile")
     assert calls == [{"mode": None, "dynamic": False}]
     assert (tmp_path / "compiled" / "generations.jsonl").read_text() == \
         (tmp_path / "eager" / "generations.jsonl").read_text()
